@@ -1,0 +1,68 @@
+r"""LoRA fine-tuning of NAFNet on a new degradation.
+
+A NAFNet base restores one degradation; LoRA adapters (rank 8 on every dense conv, depthwise
+convs frozen) adapt it to another degradation, training a few percent of the parameters.
+
+Paper-scale (SIDD width-32 layout, your own images, a converted or pre-trained base):
+
+  python -m sr_jax.main --config configs/lora_nafnet.py --workdir /tmp/lora_nafnet \
+      --config.data.train_dir=/data/train --config.data.eval_dir=/data/val \
+      --config.base.checkpoint=/ckpt/nafnet_base
+
+Embedded demo (scikit-image's bundled photos, 2 CPU cores, about 5 minutes):
+
+  python -m sr_jax.main --config configs/lora_nafnet.py:demo --workdir /tmp/lora_nafnet_demo
+
+Expected demo result: the base (trained on Gaussian noise) scores about 22-24 dB on the
+held-out blurred images; LoRA (~10% of a width-16 NAFNet's parameters, rank 4) raises that by
+roughly 1-2 dB after 300 steps. The table printed at the end states the metric protocol.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the config; `arg` is a comma-separated list of variants, e.g. 'demo'."""
+  variants = common.parse_variants(arg, allowed=("demo",))
+  config = common.base_config()
+  config.job = "lora_nafnet"
+
+  config.model.name = "nafnet"
+  config.model.preset = "sidd_w32"
+
+  # The target task: deblurring. The base was trained on something else (see config.base).
+  config.data.degradation.kind = "blur"
+  config.data.degradation.blur_sigma = (1.5, 2.5)
+
+  config.lora.enabled = True
+  config.lora.rank = 8
+  config.lora.alpha = 8.0
+  # Every kernel; depthwise convs are excluded by the model's registry entry.
+  config.lora.targets = (r".*/kernel",)
+  # Biases, LayerNorm scale/bias and NAFNet's beta/gamma are ~0.5% of NAFNet: tune them fully.
+  config.lora.extra_trainable = (r".*/bias", r".*/scale", r".*/beta", r".*/gamma")
+
+  # The base: a checkpoint directory (from sr_jax.convert or an earlier run), or, when empty,
+  # a base pre-trained here on `base.degradation` for `base.num_steps` steps.
+  config.base.checkpoint = ""
+  config.base.num_steps = 200_000
+  config.base.learning_rate = 1e-3
+  config.base.degradation.kind = "noise"
+  config.base.degradation.noise_sigma = (15.0, 35.0)
+
+  config.optimizer.learning_rate = 2e-4
+  config.num_steps = 10_000
+  config.batch_size = 32
+  config.data.crop_size = 256
+
+  if "demo" in variants:
+    common.apply_demo(config)
+    config.model.preset = "tiny"
+    config.lora.rank = 4
+    config.lora.alpha = 4.0
+    config.base.num_steps = 400
+    config.num_steps = 300
+    config.optimizer.learning_rate = 1e-3
+  return config

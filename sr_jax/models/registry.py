@@ -1,0 +1,72 @@
+"""One registry from model names to architectures (as BasicSR has).
+
+An entry builds the Flax module from `config.model`, and says which kernels are depthwise
+(LoRA gives them no low-rank adapter) and what identifies the architecture (checkpoints
+record it, and loading a checkpoint into another architecture is an error naming the
+difference).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+  build: Callable[..., nn.Module]  # (preset: str, **overrides) -> module
+  presets: dict[str, dict[str, Any]]
+  depthwise_kernels: str  # Regex over parameter paths.
+  arch_fields: tuple[str, ...]  # Module fields that define the parameter tree.
+
+
+def _nafnet() -> ModelEntry:
+  from sr_jax.models import nafnet
+  return ModelEntry(nafnet.nafnet_from_preset, nafnet.PRESETS, nafnet.DEPTHWISE_KERNELS,
+                    ("img_channel", "width", "middle_blk_num", "enc_blk_nums", "dec_blk_nums"))
+
+
+_ENTRIES: dict[str, Callable[[], ModelEntry]] = {"nafnet": _nafnet}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def entry(name: str) -> ModelEntry:
+  if name not in _ENTRIES:
+    raise ValueError(f"Unknown config.model.name {name!r}; available: {sorted(_ENTRIES)}.")
+  return _ENTRIES[name]()
+
+
+def _overrides(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Non-default architecture overrides from the config (0 / empty means 'keep the preset')."""
+  out = {}
+  if model_config.get("width"):
+    out["width"] = model_config.width
+  return out
+
+
+def build_model(model_config: ml_collections.ConfigDict) -> nn.Module:
+  """The Flax module for `config.model` (name, preset, overrides, dtype, conv_impl)."""
+  e = entry(model_config.name)
+  if model_config.preset not in e.presets:
+    raise ValueError(f"Unknown config.model.preset {model_config.preset!r} for "
+                     f"{model_config.name}; presets: {sorted(e.presets)}.")
+  if model_config.dtype not in DTYPES:
+    raise ValueError(f"Unknown config.model.dtype {model_config.dtype!r}; use one of "
+                     f"{sorted(DTYPES)}.")
+  return e.build(model_config.preset, dtype=DTYPES[model_config.dtype],
+                 impl=model_config.conv_impl, **_overrides(model_config))
+
+
+def architecture(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """JSON-able description of the parameter tree's architecture, stored with checkpoints."""
+  module = build_model(model_config)
+  arch = {"name": model_config.name}
+  for field in entry(model_config.name).arch_fields:
+    value = getattr(module, field)
+    arch[field] = list(value) if isinstance(value, (tuple, list)) else value
+  return arch

@@ -1,0 +1,1 @@
+"""Training objectives: each supplies a loss/update for the shared step builder."""

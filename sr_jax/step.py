@@ -1,0 +1,80 @@
+"""The train state and the jitted, sharded step built from an objective's update.
+
+An objective's update has the signature `update(state, frozen, batch) -> (state, metrics)`;
+`frozen` holds the leaves that never change (the frozen half of the parameter tree), passed
+separately so that they are neither differentiated, nor donated, nor copied each step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from sr_jax import sharding
+
+PyTree = Any
+UpdateFn = Callable[[Any, PyTree, dict[str, jax.Array]], tuple[Any, dict[str, jax.Array]]]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """What changes during training: the trainable half of the tree and its optimizer state."""
+  step: jax.Array
+  trainable: PyTree  # {'base': ..., 'lora': ...}; frozen leaves are optax.MaskedNode.
+  opt_state: PyTree
+  rng: jax.Array  # Raw uint32 key data (checkpointable); objectives that sample split it.
+
+
+def learning_rate_schedule(opt: ml_collections.ConfigDict, num_steps: int,
+                           peak: float | None = None) -> optax.Schedule:
+  """Constant or cosine (to end_learning_rate) with optional linear warm-up."""
+  peak = opt.learning_rate if peak is None else peak
+  if opt.schedule == "constant":
+    main = optax.constant_schedule(peak)
+  elif opt.schedule == "cosine":
+    decay = max(num_steps - opt.warmup_steps, 1)
+    main = optax.cosine_decay_schedule(peak, decay, alpha=opt.end_learning_rate / peak)
+  else:
+    raise ValueError(f"Unknown config.optimizer.schedule {opt.schedule!r}; use 'cosine' or "
+                     "'constant'.")
+  if opt.warmup_steps:
+    warm = optax.linear_schedule(0.0, peak, opt.warmup_steps)
+    return optax.join_schedules([warm, main], [opt.warmup_steps])
+  return main
+
+
+def make_optimizer(opt: ml_collections.ConfigDict,
+                   schedule: optax.Schedule) -> optax.GradientTransformation:
+  """The optimizer for trainable leaves. Clipping sits here, so it sees only their gradients."""
+  if opt.name == "adamw":
+    core = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay)
+  elif opt.name == "adam":
+    core = optax.adam(schedule, b1=opt.b1, b2=opt.b2)
+  else:
+    raise ValueError(f"Unknown config.optimizer.name {opt.name!r}; use 'adamw' or 'adam'.")
+  if opt.grad_clip_norm:
+    return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), core)
+  return core
+
+
+def init_state(trainable: PyTree, tx: optax.GradientTransformation, seed: int) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                    opt_state=tx.init(trainable), rng=jax.random.PRNGKey(seed))
+
+
+def build_train_step(update: UpdateFn, mesh: Mesh, *, donate: bool = True) -> Callable:
+  """jit `update` with the state and frozen tree replicated and the batch split on 'data'.
+
+  The state is donated: its buffers are reused for the new state, halving peak parameter
+  memory. Metrics come back replicated (scalars).
+  """
+  rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  return jax.jit(update, in_shardings=(rep, rep, data), out_shardings=(rep, rep),
+                 donate_argnums=(0,) if donate else ())
