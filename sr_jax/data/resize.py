@@ -1,0 +1,141 @@
+"""MATLAB-compatible bicubic `imresize` in plain numpy.
+
+SR test sets and training pairs are made with MATLAB's `imresize(hr, 1/scale, 'bicubic')`, and
+published numbers are only comparable when the LR images are made the same way. OpenCV's and
+Pillow's bicubic resizers differ from MATLAB at the borders (and OpenCV does not antialias), so
+this module reproduces MATLAB's algorithm (`imresize.m`, `contributions`):
+
+* Keys' cubic kernel with a = -0.5, support [-2, 2];
+* antialiasing when downscaling: the kernel is stretched by 1/scale (and scaled by `scale`);
+* output pixel x (1-based) samples input coordinate u = x / scale + 0.5 * (1 - 1 / scale);
+* symmetric (mirror, edge pixel repeated) extension outside the image;
+* weights normalised to sum to 1 for every output pixel;
+* separable, resizing the dimension with the smaller scale first.
+
+Only numpy is used because this runs inside data-loader worker processes (no JAX there).
+"""
+
+import math
+
+import numpy as np
+
+# Keys' kernel has support [-2, 2]: four taps per output pixel when not stretched.
+_KERNEL_WIDTH = 4.0
+
+
+def cubic(x: np.ndarray) -> np.ndarray:
+  """Keys' cubic convolution kernel with a = -0.5 (MATLAB's 'bicubic' kernel)."""
+  ax = np.abs(x)
+  ax2, ax3 = ax * ax, ax * ax * ax
+  inner = 1.5 * ax3 - 2.5 * ax2 + 1.0
+  outer = -0.5 * ax3 + 2.5 * ax2 - 4.0 * ax + 2.0
+  return np.where(ax <= 1.0, inner, np.where(ax <= 2.0, outer, 0.0))
+
+
+def _mirror(indices: np.ndarray, length: int) -> np.ndarray:
+  """Maps any integer index into [0, length) by symmetric extension (MATLAB's aux indexing).
+
+  The extended signal is x[0..n-1], x[n-1..0], repeated with period 2n, i.e. the edge pixel is
+  repeated ('symmetric' padding, not 'reflect').
+  """
+  m = np.mod(indices, 2 * length)
+  return np.where(m < length, m, 2 * length - 1 - m)
+
+
+def contributions(in_length: int, out_length: int, scale: float,
+                  antialiasing: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """Per-output-pixel weights and (0-based, mirrored) source indices along one axis.
+
+  Returns `(weights, indices)`, both of shape (out_length, P) with P = ceil(kernel width) + 2 as
+  in MATLAB; weights are float64 and every row sums to 1.
+  """
+  stretch = antialiasing and scale < 1.0
+  kernel_width = _KERNEL_WIDTH / scale if stretch else _KERNEL_WIDTH
+  x = np.arange(1, out_length + 1, dtype=np.float64)
+  u = x / scale + 0.5 * (1.0 - 1.0 / scale)  # 1-based input coordinate of each output pixel.
+  left = np.floor(u - kernel_width / 2.0)
+  taps = int(math.ceil(kernel_width)) + 2
+  indices = left[:, None] + np.arange(taps, dtype=np.float64)[None, :]  # 1-based.
+  distance = u[:, None] - indices
+  weights = scale * cubic(scale * distance) if stretch else cubic(distance)
+  weights /= weights.sum(axis=1, keepdims=True)
+  return weights, _mirror(indices.astype(np.int64) - 1, in_length)
+
+
+def _resize_axis(img: np.ndarray, axis: int, out_length: int, scale: float,
+                 antialiasing: bool) -> np.ndarray:
+  """Resizes `img` along `axis` with MATLAB's weights, one kernel tap at a time.
+
+  Looping over the P taps (not over pixels) keeps memory at one output-sized temporary, which
+  matters for full-size images in worker processes; each tap is a vectorised take + multiply-add.
+  """
+  weights, indices = contributions(img.shape[axis], out_length, scale, antialiasing)
+  bshape = [1] * img.ndim
+  bshape[axis] = out_length
+  out = None
+  for p in range(weights.shape[1]):
+    w = weights[:, p]
+    if not np.any(w):
+      continue  # MATLAB drops all-zero tap columns; skipping them is equivalent.
+    term = np.take(img, indices[:, p], axis=axis) * w.astype(img.dtype).reshape(bshape)
+    out = term if out is None else out + term
+  return out
+
+
+def output_size(in_shape: tuple[int, int], scale: float | None,
+                output_shape: tuple[int, int] | None) -> tuple[tuple[int, int],
+                                                                 tuple[float, float]]:
+  """MATLAB's size rules: returns ((out_h, out_w), (scale_h, scale_w)).
+
+  With `scale`, out = ceil(in * scale) and both axes use `scale` itself for the coordinate
+  mapping; with `output_shape`, each axis uses out / in. The ceil ignores a 1e-10 relative excess
+  so that float noise (e.g. 30 * 0.1 = 3.0000000000000004) does not add a row.
+  """
+  if (scale is None) == (output_shape is None):
+    raise ValueError("Give exactly one of `scale` or `output_shape`.")
+  if scale is not None:
+    if scale <= 0:
+      raise ValueError(f"scale must be positive, got {scale}.")
+    out = tuple(int(math.ceil(n * scale * (1.0 - 1e-10))) for n in in_shape)
+    return out, (float(scale), float(scale))
+  out = tuple(int(n) for n in output_shape)
+  if len(out) != 2 or min(out) <= 0:
+    raise ValueError(f"output_shape must be two positive ints, got {output_shape}.")
+  return out, (out[0] / in_shape[0], out[1] / in_shape[1])
+
+
+def imresize(img: np.ndarray, scale: float | None = None,
+             output_shape: tuple[int, int] | None = None, *,
+             antialiasing: bool = True) -> np.ndarray:
+  """Bicubic resize of a float (H, W) or (H, W, C) image exactly as MATLAB's `imresize`.
+
+  Values are not clipped or rounded (MATLAB does that only for integer inputs); callers that need
+  uint8 LR images round themselves. float16/float32 inputs are computed and returned in float32,
+  float64 in float64. Integer images are rejected so that a 0..255 vs 0..1 mix-up cannot pass
+  silently.
+  """
+  img = np.asarray(img)
+  if not np.issubdtype(img.dtype, np.floating):
+    raise TypeError(f"imresize expects a floating-point image, got {img.dtype}; "
+                    "convert first, e.g. img.astype(np.float32) / 255.")
+  if img.ndim not in (2, 3):
+    raise ValueError(f"Expected an (H, W) or (H, W, C) image, got shape {img.shape}.")
+  img = img.astype(np.result_type(img.dtype, np.float32), copy=False)
+  out_shape, scales = output_size(img.shape[:2], scale, output_shape)
+  # MATLAB resizes the dimension with the smaller scale first (stable order on ties).
+  for axis in sorted((0, 1), key=lambda a: scales[a]):
+    if out_shape[axis] == img.shape[axis] and scales[axis] == 1.0:
+      continue  # Identity: Keys' kernel is 1 at 0 and 0 at other integers.
+    img = _resize_axis(img, axis, out_shape[axis], scales[axis], antialiasing)
+  return img
+
+
+def modcrop(img: np.ndarray, multiple: int) -> np.ndarray:
+  """Crops H and W down to multiples of `multiple`, keeping the top-left corner (BasicSR's rule).
+
+  Test-set HR images are cropped this way ("GTmod12") so that HR and LR sizes divide exactly.
+  """
+  if multiple < 1:
+    raise ValueError(f"multiple must be >= 1, got {multiple}.")
+  h, w = img.shape[0], img.shape[1]
+  return img[:h - h % multiple, :w - w % multiple]
