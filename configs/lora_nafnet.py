@@ -20,7 +20,7 @@ roughly 1-2 dB after 300 steps. The table printed at the end states the metric p
 
 import ml_collections
 
-from configs import common
+from sr_jax import config_base as common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -41,8 +41,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.lora.alpha = 8.0
   # Every kernel; depthwise convs are excluded by the model's registry entry.
   config.lora.targets = (r".*/kernel",)
+  # The 3-channel output conv allows rank <= 3; a full update of it costs only 9*width*3
+  # parameters, so it trains fully instead of carrying an adapter.
+  config.lora.rank_overrides = ("ending/kernel=0",)
   # Biases, LayerNorm scale/bias and NAFNet's beta/gamma are ~0.5% of NAFNet: tune them fully.
-  config.lora.extra_trainable = (r".*/bias", r".*/scale", r".*/beta", r".*/gamma")
+  config.lora.extra_trainable = (r".*/bias", r".*/scale", r".*/beta", r".*/gamma",
+                                 r"ending/kernel")
 
   # The base: a checkpoint directory (from sr_jax.convert or an earlier run), or, when empty,
   # a base pre-trained here on `base.degradation` for `base.num_steps` steps.

@@ -1,4 +1,4 @@
-"""Defaults shared by every sr_jax job config.
+"""Defaults shared by every sr_jax job config (the files in configs/ build on these).
 
 Every key a job may set exists here, so the locked config rejects typos: an unknown
 `--config.x.y=...` fails and lists the valid keys. Job files override values, never add keys.

@@ -76,7 +76,7 @@ class PixelObjective:
     updates, opt_state = self.tx.update(grads, state.opt_state, state.trainable)
     trainable = optax.apply_updates(state.trainable, updates)
     metrics = {"loss": loss, "psnr": batch_psnr(pred, batch["gt"]),
-               "grad_norm": optax.global_norm(grads)}
+               "grad_norm": optax.tree.norm(grads)}
     if self.schedule is not None:
       metrics["learning_rate"] = self.schedule(state.step)
     new_state = state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state)

@@ -1,0 +1,30 @@
+"""Command-line entry: `python -m sr_jax.main --config configs/<job>.py[:variant] --workdir DIR`.
+
+Kept short on purpose; the run itself is `sr_jax.train.train_and_evaluate(config, workdir)`,
+importable from a notebook. Override any config value with `--config.a.b=value`; the config is
+locked, so a misspelt key is an error listing the valid ones.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from sr_jax import runtime
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and results.")
+config_flags.DEFINE_config_file("config", None, "Job config file, e.g. configs/lora_nafnet.py:demo.",
+                                lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  runtime.setup()
+  from sr_jax import train  # After runtime.setup(): TensorFlow must not see accelerators.
+  logging.info("Config:\n%s", FLAGS.config)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

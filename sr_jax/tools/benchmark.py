@@ -1,0 +1,107 @@
+"""Step time, compiled memory and FLOPs of full vs LoRA fine-tuning, side by side.
+
+  python -m sr_jax.tools.benchmark                       # NAFNet-w32 SIDD, batch 4, 128x128
+  python -m sr_jax.tools.benchmark --preset tiny --steps 3
+
+Both arms run the real training step (`PixelObjective.update` jitted by `step.build_train_step`)
+on the same random batch. Memory and FLOPs come from XLA's analysis of the compiled step;
+times are the median of `--steps` timed steps after one warm-up step. The PyTorch reference
+(REFERENCE.md section 12, official NAFNet, AdamW, same machine class) is printed beside them.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from sr_jax import config_base as common
+from sr_jax import lora, runtime, sharding
+from sr_jax import step as step_lib
+from sr_jax import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("preset", "sidd_w32", "NAFNet preset.")
+flags.DEFINE_integer("batch", 4, "Global batch size.")
+flags.DEFINE_integer("size", 128, "Crop size.")
+flags.DEFINE_integer("steps", 5, "Timed steps per arm (after one warm-up step).")
+flags.DEFINE_string("dtype", "float32", "Compute dtype.")
+flags.DEFINE_string("conv_impl", "auto", "Convolution formulation: auto, xla or shifted.")
+flags.DEFINE_integer("rank", 8, "LoRA rank for the LoRA arm.")
+
+# Official PyTorch NAFNet-w32 SIDD, batch 4, 128x128, AdamW, 2 CPU cores (REFERENCE.md s12).
+PYTORCH_REFERENCE_MS = {("sidd_w32", 4, 128): 1661.0}
+
+
+def arm_config(lora_enabled: bool):
+  c = common.base_config()
+  c.model.preset, c.model.dtype, c.model.conv_impl = FLAGS.preset, FLAGS.dtype, FLAGS.conv_impl
+  c.data.crop_size, c.batch_size, c.num_steps = FLAGS.size, FLAGS.batch, 1000
+  c.lora.enabled, c.lora.rank, c.lora.alpha = lora_enabled, FLAGS.rank, float(FLAGS.rank)
+  c.lora.extra_trainable = (r".*/bias", r".*/scale", r".*/beta", r".*/gamma")
+  return c
+
+
+def measure(lora_enabled: bool) -> dict[str, Any]:
+  """Builds one arm's run and step; returns its timings and compiled analyses."""
+  config = arm_config(lora_enabled)
+  run = train.build_run(config, "/tmp/sr_jax_benchmark", base=None)
+  rng = np.random.default_rng(0)
+  shape = (config.batch_size, config.data.crop_size, config.data.crop_size, 3)
+  local = {"lq": rng.random(shape, np.float32), "gt": rng.random(shape, np.float32)}
+  batch = sharding.global_batch(local, run.mesh)
+  step_fn = step_lib.build_train_step(run.objective.update, run.mesh)
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(run.state, run.frozen, batch).compile()
+  compile_s = time.perf_counter() - t0
+  state = run.state
+  times = []
+  for i in range(FLAGS.steps + 1):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, run.frozen, batch)
+    jax.block_until_ready(metrics["loss"])
+    if i:  # The first call includes one-off transfers.
+      times.append(1000 * (time.perf_counter() - t0))
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  mem = compiled.memory_analysis()
+  trainable = lora.count(run.state.trainable)
+  return dict(arm="LoRA r=%d" % FLAGS.rank if lora_enabled else "full fine-tuning",
+              ms=statistics.median(times), compile_s=compile_s, gflops=cost["flops"] / 1e9,
+              temp_mb=mem.temp_size_in_bytes / 2**20, arg_mb=mem.argument_size_in_bytes / 2**20,
+              trainable=trainable, pct=100 * trainable / run.num_base_params)
+
+
+def report(rows: list[dict[str, Any]]) -> str:
+  ref = PYTORCH_REFERENCE_MS.get((FLAGS.preset, FLAGS.batch, FLAGS.size))
+  lines = [f"NAFNet {FLAGS.preset}, batch {FLAGS.batch}, {FLAGS.size}x{FLAGS.size}, {FLAGS.dtype}, "
+           f"{jax.device_count()} x {jax.devices()[0].device_kind}, conv_impl={FLAGS.conv_impl}",
+           "", "| arm | trainable | step ms | vs PyTorch | img/s | GFLOP/step | temp MiB | "
+           "args MiB | compile s |", "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    vs = f"{ref / r['ms']:.2f}x faster" if ref else "n/a"
+    lines.append(f"| {r['arm']} | {r['trainable']:,} ({r['pct']:.2f}%) | {r['ms']:.0f} | {vs} | "
+                 f"{1000 * FLAGS.batch / r['ms']:.2f} | {r['gflops']:.1f} | {r['temp_mb']:.0f} | "
+                 f"{r['arg_mb']:.0f} | {r['compile_s']:.1f} |")
+  if ref:
+    lines.append(f"\nPyTorch reference (official NAFNet, same machine class): {ref:.0f} ms/step.")
+  if len(rows) == 2:
+    lines.append(f"LoRA / full: time {rows[1]['ms'] / rows[0]['ms']:.2f}, FLOPs "
+                 f"{rows[1]['gflops'] / rows[0]['gflops']:.2f}, temp memory "
+                 f"{rows[1]['temp_mb'] / rows[0]['temp_mb']:.2f}.")
+  return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  runtime.setup()
+  print(report([measure(False), measure(True)]), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,295 @@
+"""The training loop: data -> jitted step -> metrics, checkpoints and evaluations.
+
+`train_and_evaluate(config, workdir)` reads top to bottom in the order a run happens:
+prepare the base (load it, or pre-train one in workdir/base), build the model, the LoRA plan and
+the partitioned optimizer, restore the latest checkpoint if there is one, train, export, then
+evaluate the base and the tuned model on held-out images and print the table. Re-running the
+same command resumes; a finished run only re-evaluates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from sr_jax import checkpoint, evaluate, lora, sharding, step as step_lib
+from sr_jax.data import pipeline
+from sr_jax.models import registry
+from sr_jax.objectives import pixel
+
+PyTree = Any
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything a training run holds between steps."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  objective: pixel.PixelObjective
+  mesh: jax.sharding.Mesh
+  state: step_lib.TrainState
+  frozen: PyTree
+  plan: lora.LoraPlan | None
+  meta: dict[str, Any]
+  num_base_params: int
+
+
+def prepare_base(config: ml_collections.ConfigDict, workdir: str) -> PyTree | None:
+  """The base parameters to start from: a given checkpoint, one pre-trained here, or None."""
+  arch = registry.architecture(config.model)
+  if config.base.checkpoint:
+    params, meta = checkpoint.load_params(config.base.checkpoint)
+    checkpoint.check_architecture(meta.get("model", {}), arch,
+                                  f"config.base.checkpoint={config.base.checkpoint}")
+    return params
+  if config.base.num_steps <= 0:
+    return None
+  base_dir = os.path.join(workdir, "base")
+  export_dir = os.path.join(base_dir, "export", "params")
+  if os.path.exists(os.path.join(export_dir, "meta.json")):
+    params, meta = checkpoint.load_params(export_dir)
+    if meta.get("step") == config.base.num_steps and meta.get("model") == arch:
+      logging.info("Using the base pre-trained earlier in %s.", base_dir)
+      return params
+  logging.info("No config.base.checkpoint: pre-training a base in %s.", base_dir)
+  train_and_evaluate(base_config(config), base_dir)
+  return checkpoint.load_params(export_dir)[0]
+
+
+def base_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config of the base pre-training stage derived from a fine-tuning config."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.job = f"{config.job}/base"
+  c.mode = "train"
+  c.lora.enabled = False
+  c.data.degradation = c.base.degradation
+  c.num_steps = config.base.num_steps
+  c.optimizer.learning_rate = config.base.learning_rate
+  c.base.checkpoint, c.base.num_steps = "", 0
+  return c
+
+
+def initial_params(config, model, base: PyTree | None, rng: jax.Array):
+  """{'base', 'lora'}, the LoRA plan (or None) and the trainable/frozen labels."""
+  if base is None:
+    size = config.data.crop_size
+    base = jax.jit(model.init)(rng, jnp.zeros((1, size, size, 3)))["params"]
+  base = jax.tree.map(jnp.asarray, base)
+  plan, adapters = None, {}
+  if config.lora.enabled:
+    exclude = (registry.entry(config.model.name).depthwise_kernels,)
+    plan = lora.make_plan(base, targets=config.lora.targets, rank=config.lora.rank,
+                          alpha=config.lora.alpha, exclude=exclude,
+                          rank_overrides=config.lora.rank_overrides)
+    adapters = lora.init_adapters(jax.random.fold_in(rng, 1), base, plan)
+  params = {"base": base, "lora": adapters}
+  labels = lora.labels(params, config.lora.extra_trainable,
+                       full_finetune=not config.lora.enabled)
+  return params, plan, labels
+
+
+def build_run(config: ml_collections.ConfigDict, workdir: str, base: PyTree | None) -> Run:
+  """Model, objective, mesh and a fresh (replicated) state; no checkpoint restored yet."""
+  model = registry.build_model(config.model)
+  mesh = sharding.make_mesh(config.mesh.data)
+  sharding.check_batch_size(config.batch_size, mesh)
+  rng = jax.random.PRNGKey(config.seed)
+  params, plan, labels = initial_params(config, model, base, rng)
+  schedule = step_lib.learning_rate_schedule(config.optimizer, config.num_steps)
+  tx = lora.partitioned_optimizer(step_lib.make_optimizer(config.optimizer, schedule), labels)
+  objective = pixel.PixelObjective(model, tx, plan, config.loss.kind,
+                                   config.loss.charbonnier_eps, schedule)
+  trainable, frozen = lora.split(params, labels)
+  state = step_lib.init_state(trainable, tx, config.seed)
+  meta = {"model": registry.architecture(config.model), "config": config.to_json_best_effort(),
+          "lora_plan": plan.to_json() if plan else None}
+  return Run(config, workdir, objective, mesh, sharding.replicate(state, mesh),
+             sharding.replicate(frozen, mesh), plan, meta, lora.count(params["base"]))
+
+
+def report_trainable(run: Run) -> tuple[int, float]:
+  """Logs and returns the trainable parameter count and its share of the base."""
+  n = lora.count(run.state.trainable)
+  pct = 100.0 * n / run.num_base_params
+  logging.info("Trainable parameters: %s of %s base parameters (%.2f%%)%s.", f"{n:,}",
+               f"{run.num_base_params:,}", pct,
+               f"; LoRA on {len(run.plan.paths)} kernels" if run.plan else "; full training")
+  return n, pct
+
+
+def check_finite(pending: list[dict[str, jax.Array]], last_step: int) -> dict[str, float]:
+  """Mean of the steps' metrics; a non-finite loss stops the run before anything is saved."""
+  host = jax.device_get(pending)
+  losses = np.array([m["loss"] for m in host])
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if bad.size:
+    first = last_step - len(host) + 1 + int(bad[0])
+    raise FloatingPointError(
+        f"Loss became {losses[bad[0]]} at step {first}; stopping without writing a checkpoint "
+        "from this state. Lower config.optimizer.learning_rate, set "
+        "config.optimizer.grad_clip_norm, or check the data; re-running resumes from the last "
+        "good checkpoint.")
+  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def restore_or_start(run: Run, mgr, data_iter) -> int:
+  """Restores the latest checkpoint into `run` (checking its architecture); returns its step."""
+  latest = mgr.latest_step()
+  if latest is None:
+    return 0
+  saved = checkpoint.read_meta(mgr, latest)
+  checkpoint.check_architecture(saved.get("model", {}), run.meta["model"],
+                                f"--workdir {run.workdir}")
+  run.state, run.frozen = checkpoint.restore(mgr, latest, run.state, run.frozen, data_iter)
+  logging.info("Resumed from step %d in %s.", latest, run.workdir)
+  return latest
+
+
+def train(run: Run, mgr, writer) -> None:
+  """Runs steps until config.num_steps, logging, checkpointing and evaluating periodically."""
+  config = run.config
+  dataset = pipeline.make_train_dataset(config.data, seed=config.seed,
+                                        batch_size=config.batch_size,
+                                        process_index=jax.process_index(),
+                                        process_count=jax.process_count())
+  data_iter = iter(dataset)
+  start = restore_or_start(run, mgr, data_iter)
+  step_fn = step_lib.build_train_step(run.objective.update, run.mesh)
+  report = periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer,
+                                           every_steps=config.log_every)
+  pending = []
+  for step in range(start + 1, config.num_steps + 1):
+    with report.timed("data"):
+      batch = sharding.global_batch(next(data_iter), run.mesh)
+    run.state, metrics = step_fn(run.state, run.frozen, batch)
+    pending.append(metrics)
+    report(step)
+    saving = step % config.checkpoint_every == 0 or step == config.num_steps
+    if step % config.log_every == 0 or saving:
+      means = check_finite(pending, step)
+      pending = []
+      writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
+      logging.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in means.items()))
+    if saving:
+      checkpoint.save(mgr, step, run.state, run.frozen, data_iter, run.meta)
+    if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
+      evaluate_tuned(run, writer, step)
+  mgr.wait_until_finished()
+
+
+def tuned_params(run: Run) -> PyTree:
+  return lora.combine(run.state.trainable, run.frozen)
+
+
+def evaluate_tuned(run: Run, writer, step: int) -> dict[str, Any]:
+  """Evaluates the current parameters on the held-out set and writes metrics and images."""
+  config = run.config
+  eval_set = pipeline.make_eval_set(config.data, seed=config.seed)
+  result = evaluate.evaluate(run.objective.apply, tuned_params(run), eval_set)
+  writer.write_scalars(step, {"eval/psnr": result["psnr"], "eval/ssim": result["ssim"]})
+  for i, (item, out) in enumerate(zip(eval_set, result["outputs"])):
+    if i >= config.num_image_summaries:
+      break
+    grid = evaluate.image_grid(item["lq"], out, item["gt"])
+    writer.write_images(step, {f"eval/{item['name']}": grid[None]})
+  return result
+
+
+def export(run: Run) -> None:
+  """Writes the merged model (export/params) and, for LoRA runs, the adapters (export/adapters)."""
+  params = jax.device_get(tuned_params(run))
+  merged = lora.merge(params["base"], params["lora"], run.plan)
+  export_meta = {"model": run.meta["model"], "job": run.config.job,
+                 "step": int(run.state.step)}
+  checkpoint.save_params(os.path.join(run.workdir, "export", "params"), merged, export_meta)
+  if run.plan is not None:
+    trainable = jax.device_get(run.state.trainable)
+    tuned_base = lora.flatten(trainable["base"])
+    checkpoint.save_adapters(os.path.join(run.workdir, "export", "adapters"),
+                             params["lora"], lora.unflatten(tuned_base),
+                             dict(export_meta, lora_plan=run.plan.to_json(),
+                                  extra_trainable=list(run.config.lora.extra_trainable)))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes), exports and evaluates; returns {arm: metrics}. See module doc."""
+  if config.mode not in ("train", "eval"):
+    raise ValueError(f"Unknown config.mode {config.mode!r}; use 'train' or 'eval'.")
+  workdir = os.path.abspath(workdir)
+  base = prepare_base(config, workdir)
+  run = build_run(config, workdir, base)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  mgr = checkpoint.manager(workdir, config.keep_checkpoints)
+  trainable, pct = report_trainable(run)
+  try:
+    if config.mode == "train":
+      writer.write_hparams(_scalar_hparams(config))
+      train(run, mgr, writer)
+      export(run)
+    else:
+      _restore_for_eval(run, mgr)
+  finally:
+    mgr.close()  # Finishes queued saves of good states even when training stopped on an error.
+  rows = {}
+  if base is not None:
+    rows["base"] = _evaluate_base(run, base)
+  arm = "lora" if run.plan else ("fine-tuned" if base is not None else "trained")
+  result = evaluate_tuned(run, writer, int(run.state.step))
+  rows[arm] = dict(psnr=result["psnr"], ssim=result["ssim"], trainable=trainable,
+                   trainable_pct=pct, per_image=result["per_image"])
+  _write_table(workdir, rows, writer)
+  writer.flush()
+  return rows
+
+
+def _restore_for_eval(run: Run, mgr) -> None:
+  step = None if run.config.eval_checkpoint_step < 0 else run.config.eval_checkpoint_step
+  step = mgr.latest_step() if step is None else step
+  if step is None or step not in mgr.all_steps():
+    raise FileNotFoundError(f"No checkpoint {'' if step is None else step} in "
+                            f"{run.workdir}/checkpoints (steps: {list(mgr.all_steps())}); train "
+                            "first with --config.mode=train.")
+  saved = checkpoint.read_meta(mgr, step)
+  checkpoint.check_architecture(saved.get("model", {}), run.meta["model"],
+                                f"--workdir {run.workdir}")
+  run.state, run.frozen = checkpoint.restore(mgr, step, run.state, run.frozen, None)
+
+
+def _evaluate_base(run: Run, base: PyTree) -> dict[str, Any]:
+  """The base alone (no adapters, no tuned leaves) on the fine-tuning task's held-out images."""
+  eval_set = pipeline.make_eval_set(run.config.data, seed=run.config.seed)
+  plain = pixel.PixelObjective(run.objective.model, None, None, run.config.loss.kind)
+  result = evaluate.evaluate(plain.apply, {"base": base, "lora": {}}, eval_set)
+  return dict(psnr=result["psnr"], ssim=result["ssim"], trainable=0, trainable_pct=0.0,
+              per_image=result["per_image"])
+
+
+def _write_table(workdir: str, rows: dict[str, Any], writer) -> None:
+  table = evaluate.results_table(rows, evaluate.protocol(0, False))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+      f.write(table + "\n")
+  print(table, flush=True)
+  writer.write_texts(0, {"results": table})
+
+
+def _scalar_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  flat = {}
+
+  def walk(prefix, node):
+    for k, v in node.items():
+      key = f"{prefix}{k}"
+      if isinstance(v, (dict, ml_collections.ConfigDict)):
+        walk(key + ".", v)
+      elif isinstance(v, (int, float, str, bool)):
+        flat[key] = v
+  walk("", config)
+  return flat

@@ -1,0 +1,133 @@
+"""The real training loop on a micro NAFNet: end to end, resume, devices, NaN and mismatch errors."""
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import lora_nafnet
+from sr_jax import checkpoint, lora, sharding, train
+from sr_jax.data import pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def micro_config(**overrides):
+  c = lora_nafnet.get_config("demo")
+  c.model.preset = "micro"
+  c.data.crop_size, c.data.eval_max_size, c.batch_size = 32, 48, 8
+  c.base.num_steps, c.num_steps = 0, 4
+  c.log_every, c.checkpoint_every, c.num_image_summaries = 2, 2, 1
+  c.lora.enabled = False
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def _flat_export(workdir):
+  return lora.flatten(checkpoint.load_params(os.path.join(workdir, "export", "params"))[0])
+
+
+def test_lora_job_end_to_end(tmp_path):
+  """Base pre-training, LoRA fine-tuning, exports, table, TensorBoard; the base stays intact."""
+  c = micro_config(**{"lora.enabled": True, "base.num_steps": 2, "num_steps": 2})
+  rows = train.train_and_evaluate(c, str(tmp_path))
+  assert set(rows) == {"base", "lora"}
+  assert 0 < rows["lora"]["trainable_pct"] < 100
+  assert np.isfinite(rows["lora"]["psnr"]) and 0 < rows["lora"]["ssim"] <= 1
+  assert "| lora |" in (tmp_path / "results.md").read_text()
+  assert glob.glob(str(tmp_path / "**" / "events.out.tfevents*"), recursive=True)
+  meta = json.loads((tmp_path / "export" / "adapters" / "meta.json").read_text())
+  assert "encoders_0_0/conv1/kernel" in meta["lora_plan"]["ranks"]
+  assert not any("conv2" in p for p in meta["lora_plan"]["ranks"])  # Depthwise: no adapter.
+  # Frozen base kernels in the fine-tuned run are bit-identical to the pre-trained base.
+  base = _flat_export(tmp_path / "base")
+  adapters, tuned_base, _ = checkpoint.load_adapters(str(tmp_path / "export" / "adapters"))
+  base_tree = checkpoint.load_params(str(tmp_path / "base" / "export" / "params"))[0]
+  plan = lora.LoraPlan.from_json(meta["lora_plan"])
+  merged = lora.merge(base_tree, adapters, plan)
+  flat_tuned = lora.flatten(tuned_base)
+  exported = _flat_export(tmp_path)
+  for path, value in lora.flatten(merged).items():
+    expected = flat_tuned.get(path, value)  # Tuned leaves replace the base's.
+    np.testing.assert_allclose(exported[path], expected, atol=1e-6, err_msg=path)
+  assert "intro/kernel" not in flat_tuned
+  np.testing.assert_array_equal(base["encoders_0_0/conv2/kernel"],
+                                exported["encoders_0_0/conv2/kernel"])
+
+
+def test_resume_equals_uninterrupted_and_eval_mode(tmp_path):
+  straight, resumed = str(tmp_path / "a"), str(tmp_path / "b")
+  common = {"optimizer.schedule": "constant"}
+  train.train_and_evaluate(micro_config(**common, num_steps=4), straight)
+  train.train_and_evaluate(micro_config(**common, num_steps=2), resumed)  # "Interrupted" at 2.
+  rows = train.train_and_evaluate(micro_config(**common, num_steps=4), resumed)
+  a, b = _flat_export(straight), _flat_export(resumed)
+  for path in a:
+    np.testing.assert_allclose(a[path], b[path], rtol=1e-6, atol=1e-7, err_msg=path)
+  evaluated = train.train_and_evaluate(micro_config(**common, num_steps=4, mode="eval"), resumed)
+  assert evaluated["trained"]["psnr"] == pytest.approx(rows["trained"]["psnr"], abs=1e-6)
+
+
+def _losses_and_params(num_devices, batches):
+  c = micro_config(**{"mesh.data": num_devices, "lora.enabled": True})
+  run = train.build_run(c, "/tmp/unused", base=None)
+  step_fn = train.step_lib.build_train_step(run.objective.update, run.mesh)
+  state, losses = run.state, []
+  for batch in batches:
+    state, metrics = step_fn(state, run.frozen, sharding.global_batch(batch, run.mesh))
+    losses.append(float(metrics["loss"]))
+  return losses, jax.device_get(state.trainable)
+
+
+def test_one_device_equals_eight_devices():
+  assert jax.device_count() == 8, "conftest sets 8 simulated CPU devices"
+  c = micro_config()
+  data = iter(pipeline.make_train_dataset(c.data, seed=0, batch_size=c.batch_size))
+  batches = [next(data) for _ in range(3)]
+  losses1, params1 = _losses_and_params(1, batches)
+  losses8, params8 = _losses_and_params(8, batches)
+  np.testing.assert_allclose(losses1, losses8, rtol=1e-5)
+  assert losses1[0] != losses1[-1]  # Training actually moved.
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
+               params1, params8)
+
+
+def test_nan_loss_stops_without_checkpointing_the_bad_state(tmp_path):
+  c = micro_config(**{"optimizer.learning_rate": 1e35, "optimizer.schedule": "constant",
+                      "checkpoint_every": 1, "log_every": 1})
+  with pytest.raises(FloatingPointError, match=r"at step \d+; stopping without") as error:
+    train.train_and_evaluate(c, str(tmp_path))
+  bad_step = int(re.search(r"at step (\d+)", str(error.value)).group(1))
+  steps = checkpoint.manager(str(tmp_path)).all_steps()
+  assert steps and all(s < bad_step for s in steps), (steps, bad_step)
+  assert not (tmp_path / "export").exists()
+
+
+def test_checkpoint_of_another_architecture_is_named(tmp_path):
+  train.train_and_evaluate(micro_config(num_steps=2), str(tmp_path))
+  with pytest.raises(ValueError, match=r"different architecture:\n  width: checkpoint has 8"):
+    train.train_and_evaluate(micro_config(num_steps=4, **{"model.width": 12}), str(tmp_path))
+
+
+def test_unknown_config_key_is_an_error_listing_valid_keys(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "sr_jax.main", "--config", "configs/lora_nafnet.py:demo",
+       "--workdir", str(tmp_path), "--config.lora.rnak=3"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert "rnak" in proc.stderr and "rank" in proc.stderr
+  proc = subprocess.run(
+      [sys.executable, "-m", "sr_jax.main", "--config", "configs/lora_nafnet.py:dmeo",
+       "--workdir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and "valid variants: ['demo']" in proc.stderr
