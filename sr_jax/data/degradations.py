@@ -7,9 +7,10 @@ function of (clean image, rng), which makes it reproducible from (seed, record i
 Images are float32 HWC RGB in [0, 1]. Every output is clipped to [0, 1]: real noisy or blurry
 photographs reach a model as 8-bit files, so values outside that range never occur at test
 time, and training on unclipped noise would teach the model a distribution it never sees.
-Outputs are not quantized to the 8-bit grid.
+Outputs are not quantized to the 8-bit grid, except bicubic LR images, which are rounded to
+uint8 levels as benchmark LR files are.
 
-The degradation is described by `data.degradation` of configs/common.py (or `base.degradation`):
+The degradation is described by `data.degradation` of sr_jax/config_base.py (or `base.degradation`):
 kind, noise_sigma (range on the 0..255 scale), blur_sigma (range in pixels), blur_kernel_size,
 scale. Ranges are drawn uniformly once per image.
 """
@@ -20,6 +21,8 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+
+from sr_jax.data.resize import imresize, modcrop
 
 KINDS = ("noise", "blur", "noise_blur", "bicubic")
 
@@ -115,19 +118,13 @@ def add_gaussian_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) 
   return np.clip(img + noise, 0.0, 1.0)
 
 
-def modcrop(img: np.ndarray, scale: int) -> np.ndarray:
-  """Crops the bottom/right so H and W are multiples of `scale` (BasicSR's convention)."""
-  h, w = img.shape[:2]
-  return img[:h - h % scale, :w - w % scale]
-
-
 def bicubic_downscale(hr: np.ndarray, scale: int) -> np.ndarray:
-  """MATLAB-style bicubic downscaling of an HR image whose sides are multiples of `scale`."""
-  # Imported lazily: resize.py is a sibling module maintained separately, and only the SR
-  # degradation needs it.
-  from sr_jax.data.resize import imresize  # pylint: disable=g-import-not-at-top
+  """MATLAB-style bicubic downscaling of an HR image whose sides are multiples of `scale`.
+
+  The LR image is rounded to uint8 levels, as benchmark LR images are stored (REFERENCE s1).
+  """
   lr = imresize(np.asarray(hr, np.float32), scale=1.0 / scale)
-  return np.clip(lr, 0.0, 1.0).astype(np.float32)
+  return (np.round(np.clip(lr, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
 
 
 def _draw(rng: np.random.Generator, value_range: tuple[float, float]) -> float:
