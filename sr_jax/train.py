@@ -239,6 +239,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   finally:
     mgr.close()  # Finishes queued saves of good states even when training stopped on an error.
   rows = {}
+  identity = _evaluate_input(run)
+  if identity is not None:
+    rows["degraded input"] = identity
   if base is not None:
     rows["base"] = _evaluate_base(run, base)
   arm = "lora" if run.plan else ("fine-tuned" if base is not None else "trained")
@@ -261,6 +264,16 @@ def _restore_for_eval(run: Run, mgr) -> None:
   checkpoint.check_architecture(saved.get("model", {}), run.meta["model"],
                                 f"--workdir {run.workdir}")
   run.state, run.frozen = checkpoint.restore(mgr, step, run.state, run.frozen, None)
+
+
+def _evaluate_input(run: Run) -> dict[str, Any] | None:
+  """The degraded input itself as a baseline (restoration only: sizes must match)."""
+  eval_set = pipeline.make_eval_set(run.config.data, seed=run.config.seed)
+  if any(item["lq"].shape != item["gt"].shape for item in eval_set):
+    return None
+  result = evaluate.evaluate(lambda params, lq: lq, None, eval_set)
+  return dict(psnr=result["psnr"], ssim=result["ssim"], trainable=0, trainable_pct=0.0,
+              per_image=result["per_image"])
 
 
 def _evaluate_base(run: Run, base: PyTree) -> dict[str, Any]:
