@@ -1,12 +1,14 @@
 """Step time, compiled memory and FLOPs of full vs LoRA fine-tuning, side by side.
 
-  python -m sr_jax.tools.benchmark                       # NAFNet-w32 SIDD, batch 4, 128x128
-  python -m sr_jax.tools.benchmark --preset tiny --steps 3
+  python -m sr_jax.tools.benchmark          # configs/lora_nafnet.py: NAFNet-w32 SIDD, batch 4, 128x128
+  python -m sr_jax.tools.benchmark --config configs/lora_nafnet.py --config.model.preset=tiny \
+      --config.model.dtype=bfloat16 --steps 3
 
-Both arms run the real training step (`PixelObjective.update` jitted by `step.build_train_step`)
+Both arms are the job config's own training step (`PixelObjective.update` jitted by
+`step.build_train_step`): the LoRA arm as configured, the full arm with `lora.enabled=False`,
 on the same random batch. Memory and FLOPs come from XLA's analysis of the compiled step;
 times are the median of `--steps` timed steps after one warm-up step. The PyTorch reference
-(REFERENCE.md section 12, official NAFNet, AdamW, same machine class) is printed beside them.
+(REFERENCE.md section 12: official NAFNet, AdamW, same machine class) is printed beside them.
 """
 
 from __future__ import annotations
@@ -16,34 +18,30 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import app, flags
+from ml_collections import config_flags
 
-from sr_jax import config_base as common
 from sr_jax import lora, runtime, sharding
 from sr_jax import step as step_lib
 from sr_jax import train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("preset", "sidd_w32", "NAFNet preset.")
+config_flags.DEFINE_config_file("config", "configs/lora_nafnet.py", "Job config to benchmark.",
+                                lock_config=True)
 flags.DEFINE_integer("batch", 4, "Global batch size.")
 flags.DEFINE_integer("size", 128, "Crop size.")
 flags.DEFINE_integer("steps", 5, "Timed steps per arm (after one warm-up step).")
-flags.DEFINE_string("dtype", "float32", "Compute dtype.")
-flags.DEFINE_string("conv_impl", "auto", "Convolution formulation: auto, xla or shifted.")
-flags.DEFINE_integer("rank", 8, "LoRA rank for the LoRA arm.")
 
 # Official PyTorch NAFNet-w32 SIDD, batch 4, 128x128, AdamW, 2 CPU cores (REFERENCE.md s12).
 PYTORCH_REFERENCE_MS = {("sidd_w32", 4, 128): 1661.0}
 
 
-def arm_config(lora_enabled: bool):
-  c = common.base_config()
-  c.model.preset, c.model.dtype, c.model.conv_impl = FLAGS.preset, FLAGS.dtype, FLAGS.conv_impl
-  c.data.crop_size, c.batch_size, c.num_steps = FLAGS.size, FLAGS.batch, 1000
-  c.lora.enabled, c.lora.rank, c.lora.alpha = lora_enabled, FLAGS.rank, float(FLAGS.rank)
-  c.lora.extra_trainable = (r".*/bias", r".*/scale", r".*/beta", r".*/gamma")
+def arm_config(lora_enabled: bool) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict(FLAGS.config.to_dict())
+  c.data.crop_size, c.batch_size = FLAGS.size, FLAGS.batch
+  c.lora.enabled = lora_enabled
   return c
 
 
@@ -71,16 +69,17 @@ def measure(lora_enabled: bool) -> dict[str, Any]:
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   mem = compiled.memory_analysis()
   trainable = lora.count(run.state.trainable)
-  return dict(arm="LoRA r=%d" % FLAGS.rank if lora_enabled else "full fine-tuning",
+  return dict(arm=f"LoRA r={config.lora.rank}" if lora_enabled else "full fine-tuning",
               ms=statistics.median(times), compile_s=compile_s, gflops=cost["flops"] / 1e9,
               temp_mb=mem.temp_size_in_bytes / 2**20, arg_mb=mem.argument_size_in_bytes / 2**20,
               trainable=trainable, pct=100 * trainable / run.num_base_params)
 
 
 def report(rows: list[dict[str, Any]]) -> str:
-  ref = PYTORCH_REFERENCE_MS.get((FLAGS.preset, FLAGS.batch, FLAGS.size))
-  lines = [f"NAFNet {FLAGS.preset}, batch {FLAGS.batch}, {FLAGS.size}x{FLAGS.size}, {FLAGS.dtype}, "
-           f"{jax.device_count()} x {jax.devices()[0].device_kind}, conv_impl={FLAGS.conv_impl}",
+  model = FLAGS.config.model
+  ref = PYTORCH_REFERENCE_MS.get((model.preset, FLAGS.batch, FLAGS.size))
+  lines = [f"NAFNet {model.preset}, batch {FLAGS.batch}, {FLAGS.size}x{FLAGS.size}, {model.dtype}, "
+           f"{jax.device_count()} x {jax.devices()[0].device_kind}, conv_impl={model.conv_impl}",
            "", "| arm | trainable | step ms | vs PyTorch | img/s | GFLOP/step | temp MiB | "
            "args MiB | compile s |", "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
