@@ -40,6 +40,14 @@ class Run:
   plan: lora.LoraPlan | None
   meta: dict[str, Any]
   num_base_params: int
+  _eval_set: list[dict[str, Any]] | None = None
+
+  @property
+  def eval_set(self) -> list[dict[str, Any]]:
+    """The held-out images, loaded and degraded once (deterministically) per run."""
+    if self._eval_set is None:
+      self._eval_set = pipeline.make_eval_set(self.config.data, seed=self.config.seed)
+    return self._eval_set
 
 
 def prepare_base(config: ml_collections.ConfigDict, workdir: str) -> PyTree | None:
@@ -191,8 +199,7 @@ def tuned_params(run: Run) -> PyTree:
 
 def evaluate_tuned(run: Run, writer, step: int) -> dict[str, Any]:
   """Evaluates the current parameters on the held-out set and writes metrics and images."""
-  config = run.config
-  eval_set = pipeline.make_eval_set(config.data, seed=config.seed)
+  config, eval_set = run.config, run.eval_set
   result = evaluate.evaluate(run.objective.apply, tuned_params(run), eval_set)
   writer.write_scalars(step, {"eval/psnr": result["psnr"], "eval/ssim": result["ssim"]})
   for i, (item, out) in enumerate(zip(eval_set, result["outputs"])):
@@ -268,19 +275,17 @@ def _restore_for_eval(run: Run, mgr) -> None:
 
 def _evaluate_input(run: Run) -> dict[str, Any] | None:
   """The degraded input itself as a baseline (restoration only: sizes must match)."""
-  eval_set = pipeline.make_eval_set(run.config.data, seed=run.config.seed)
-  if any(item["lq"].shape != item["gt"].shape for item in eval_set):
+  if any(item["lq"].shape != item["gt"].shape for item in run.eval_set):
     return None
-  result = evaluate.evaluate(lambda params, lq: lq, None, eval_set)
+  result = evaluate.evaluate(lambda params, lq: lq, None, run.eval_set)
   return dict(psnr=result["psnr"], ssim=result["ssim"], trainable=0, trainable_pct=0.0,
               per_image=result["per_image"])
 
 
 def _evaluate_base(run: Run, base: PyTree) -> dict[str, Any]:
   """The base alone (no adapters, no tuned leaves) on the fine-tuning task's held-out images."""
-  eval_set = pipeline.make_eval_set(run.config.data, seed=run.config.seed)
   plain = pixel.PixelObjective(run.objective.model, None, None, run.config.loss.kind)
-  result = evaluate.evaluate(plain.apply, {"base": base, "lora": {}}, eval_set)
+  result = evaluate.evaluate(plain.apply, {"base": base, "lora": {}}, run.eval_set)
   return dict(psnr=result["psnr"], ssim=result["ssim"], trainable=0, trainable_pct=0.0,
               per_image=result["per_image"])
 

@@ -42,7 +42,7 @@ def test_lora_job_end_to_end(tmp_path):
   """Base pre-training, LoRA fine-tuning, exports, table, TensorBoard; the base stays intact."""
   c = micro_config(**{"lora.enabled": True, "base.num_steps": 2, "num_steps": 2})
   rows = train.train_and_evaluate(c, str(tmp_path))
-  assert set(rows) == {"base", "lora"}
+  assert set(rows) == {"degraded input", "base", "lora"}
   assert 0 < rows["lora"]["trainable_pct"] < 100
   assert np.isfinite(rows["lora"]["psnr"]) and 0 < rows["lora"]["ssim"] <= 1
   assert "| lora |" in (tmp_path / "results.md").read_text()
