@@ -8,14 +8,6 @@ import pytest
 from sr_jax.models import layers
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _fast_compile():
-  """Tiny layers compile faster without XLA's optimisation passes."""
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
-
 
 def _random(shape, seed=0, dtype=np.float32):
   return np.random.default_rng(seed).standard_normal(shape).astype(dtype)

@@ -19,14 +19,6 @@ PUBLISHED_MILLIONS = {'sidd_w32': 29.16, 'sidd_w64': 115.98, 'gopro_w32': 17.11,
                       'gopro_w64': 67.89}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _fast_compile():
-  """Small models compile faster without XLA's optimisation passes."""
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
-
 
 # ----------------------------------------------------------------------------------------------
 # The official architecture, described independently of the Flax code.

@@ -80,15 +80,16 @@ def report(rows: list[dict[str, Any]]) -> str:
   ref = PYTORCH_REFERENCE_MS.get((model.preset, FLAGS.batch, FLAGS.size))
   lines = [f"NAFNet {model.preset}, batch {FLAGS.batch}, {FLAGS.size}x{FLAGS.size}, {model.dtype}, "
            f"{jax.device_count()} x {jax.devices()[0].device_kind}, conv_impl={model.conv_impl}",
-           "", "| arm | trainable | step ms | vs PyTorch | img/s | GFLOP/step | temp MiB | "
+           "", "| arm | trainable | step ms | speed-up vs PyTorch | img/s | GFLOP/step | temp MiB | "
            "args MiB | compile s |", "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
-    vs = f"{ref / r['ms']:.2f}x faster" if ref else "n/a"
+    vs = f"{ref / r['ms']:.2f}x" if ref else "n/a"
     lines.append(f"| {r['arm']} | {r['trainable']:,} ({r['pct']:.2f}%) | {r['ms']:.0f} | {vs} | "
                  f"{1000 * FLAGS.batch / r['ms']:.2f} | {r['gflops']:.1f} | {r['temp_mb']:.0f} | "
                  f"{r['arg_mb']:.0f} | {r['compile_s']:.1f} |")
   if ref:
-    lines.append(f"\nPyTorch reference (official NAFNet, same machine class): {ref:.0f} ms/step.")
+    lines.append(f"\nPyTorch reference (official NAFNet, same machine class): {ref:.0f} ms/step; "
+                 "speed-up = PyTorch ms / sr_jax ms (above 1 means sr_jax is faster).")
   if len(rows) == 2:
     lines.append(f"LoRA / full: time {rows[1]['ms'] / rows[0]['ms']:.2f}, FLOPs "
                  f"{rows[1]['gflops'] / rows[0]['gflops']:.2f}, temp memory "
