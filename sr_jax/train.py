@@ -148,15 +148,20 @@ def check_finite(pending: list[dict[str, jax.Array]], last_step: int) -> dict[st
   return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
+def restore_step(run: Run, mgr, step: int, data_iter=None) -> None:
+  """Restores checkpoint `step` into `run` after checking it holds the same architecture."""
+  saved = checkpoint.read_meta(mgr, step)
+  checkpoint.check_architecture(saved.get("model", {}), run.meta["model"],
+                                f"--workdir {run.workdir}")
+  run.state, run.frozen = checkpoint.restore(mgr, step, run.state, run.frozen, data_iter)
+
+
 def restore_or_start(run: Run, mgr, data_iter) -> int:
-  """Restores the latest checkpoint into `run` (checking its architecture); returns its step."""
+  """Restores the latest checkpoint into `run`, if any; returns its step (0 for a new run)."""
   latest = mgr.latest_step()
   if latest is None:
     return 0
-  saved = checkpoint.read_meta(mgr, latest)
-  checkpoint.check_architecture(saved.get("model", {}), run.meta["model"],
-                                f"--workdir {run.workdir}")
-  run.state, run.frozen = checkpoint.restore(mgr, latest, run.state, run.frozen, data_iter)
+  restore_step(run, mgr, latest, data_iter)
   logging.info("Resumed from step %d in %s.", latest, run.workdir)
   return latest
 
@@ -267,10 +272,7 @@ def _restore_for_eval(run: Run, mgr) -> None:
     raise FileNotFoundError(f"No checkpoint {'' if step is None else step} in "
                             f"{run.workdir}/checkpoints (steps: {list(mgr.all_steps())}); train "
                             "first with --config.mode=train.")
-  saved = checkpoint.read_meta(mgr, step)
-  checkpoint.check_architecture(saved.get("model", {}), run.meta["model"],
-                                f"--workdir {run.workdir}")
-  run.state, run.frozen = checkpoint.restore(mgr, step, run.state, run.frozen, None)
+  restore_step(run, mgr, step)
 
 
 def _evaluate_input(run: Run) -> dict[str, Any] | None:
