@@ -217,14 +217,14 @@ def evaluate_tuned(run: Run, writer, step: int) -> dict[str, Any]:
 
 def export(run: Run) -> None:
   """Writes the merged model (export/params) and, for LoRA runs, the adapters (export/adapters)."""
-  params = jax.device_get(tuned_params(run))
+  trainable = jax.device_get(run.state.trainable)
+  params = lora.combine(trainable, jax.device_get(run.frozen))
   merged = lora.merge(params["base"], params["lora"], run.plan)
   export_meta = {"model": run.meta["model"], "job": run.config.job,
                  "step": int(run.state.step)}
   checkpoint.save_params(os.path.join(run.workdir, "export", "params"), merged, export_meta)
   if run.plan is not None:
-    trainable = jax.device_get(run.state.trainable)
-    tuned_base = lora.flatten(trainable["base"])
+    tuned_base = lora.flatten(trainable["base"])  # Drops the frozen (MaskedNode) positions.
     checkpoint.save_adapters(os.path.join(run.workdir, "export", "adapters"),
                              params["lora"], lora.unflatten(tuned_base),
                              dict(export_meta, lora_plan=run.plan.to_json(),
@@ -257,9 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if base is not None:
     rows["base"] = _evaluate_base(run, base)
   arm = "lora" if run.plan else ("fine-tuned" if base is not None else "trained")
-  result = evaluate_tuned(run, writer, int(run.state.step))
-  rows[arm] = dict(psnr=result["psnr"], ssim=result["ssim"], trainable=trainable,
-                   trainable_pct=pct, per_image=result["per_image"])
+  rows[arm] = _row(evaluate_tuned(run, writer, int(run.state.step)), trainable, pct)
   _write_table(workdir, rows, writer)
   writer.flush()
   return rows
@@ -279,16 +277,18 @@ def _evaluate_input(run: Run) -> dict[str, Any] | None:
   """The degraded input itself as a baseline (restoration only: sizes must match)."""
   if any(item["lq"].shape != item["gt"].shape for item in run.eval_set):
     return None
-  result = evaluate.evaluate(lambda params, lq: lq, None, run.eval_set)
-  return dict(psnr=result["psnr"], ssim=result["ssim"], trainable=0, trainable_pct=0.0,
-              per_image=result["per_image"])
+  return _row(evaluate.evaluate(lambda params, lq: lq, None, run.eval_set))
 
 
 def _evaluate_base(run: Run, base: PyTree) -> dict[str, Any]:
   """The base alone (no adapters, no tuned leaves) on the fine-tuning task's held-out images."""
   plain = pixel.PixelObjective(run.objective.model, None, None, run.config.loss.kind)
-  result = evaluate.evaluate(plain.apply, {"base": base, "lora": {}}, run.eval_set)
-  return dict(psnr=result["psnr"], ssim=result["ssim"], trainable=0, trainable_pct=0.0,
+  return _row(evaluate.evaluate(plain.apply, {"base": base, "lora": {}}, run.eval_set))
+
+
+def _row(result: dict[str, Any], trainable: int = 0, pct: float = 0.0) -> dict[str, Any]:
+  """One results-table row from an evaluation."""
+  return dict(psnr=result["psnr"], ssim=result["ssim"], trainable=trainable, trainable_pct=pct,
               per_image=result["per_image"])
 
 
