@@ -18,15 +18,44 @@ def parse_variants(arg: str | None, allowed: tuple[str, ...]) -> set[str]:
 
 
 def degradation_config() -> ml_collections.ConfigDict:
-  """Synthetic degradation of a clean crop (see sr_jax/data/degradations.py)."""
+  """How a clean crop becomes a model input (sr_jax/data/degradations.py, sr_jax/data/ops.py).
+
+  Ranges (lo, hi) are drawn uniformly per sample (poisson_peak log-uniformly); lo == hi fixes
+  a value. Pixel values are on the 0..255 scale where noted, lengths in pixels.
+  """
   return ml_collections.ConfigDict(dict(
-      # One of: 'noise' (Gaussian), 'blur' (isotropic Gaussian), 'noise_blur' (blur then
-      # noise), 'bicubic' (MATLAB-style bicubic downscaling by `scale`, for SR models).
+      # Shorthands: 'noise' (Gaussian), 'blur' (Gaussian), 'noise_blur' (blur then noise),
+      # 'bicubic' (MATLAB bicubic downscaling by `scale` only), 'none'.
+      # Op chains over `ops`: 'chain' (all of them, in the listed order), 'prod' (PROD: a random
+      # subset of min_ops..max_ops ops in a random order), 'fixed' (a random subset in the listed
+      # order) and 'single' (one random op): the last two are PROD's ablation baselines.
       kind="noise_blur",
-      noise_sigma=(5.0, 25.0),  # On the 0..255 scale, drawn uniformly per image.
-      blur_sigma=(0.5, 2.0),  # Pixels, drawn uniformly per image.
-      blur_kernel_size=15,  # Odd; truncates the Gaussian.
-      scale=4,  # For 'bicubic' only.
+      ops=("gaussian_blur", "motion_blur", "gaussian_noise", "jpeg", "rain"),
+      min_ops=1,
+      max_ops=3,
+      # Super-resolution: scale > 1 downscales the (modcropped) clean image with `resize`
+      # ('bicubic' = MATLAB's antialiased imresize, 'bilinear', 'area', 'nearest'), rounds it to
+      # 8-bit levels like stored LR files, then applies the ops to the LR image.
+      scale=1,
+      resize="bicubic",
+      blur_sigma=(0.5, 2.0),  # Gaussian blur std (pixels).
+      blur_kernel_size=15,  # Odd; the support of Gaussian and motion blur kernels.
+      blur_anisotropic_prob=0.0,  # Chance that a Gaussian blur is anisotropic (rotated).
+      motion_length=(5.0, 15.0),  # Motion-blur streak length; at most blur_kernel_size.
+      motion_angle=(0.0, 180.0),  # Degrees.
+      noise_sigma=(5.0, 25.0),  # Gaussian noise std, 0..255 scale.
+      noise_gray_prob=0.0,  # Chance that the noise is identical in all channels.
+      poisson_peak=(30.0, 3000.0),  # Photons at white (Poisson shot noise); log-uniform.
+      jpeg_quality=(30, 95),  # Integer JPEG quality (Pillow's encoder).
+      rain_density=(0.002, 0.01),  # Rain streak seeds per pixel.
+      rain_length=(10.0, 30.0),
+      rain_angle=(-20.0, 20.0),  # Degrees from vertical.
+      rain_intensity=(0.4, 0.9),  # Peak brightness a streak adds.
+      haze_beta=(0.5, 2.5),  # Scattering coefficient: transmission exp(-beta * depth).
+      haze_airlight=(0.7, 1.0),  # Atmospheric light.
+      lowlight_exposure=(0.1, 0.5),  # Multiplicative exposure after the gamma curve.
+      lowlight_gamma=(1.2, 2.0),
+      lowlight_noise=(2.0, 10.0),  # Read-noise std after darkening, 0..255 scale.
   ))
 
 
@@ -47,9 +76,20 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.data = ml_collections.ConfigDict(dict(
-      source="embedded",  # 'embedded' (scikit-image photos) or 'folder'.
+      # 'embedded' (scikit-image photos), 'folder' (clean images in train_dir / eval_dir,
+      # degraded on the fly), 'paired' (degraded inputs in train_lq_dir / eval_lq_dir matched by
+      # file name to targets in train_dir / eval_dir) or 'tfds' (a prepared TFDS dataset).
+      source="embedded",
       train_dir="",
       eval_dir="",
+      train_lq_dir="",
+      eval_lq_dir="",
+      tfds_name="",  # E.g. 'div2k/bicubic_x4', prepared with --file_format=array_record.
+      tfds_data_dir="",
+      tfds_train_split="train",
+      tfds_eval_split="validation",
+      tfds_hr_key="hr",
+      tfds_lr_key="",  # E.g. 'lr' to train on the dataset's own LR images (else synthesised).
       crop_size=256,
       augment=True,  # Random flips and 90-degree rotations.
       # An image smaller than the crop: 'skip' (warn and drop it) or 'error'.

@@ -1,18 +1,28 @@
-"""Synthetic degradations that turn a clean image into a model input (PROD-style).
+"""How a clean image becomes a training pair: degradation chains, PROD, and SR downscaling.
 
-These run inside grain worker processes, so they use numpy only (no JAX, no OpenCV), and every
-random choice is drawn from the caller's `np.random.Generator`: a degraded sample is a pure
-function of (clean image, rng), which makes it reproducible from (seed, record index).
+A degradation is a *chain*: a sequence of (op name, concrete parameters) from sr_jax/data/ops.py,
+chosen per sample by `plan_chain` and applied in order. `DegradationSpec.kind` decides the
+chain:
 
-Images are float32 HWC RGB in [0, 1]. Every output is clipped to [0, 1]: real noisy or blurry
-photographs reach a model as 8-bit files, so values outside that range never occur at test
-time, and training on unclipped noise would teach the model a distribution it never sees.
-Outputs are not quantized to the 8-bit grid, except bicubic LR images, which are rounded to
-uint8 levels as benchmark LR files are.
+  'noise', 'blur', 'noise_blur'   shorthands: Gaussian noise, Gaussian blur, blur then noise
+  'none', 'bicubic'               no op ('bicubic' is 'none' with scale >= 2 and bicubic resize)
+  'chain'                         every op of `ops`, in the listed order
+  'prod'                          PROD (seed 001): a random subset of min_ops..max_ops of `ops`,
+                                  applied in a random order
+  'fixed'                         a random subset of the same size, in the listed order
+  'single'                        one op of `ops`, chosen at random
 
-The degradation is described by `data.degradation` of sr_jax/config_base.py (or `base.degradation`):
-kind, noise_sigma (range on the 0..255 scale), blur_sigma (range in pixels), blur_kernel_size,
-scale. Ranges are drawn uniformly once per image.
+'fixed' and 'single' are PROD's ablation baselines: they differ from 'prod' only in order and in
+how many degradations a sample combines. Every choice (which ops, their order, their parameters,
+the noise itself) is drawn from the caller's `np.random.Generator`; in the pipeline that is
+grain's per-record rng, so a sample is a pure function of (seed, record index).
+
+Super-resolution (`scale` > 1): the clean image is modcropped to a multiple of `scale` (the
+target), downscaled with `resize`, rounded to 8-bit levels as stored LR files are, and the chain
+is applied to the LR image (noise and JPEG act at the resolution the model sees).
+
+Images are float32 HWC RGB in [0, 1]; outputs are clipped to [0, 1]. numpy and Pillow only:
+this runs in grain worker processes (DESIGN.md decision 6).
 """
 
 from __future__ import annotations
@@ -22,142 +32,166 @@ from typing import Any
 
 import numpy as np
 
-from sr_jax.data.resize import imresize, modcrop
+from sr_jax.data import ops
+from sr_jax.data.ops import OpRanges
+from sr_jax.data.resize import modcrop
 
-KINDS = ("noise", "blur", "noise_blur", "bicubic")
+SHORTHANDS = {"noise": ("gaussian_noise",), "blur": ("gaussian_blur",),
+              "noise_blur": ("gaussian_blur", "gaussian_noise"), "none": (), "bicubic": ()}
+CHAIN_MODES = ("chain", "prod", "fixed", "single")
+KINDS = tuple(SHORTHANDS) + CHAIN_MODES
+
+Chain = tuple[tuple[str, dict[str, Any]], ...]
 
 
 @dataclasses.dataclass(frozen=True)
 class DegradationSpec:
-  """A validated, picklable copy of a degradation config.
+  """A validated, picklable copy of a `degradation` config.
 
-  Transforms hold this instead of the ConfigDict so that spawned workers need no
-  ml_collections and a bad config fails when the pipeline is built, not inside a worker.
+  Transforms hold this instead of the ConfigDict so that spawned workers need no ml_collections
+  and a bad config fails when the pipeline is built, not inside a worker.
   """
   kind: str
-  noise_sigma: tuple[float, float] = (0.0, 0.0)
-  blur_sigma: tuple[float, float] = (0.0, 0.0)
-  blur_kernel_size: int = 15
+  ops: tuple[str, ...] = ()
+  min_ops: int = 1
+  max_ops: int = 1
   scale: int = 1
+  resize: str = "bicubic"
+  ranges: OpRanges = dataclasses.field(default_factory=OpRanges)
 
   def __post_init__(self):
     if self.kind not in KINDS:
-      raise ValueError(f"Unknown degradation kind {self.kind!r}; valid kinds: {list(KINDS)}.")
-    for name in ("noise_sigma", "blur_sigma"):
-      lo, hi = getattr(self, name)
-      if not 0 <= lo <= hi:
-        raise ValueError(f"degradation.{name} must be a range (lo, hi) with 0 <= lo <= hi, "
-                         f"got {(lo, hi)}.")
-    if self.blur_kernel_size < 1 or self.blur_kernel_size % 2 == 0:
-      raise ValueError(
-          f"degradation.blur_kernel_size must be odd and positive, got {self.blur_kernel_size}.")
+      raise ValueError(f"Unknown degradation.kind {self.kind!r}; valid kinds: {list(KINDS)}.")
+    if self.kind in CHAIN_MODES:
+      self._check_ops()
     if self.scale < 1:
       raise ValueError(f"degradation.scale must be >= 1, got {self.scale}.")
+    if self.kind == "bicubic" and self.scale < 2:
+      raise ValueError("degradation.kind='bicubic' downscales by degradation.scale, which must "
+                       f"be >= 2 (got {self.scale}).")
+    if self.resize not in ops.RESIZE_METHODS:
+      raise ValueError(f"Unknown degradation.resize {self.resize!r}; valid: "
+                       f"{list(ops.RESIZE_METHODS)}.")
+
+  def _check_ops(self) -> None:
+    unknown = [name for name in self.ops if name not in ops.OPS]
+    if unknown or not self.ops:
+      raise ValueError(f"degradation.ops must name at least one of {sorted(ops.OPS)}; "
+                       f"got {list(self.ops)}" + (f" (unknown: {unknown})." if unknown else "."))
+    if len(set(self.ops)) != len(self.ops):
+      raise ValueError(f"degradation.ops lists an op twice: {list(self.ops)}.")
+    if self.kind in ("prod", "fixed") and not 1 <= self.min_ops <= self.max_ops <= len(self.ops):
+      raise ValueError(
+          f"degradation.min_ops={self.min_ops} and max_ops={self.max_ops} must satisfy "
+          f"1 <= min_ops <= max_ops <= len(degradation.ops)={len(self.ops)}.")
+
+  @property
+  def chain_ops(self) -> tuple[str, ...]:
+    """The candidate ops: `ops` for chain modes, the shorthand's ops otherwise."""
+    return self.ops if self.kind in CHAIN_MODES else SHORTHANDS[self.kind]
+
+  @property
+  def effective_scale(self) -> int:
+    """The SR factor (1 for restoration)."""
+    return self.scale if self.kind == "bicubic" or self.scale > 1 else 1
 
 
 def as_spec(cfg: Any) -> DegradationSpec:
-  """Converts a degradation ConfigDict (or anything with its fields) to a DegradationSpec."""
+  """Converts a `degradation` ConfigDict (or a DegradationSpec) to a DegradationSpec."""
   if isinstance(cfg, DegradationSpec):
     return cfg
   return DegradationSpec(
       kind=str(cfg.kind),
-      noise_sigma=tuple(float(v) for v in cfg.noise_sigma),
-      blur_sigma=tuple(float(v) for v in cfg.blur_sigma),
-      blur_kernel_size=int(cfg.blur_kernel_size),
+      ops=tuple(str(name) for name in cfg.ops),
+      min_ops=int(cfg.min_ops),
+      max_ops=int(cfg.max_ops),
       scale=int(cfg.scale),
+      resize=str(cfg.resize),
+      ranges=ops.ranges_from_config(cfg),
   )
 
 
-def gaussian_kernel1d(sigma: float, size: int) -> np.ndarray:
-  """A normalized 1D Gaussian of odd `size` taps; the isotropic 2D kernel is its outer product.
-
-  Normalizing after truncation keeps the mean brightness of the image unchanged.
-  """
-  radius = size // 2
-  x = np.arange(-radius, radius + 1, dtype=np.float64)
-  kernel = np.exp(-0.5 * (x / sigma) ** 2)
-  return (kernel / kernel.sum()).astype(np.float32)
-
-
-def _correlate_axis(img: np.ndarray, kernel: np.ndarray, axis: int) -> np.ndarray:
-  """Filters `img` along one axis with a symmetric kernel, reflect-padding the borders.
-
-  numpy's 'reflect' mode (edge pixel not repeated) is OpenCV's default BORDER_REFLECT_101.
-  """
-  radius = len(kernel) // 2
-  pad = [(0, 0)] * img.ndim
-  pad[axis] = (radius, radius)
-  padded = np.pad(img, pad, mode="reflect")
-  n = img.shape[axis]
-  out = np.zeros(img.shape, np.float32)
-  for i, weight in enumerate(kernel):
-    window = [slice(None)] * img.ndim
-    window[axis] = slice(i, i + n)
-    out += weight * padded[tuple(window)]
-  return out
+def choose_ops(rng: np.random.Generator, spec: DegradationSpec) -> tuple[str, ...]:
+  """The op names of one sample's chain, in the order they are applied (see module doc)."""
+  candidates = spec.chain_ops
+  if spec.kind == "single":
+    return (candidates[int(rng.integers(len(candidates)))],)
+  if spec.kind not in ("prod", "fixed"):
+    return candidates
+  count = int(rng.integers(spec.min_ops, spec.max_ops + 1))
+  picked = rng.choice(len(candidates), size=count, replace=False)
+  if spec.kind == "fixed":
+    picked = np.sort(picked)  # Listed order; 'prod' keeps the random permutation order.
+  return tuple(candidates[int(i)] for i in picked)
 
 
-def gaussian_blur(img: np.ndarray, sigma: float, kernel_size: int) -> np.ndarray:
-  """Isotropic Gaussian blur of an HWC image as two separable 1D passes (H, then W).
-
-  sigma <= 0 returns the image unchanged (as float32).
-  """
-  img = np.asarray(img, np.float32)
-  if sigma <= 0 or kernel_size == 1:
-    return img.copy()
-  kernel = gaussian_kernel1d(sigma, kernel_size)
-  return _correlate_axis(_correlate_axis(img, kernel, 0), kernel, 1)
+def plan_chain(rng: np.random.Generator, spec: DegradationSpec) -> Chain:
+  """Chooses one sample's ops and draws their parameters."""
+  return tuple((name, ops.OPS[name].draw(rng, spec.ranges)) for name in choose_ops(rng, spec))
 
 
-def add_gaussian_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-  """Adds white Gaussian noise of std `sigma` on the 0..255 scale, then clips to [0, 1]."""
-  img = np.asarray(img, np.float32)
-  if sigma <= 0:
-    return np.clip(img, 0.0, 1.0)
-  noise = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(sigma / 255.0)
-  return np.clip(img + noise, 0.0, 1.0)
+def apply_chain(image: np.ndarray, chain: Chain, rng: np.random.Generator) -> np.ndarray:
+  """Applies `chain` to `image` in order (the rng supplies noise realisations, rain, haze)."""
+  out = np.asarray(image, np.float32)
+  for name, params in chain:
+    out = ops.apply_op(name, out, rng, params)
+  return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
 
 
-def bicubic_downscale(hr: np.ndarray, scale: int) -> np.ndarray:
-  """MATLAB-style bicubic downscaling of an HR image whose sides are multiples of `scale`.
-
-  The LR image is rounded to uint8 levels, as benchmark LR images are stored (REFERENCE s1).
-  """
-  lr = imresize(np.asarray(hr, np.float32), scale=1.0 / scale)
+def downscale_to_lr(hr: np.ndarray, scale: int, method: str = "bicubic") -> np.ndarray:
+  """Downscales an HR image (sides multiples of `scale`) and rounds it to 8-bit levels."""
+  lr = ops.downscale(np.asarray(hr, np.float32), scale, method)
   return (np.round(np.clip(lr, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
 
 
-def _draw(rng: np.random.Generator, value_range: tuple[float, float]) -> float:
-  """Draws uniformly from [lo, hi] (exactly lo when the range is a single value)."""
-  lo, hi = value_range
-  return float(rng.uniform(lo, hi))
+def degrade_with_chain(clean: np.ndarray, rng: np.random.Generator,
+                       cfg: Any) -> tuple[np.ndarray, np.ndarray, Chain]:
+  """Returns (lq, gt, chain): the model input, its target and the chain that made it."""
+  spec = as_spec(cfg)
+  gt = np.asarray(clean, np.float32)
+  scale = spec.effective_scale
+  lq = gt
+  if scale > 1:
+    gt = np.ascontiguousarray(modcrop(gt, scale))
+    lq = downscale_to_lr(gt, scale, spec.resize)
+  chain = plan_chain(rng, spec)
+  return apply_chain(lq, chain, rng), gt, chain
 
 
 def make_pair(clean: np.ndarray, rng: np.random.Generator,
               cfg: Any) -> tuple[np.ndarray, np.ndarray]:
   """Returns (lq, gt): the degraded input and the target it must be restored to.
 
-  For 'bicubic', gt is `clean` modcropped to a multiple of `scale` and lq is gt downscaled by
-  `scale` (shape H/scale x W/scale); for the other kinds gt is `clean` and lq has its shape.
-  Use this rather than `degrade` whenever the pair is needed, so the two stay consistent.
+  For scale > 1, gt is `clean` modcropped to a multiple of the scale and lq is H/scale x
+  W/scale; otherwise gt is `clean` and lq has its shape. Use this rather than `degrade`
+  whenever the pair is needed, so the two stay consistent.
   """
-  spec = as_spec(cfg)
-  gt = np.asarray(clean, np.float32)
-  if spec.kind == "bicubic":
-    gt = modcrop(gt, spec.scale)
-    return bicubic_downscale(gt, spec.scale), np.ascontiguousarray(gt)
-  lq = gt
-  if spec.kind in ("blur", "noise_blur"):
-    lq = gaussian_blur(lq, _draw(rng, spec.blur_sigma), spec.blur_kernel_size)
-  if spec.kind in ("noise", "noise_blur"):
-    lq = add_gaussian_noise(lq, _draw(rng, spec.noise_sigma), rng)
-  return np.clip(lq, 0.0, 1.0).astype(np.float32), gt
+  lq, gt, _ = degrade_with_chain(clean, rng, cfg)
+  return lq, gt
 
 
 def degrade(clean: np.ndarray, rng: np.random.Generator, cfg: Any) -> np.ndarray:
-  """Returns the degraded version of `clean` (float32, in [0, 1]); see `make_pair`.
-
-  For 'bicubic' the result is the LR image of `modcrop(clean, scale)`, i.e. the pair's target
-  is `modcrop(clean, scale)`, not `clean`.
-  """
+  """The degraded version of `clean` (float32 in [0, 1]); see `make_pair` for SR shapes."""
   return make_pair(clean, rng, cfg)[0]
+
+
+def describe(chain: Chain) -> str:
+  """A short human-readable chain, e.g. 'jpeg(q=41) > rain > gaussian_noise(s=12.3)'."""
+  if not chain:
+    return "clean"
+  return " > ".join(_describe_op(name, params) for name, params in chain)
+
+
+# The parameter that best says how strong each op is, and its label.
+_HEADLINE = {"gaussian_blur": ("sigma_x", "s"), "motion_blur": ("length", "len"),
+             "gaussian_noise": ("sigma", "s"), "poisson_noise": ("peak", "peak"),
+             "jpeg": ("quality", "q"), "rain": ("intensity", "i"), "haze": ("beta", "b"),
+             "low_light": ("exposure", "e")}
+
+
+def _describe_op(name: str, params: dict[str, Any]) -> str:
+  key, label = _HEADLINE.get(name, (None, None))
+  if key not in params:
+    return name
+  value = params[key]
+  return f"{name}({label}={value:.3g})" if isinstance(value, float) else f"{name}({label}={value})"
