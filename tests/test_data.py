@@ -13,6 +13,7 @@ from PIL import Image
 import pytest
 
 from sr_jax.data import degradations
+from sr_jax.data import ops
 from sr_jax.data import pipeline
 from sr_jax.data import sources
 
@@ -169,7 +170,10 @@ def test_image_source_is_random_access_and_read_only():
 
 
 def spec(kind, noise=(0.0, 0.0), blur=(0.0, 0.0), size=15, scale=4):
-  return degradations.DegradationSpec(kind, noise, blur, size, scale)
+  ranges = ops.OpRanges(noise_sigma=noise, blur_sigma=blur, blur_kernel_size=size,
+                        motion_length=(3.0, 3.0))
+  return degradations.DegradationSpec(kind, scale=scale if kind == "bicubic" else 1,
+                                      ranges=ranges)
 
 
 def test_noise_std_matches_sigma_on_flat_grey():
@@ -190,7 +194,7 @@ def test_noise_sigma_is_drawn_from_the_range():
 
 
 def test_gaussian_kernel_is_normalized_and_symmetric():
-  kernel = degradations.gaussian_kernel1d(1.5, 15)
+  kernel = ops.gaussian_kernel1d(1.5, 15)
   assert kernel.shape == (15,) and abs(kernel.sum() - 1.0) < 1e-6
   np.testing.assert_allclose(kernel, kernel[::-1])
   assert kernel.argmax() == 7
@@ -199,7 +203,7 @@ def test_gaussian_kernel_is_normalized_and_symmetric():
 
 def test_blur_keeps_constant_mean_and_reduces_variance():
   constant = np.full((33, 40, 3), 0.3, np.float32)
-  blurred = degradations.gaussian_blur(constant, 2.0, 15)
+  blurred = ops.gaussian_blur(constant, 2.0, 15)
   np.testing.assert_allclose(blurred, constant, atol=1e-6)
   noise = np.random.default_rng(0).random((64, 64, 3)).astype(np.float32)
   blurred = degradations.degrade(noise, np.random.default_rng(0), spec("blur", blur=(1.5, 1.5)))
@@ -211,13 +215,13 @@ def test_blur_keeps_constant_mean_and_reduces_variance():
 def test_blur_is_separable_gaussian_with_reflect_borders():
   impulse = np.zeros((21, 21, 1), np.float32)
   impulse[10, 10] = 1.0
-  kernel = degradations.gaussian_kernel1d(1.0, 7)
-  out = degradations.gaussian_blur(impulse, 1.0, 7)[..., 0]
+  kernel = ops.gaussian_kernel1d(1.0, 7)
+  out = ops.gaussian_blur(impulse, 1.0, 7)[..., 0]
   np.testing.assert_allclose(out[7:14, 7:14], np.outer(kernel, kernel), atol=1e-7)
   edge = np.zeros((9, 9, 1), np.float32)
   edge[0] = 1.0  # Reflect padding (edge not repeated) mirrors row 0 about itself.
-  out = degradations.gaussian_blur(edge, 1.0, 3)[..., 0]
-  k = degradations.gaussian_kernel1d(1.0, 3)
+  out = ops.gaussian_blur(edge, 1.0, 3)[..., 0]
+  k = ops.gaussian_kernel1d(1.0, 3)
   np.testing.assert_allclose(out[0], k[1], rtol=1e-6)
   np.testing.assert_allclose(out[1], k[0], rtol=1e-6)
 
@@ -397,7 +401,7 @@ def test_data_modules_do_not_import_jax():
           "assert 'jax' not in sys.modules, 'jax imported'")
   subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
   # grain itself imports jax when it is installed, so pipeline.py is checked statically.
-  for module in ("pipeline", "sources", "degradations"):
+  for module in ("pipeline", "sources", "degradations", "ops", "preview", "tfds_source"):
     tree = ast.parse((REPO / "sr_jax" / "data" / f"{module}.py").read_text())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}

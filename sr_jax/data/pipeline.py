@@ -2,8 +2,8 @@
 
 Training stream (one per process):
 
-  ImageSource -> seed(seed) -> shuffle -> repeat (infinite, reshuffled every epoch)
-    -> random_map(RandomCropPair)            crop, degrade, augment: {'lq', 'gt'}
+  source (sources.make_source) -> seed(seed) -> shuffle -> repeat (infinite, reshuffled every epoch)
+    -> random_map(RandomCropPair)            crop, degrade (or crop a stored pair), augment
     -> [process_index::process_count]        this process's share of the global stream
     -> batch(batch_size // process_count) -> to_iter_dataset -> mp_prefetch (num_workers > 0)
 
@@ -32,14 +32,20 @@ _READ_THREADS = 2
 _PREFETCH_BATCHES = 4
 
 
+def random_corner(height: int, width: int, size: int, rng: np.random.Generator,
+                  step: int = 1) -> tuple[int, int]:
+  """The top-left corner of a random `size` x `size` window, a multiple of `step`."""
+  if height < size or width < size:
+    raise ValueError(f"Cannot crop {size}x{size} from a {height}x{width} image.")
+  top = step * int(rng.integers(0, (height - size) // step + 1))
+  left = step * int(rng.integers(0, (width - size) // step + 1))
+  return top, left
+
+
 def random_crop(image: np.ndarray, size: int, rng: np.random.Generator,
                 step: int = 1) -> np.ndarray:
   """A `size` x `size` window of `image` whose top-left corner is a multiple of `step`."""
-  h, w = image.shape[:2]
-  if h < size or w < size:
-    raise ValueError(f"Cannot crop {size}x{size} from a {h}x{w} image.")
-  top = step * int(rng.integers(0, (h - size) // step + 1))
-  left = step * int(rng.integers(0, (w - size) // step + 1))
+  top, left = random_corner(image.shape[0], image.shape[1], size, rng, step)
   return image[top:top + size, left:left + size]
 
 
@@ -64,31 +70,58 @@ def augment_pair(lq: np.ndarray, gt: np.ndarray,
   return apply(lq), apply(gt)
 
 
+def crop_pair(lq: np.ndarray, gt: np.ndarray, size: int, scale: int,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """Aligned crops of a stored pair: `size` on the GT (HR) grid, size / scale on the LQ grid.
+
+  The corner is drawn on the LQ grid and multiplied by `scale`, so lq_crop covers exactly the
+  area of gt_crop (gt is assumed to be `scale` x lq, as PairedFolderSource guarantees).
+  """
+  lq_size = size // scale
+  top, left = random_corner(lq.shape[0], lq.shape[1], lq_size, rng)
+  lq_crop = lq[top:top + lq_size, left:left + lq_size]
+  top, left = top * scale, left * scale
+  return lq_crop, gt[top:top + size, left:left + size]
+
+
 class RandomCropPair(grain.transforms.RandomMap):
   """Turns a source record into a training pair {'lq', 'gt'} (float32 HWC).
 
-  Crops `crop_size` from the clean image (for 'bicubic': on the HR grid, corner and size
-  multiples of `scale`, so lq is crop_size / scale), degrades the crop, then optionally
-  flips/rotates lq and gt together. All randomness comes from grain's per-record rng.
+  Records with a stored 'lq' (paired sources) are cropped in alignment: `crop_size` on the GT,
+  crop_size / scale on the LQ. Clean records are cropped to `crop_size` (for SR on the HR grid:
+  corner and size multiples of the scale, so lq is crop_size / scale) and degraded. Then lq and
+  gt are optionally flipped/rotated together. All randomness comes from grain's per-record rng.
   """
 
   def __init__(self, crop_size: int, degradation: Any, augment: bool = True):
     self.crop_size = int(crop_size)
     self.degradation = degradations.as_spec(degradation)
     self.augment = bool(augment)
-    spec = self.degradation
-    self._step = spec.scale if spec.kind == "bicubic" else 1
-    if self.crop_size % self._step:
+    self._scale = self.degradation.effective_scale
+    if self.crop_size % self._scale:
       raise ValueError(f"data.crop_size={self.crop_size} must be a multiple of "
-                       f"degradation.scale={spec.scale} for 'bicubic' (it is the HR crop).")
+                       f"degradation.scale={self._scale} (it is the HR crop).")
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    clean = random_crop(element["image"], self.crop_size, rng, step=self._step)
-    lq, gt = degradations.make_pair(clean, rng, self.degradation)
+    if "lq" in element:
+      lq, gt = self._stored_pair(element, rng)
+    else:
+      clean = random_crop(element["image"], self.crop_size, rng, step=self._scale)
+      lq, gt = degradations.make_pair(clean, rng, self.degradation)
     if self.augment:
       lq, gt = augment_pair(lq, gt, rng)
     return {"lq": np.ascontiguousarray(lq, np.float32),
             "gt": np.ascontiguousarray(gt, np.float32)}
+
+  def _stored_pair(self, element: dict[str, Any],
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    lq, gt = element["lq"], element["image"]
+    if gt.shape[0] != lq.shape[0] * self._scale or gt.shape[1] != lq.shape[1] * self._scale:
+      raise ValueError(
+          f"Record {element.get('index')}: GT {gt.shape[:2]} is not degradation.scale="
+          f"{self._scale} x LQ {lq.shape[:2]}; set --config.data.degradation.scale to the "
+          "dataset's ratio.")
+    return crop_pair(lq, gt, self.crop_size, self._scale, rng)
 
 
 def sharded_stream(source: Any, transform: grain.transforms.RandomMap, *, seed: int,
@@ -131,7 +164,7 @@ def make_train_dataset(data_config: Any, *, seed: int, batch_size: int, process_
   degradation = data_config.degradation if degradation is None else degradation
   local_batch = per_process_batch_size(batch_size, process_count)
   transform = RandomCropPair(data_config.crop_size, degradation, data_config.augment)
-  source = sources.ImageSource(sources.load_images(data_config, "train"))
+  source = sources.make_source(data_config, "train", transform.degradation.effective_scale)
   ds = sharded_stream(source, transform, seed=seed, process_index=process_index,
                       process_count=process_count)
   ds = ds.batch(local_batch, drop_remainder=True)
@@ -143,26 +176,44 @@ def make_train_dataset(data_config: Any, *, seed: int, batch_size: int, process_
   return ds
 
 
-def center_crop(image: np.ndarray, max_size: int) -> np.ndarray:
-  """The central window of at most `max_size` pixels per side (max_size <= 0: the image)."""
-  if max_size <= 0:
-    return image
+def center_crop(image: np.ndarray, max_size: int, max_width: int | None = None,
+                step: int = 1) -> np.ndarray:
+  """The central window of at most `max_size` (x `max_width`) pixels; <= 0 keeps a side whole.
+
+  With `step`, the corner is a multiple of `step`, so the window of a GT stays aligned with
+  the matching window of its LQ image (whose corner is the same one divided by `step`).
+  """
+  max_width = max_size if max_width is None else max_width
   h, w = image.shape[:2]
-  top, left = max(0, (h - max_size) // 2), max(0, (w - max_size) // 2)
-  return image[top:top + max_size, left:left + max_size]
+  size_h = h if max_size <= 0 else min(h, max_size)
+  size_w = w if max_width <= 0 else min(w, max_width)
+  top = (h - size_h) // 2 // step * step
+  left = (w - size_w) // 2 // step * step
+  return image[top:top + size_h, left:left + size_w]
 
 
 def make_eval_set(data_config: Any, *, seed: int, degradation: Any = None) -> list[dict[str, Any]]:
   """The evaluation images as [{'name', 'lq', 'gt'}], full resolution (float32 HWC).
 
-  Each image is centre-cropped to data.eval_max_size, modcropped to the scale for 'bicubic',
-  and degraded with an rng derived from (seed, image index), so every evaluation of a run
-  (and every run with the same seed) sees identical inputs.
+  Clean images are centre-cropped to data.eval_max_size, modcropped to the scale for SR, and
+  degraded with an rng derived from (seed, image index), so every evaluation of a run (and
+  every run with the same seed) sees identical inputs. Stored pairs are centre-cropped in
+  alignment and used as they are.
   """
   spec = degradations.as_spec(data_config.degradation if degradation is None else degradation)
+  scale = spec.effective_scale
+  source = sources.make_source(data_config, "eval", scale)
   examples = []
-  for index, (name, image) in enumerate(sources.load_images(data_config, "eval")):
-    clean = center_crop(image, data_config.eval_max_size)
-    lq, gt = degradations.make_pair(clean, np.random.default_rng([seed, index]), spec)
-    examples.append({"name": name, "lq": lq, "gt": np.ascontiguousarray(gt)})
+  for index in range(len(source)):
+    record = source[index]
+    if "lq" in record:
+      lq, gt = record["lq"], record["image"]
+      sources.check_pair_sizes(lq.shape[:2], gt.shape[:2], scale, source.names[index])
+      gt = gt[:lq.shape[0] * scale, :lq.shape[1] * scale]
+      lq = center_crop(lq, data_config.eval_max_size // scale)
+      gt = center_crop(gt, lq.shape[0] * scale, lq.shape[1] * scale, scale)
+    else:
+      clean = center_crop(record["image"], data_config.eval_max_size)
+      lq, gt = degradations.make_pair(clean, np.random.default_rng([seed, index]), spec)
+    examples.append({"name": source.names[index], "lq": lq, "gt": np.ascontiguousarray(gt)})
   return examples

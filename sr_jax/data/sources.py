@@ -1,12 +1,16 @@
-"""Where clean images come from: scikit-image's bundled photographs or a folder of files.
+"""Where training and evaluation images come from (`data.source`), as grain sources.
 
-Every loader returns float32 HWC RGB images in [0, 1] (grayscale is repeated to 3 channels,
-alpha is dropped), so the rest of the pipeline sees one format. This module runs in grain
-worker processes too: numpy, Pillow and scikit-image only, never JAX.
+  'embedded'  photographs that ship inside the scikit-image wheel (no network, no download;
+              REFERENCE.md section 11), split once and for all into EMBEDDED_TRAIN and
+              EMBEDDED_EVAL so every run evaluates on the same held-out images; held in memory
+  'folder'    clean images in a folder, decoded lazily per record (FolderSource)
+  'paired'    degraded inputs and targets in two folders, matched by file name
+  'tfds'      a prepared TFDS dataset read through tfds.data_source (sr_jax/data/tfds_source.py)
 
-`data.source='embedded'` uses photographs that ship inside the scikit-image wheel (no network,
-no download; REFERENCE.md section 11), split once and for all into EMBEDDED_TRAIN and
-EMBEDDED_EVAL so every run evaluates on the same held-out images.
+A record is {'image': the clean / target image, 'index'} plus 'lq' for paired data. Every
+image is float32 HWC RGB in [0, 1]: grayscale is repeated to 3 channels and alpha dropped, with
+a warning naming the file, so the rest of the pipeline sees one format. This module runs in
+grain worker processes too: numpy, Pillow and scikit-image only, never JAX.
 """
 
 from __future__ import annotations
@@ -93,6 +97,11 @@ def _pil_to_float_rgb(image: Image.Image, path: pathlib.Path, is_16bit: bool) ->
   if image.mode not in ("L", "LA", "RGB", "RGBA"):
     image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info
                           else "RGB")
+  if image.mode in ("L", "LA"):
+    warnings.warn(f"{path}: grayscale image; its channel is repeated to RGB.", stacklevel=3)
+  if image.mode in ("LA", "RGBA"):
+    warnings.warn(f"{path}: image has an alpha channel; it is dropped (not composited).",
+                  stacklevel=3)
   return to_float_rgb(np.asarray(image))
 
 
@@ -135,8 +144,19 @@ def load_folder(directory: str | pathlib.Path) -> Images:
   return [(p.name, read_image(p)) for p in list_image_files(directory)]
 
 
-def drop_small_images(images: Images, crop_size: int, policy: str, where: str) -> Images:
-  """Applies `data.small_images` to images smaller than the training crop on either side.
+def image_size(path: str | pathlib.Path) -> tuple[int, int]:
+  """(height, width) of an image file, read from its header without decoding the pixels."""
+  try:
+    with Image.open(path) as image:
+      width, height = image.size
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise ValueError(f"Cannot read image file {path}: {e}") from e
+  return height, width
+
+
+def large_enough(sizes: Sequence[tuple[str, tuple[int, int]]], crop_size: int, policy: str,
+                 where: str) -> list[int]:
+  """Indices of the images at least `crop_size` on both sides, applying `data.small_images`.
 
   'skip' warns (naming the file and its size) and drops the image; 'error' raises. Either
   way an empty result is an error, since a training set with no usable image cannot run.
@@ -144,21 +164,26 @@ def drop_small_images(images: Images, crop_size: int, policy: str, where: str) -
   if policy not in SMALL_IMAGE_POLICIES:
     raise ValueError(f"Unknown data.small_images {policy!r}; valid: {list(SMALL_IMAGE_POLICIES)}.")
   kept = []
-  for name, image in images:
-    h, w = image.shape[:2]
+  for index, (name, (h, w)) in enumerate(sizes):
     if h >= crop_size and w >= crop_size:
-      kept.append((name, image))
+      kept.append(index)
       continue
     message = (f"Training image {name!r} ({where}) is {h}x{w} pixels, smaller than "
                f"data.crop_size={crop_size}")
     if policy == "error":
       raise ValueError(f"{message}. Remove it, lower the crop size, or set "
                        f"data.small_images='skip' to drop such images.")
-    warnings.warn(f"{message}; skipping it.", stacklevel=2)
+    warnings.warn(f"{message}; skipping it.", stacklevel=3)
   if not kept:
     raise ValueError(f"No training image ({where}) is at least {crop_size}x{crop_size} "
                      f"pixels (data.crop_size); nothing to train on.")
   return kept
+
+
+def drop_small_images(images: Images, crop_size: int, policy: str, where: str) -> Images:
+  """Applies `data.small_images` to decoded images (see `large_enough`)."""
+  sizes = [(name, image.shape[:2]) for name, image in images]
+  return [images[i] for i in large_enough(sizes, crop_size, policy, where)]
 
 
 def load_images(data_config: Any, split: str) -> Images:
@@ -218,3 +243,151 @@ class ImageSource:
   def __repr__(self) -> str:
     more = ", ..." if len(self) > 5 else ""
     return f"ImageSource({len(self)} images: {', '.join(self.names[:5])}{more})"
+
+
+class FolderSource:
+  """A grain source over a folder's image files, decoded when a record is read.
+
+  Only file names and sizes (from the headers) are read up front, so a DIV2K-sized folder
+  costs no memory until workers decode their records; a file that fails to decode raises an
+  error naming it. Records are {'image': float32 HWC RGB, 'index'}.
+  """
+
+  def __init__(self, files: Sequence[pathlib.Path]):
+    if not files:
+      raise ValueError("FolderSource needs at least one file.")
+    self.files = tuple(pathlib.Path(f) for f in files)
+    self.names = tuple(f.name for f in self.files)
+
+  @classmethod
+  def for_training(cls, directory: str, crop_size: int, policy: str) -> "FolderSource":
+    """The folder's images that fit the training crop (data.small_images for the others)."""
+    files = list_image_files(directory)
+    sizes = [(f.name, image_size(f)) for f in files]
+    return cls([files[i] for i in large_enough(sizes, crop_size, policy, f"in {directory}")])
+
+  def __len__(self) -> int:
+    return len(self.files)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return {"image": read_image(self.files[index]), "index": int(index)}
+
+  def __repr__(self) -> str:
+    return f"FolderSource({len(self)} files in {self.files[0].parent})"
+
+
+def _match_key(stem: str, scale: int) -> str:
+  """A file stem without a trailing 'x{scale}' (DIV2K names LR files '0001x4.png')."""
+  suffix = f"x{scale}"
+  return stem[:-len(suffix)] if scale > 1 and stem.endswith(suffix) else stem
+
+
+def match_pairs(lq_files: Sequence[pathlib.Path], gt_files: Sequence[pathlib.Path],
+                scale: int, where: str) -> list[tuple[pathlib.Path, pathlib.Path]]:
+  """Pairs LQ and GT files by name (stem, ignoring extension and a DIV2K 'x{scale}' suffix).
+
+  Every file must have exactly one partner; otherwise the error lists the unmatched names.
+  """
+  lq = {_match_key(f.stem, scale): f for f in lq_files}
+  gt = {f.stem: f for f in gt_files}
+  if len(lq) != len(lq_files) or len(gt) != len(gt_files):
+    raise ValueError(f"Two files in the paired folders ({where}) share a name up to the "
+                     "extension; rename one so every LQ/GT pair is unambiguous.")
+  only_lq, only_gt = sorted(set(lq) - set(gt)), sorted(set(gt) - set(lq))
+  if only_lq or only_gt:
+    def listing(names):
+      return ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
+    raise ValueError(
+        f"Paired folders ({where}) do not match by file name: "
+        + (f"LQ files without a GT: {listing([lq[k].name for k in only_lq])}. " if only_lq else "")
+        + (f"GT files without an LQ: {listing([gt[k].name for k in only_gt])}. " if only_gt else "")
+        + "Each LQ file needs a GT file of the same name (any extension; an LQ name may end "
+          f"in 'x{scale}' as in DIV2K).")
+  return [(lq[k], gt[k]) for k in sorted(gt)]
+
+
+def check_pair_sizes(lq_size: tuple[int, int], gt_size: tuple[int, int], scale: int,
+                     names: str) -> None:
+  """GT must be `scale` times LQ (up to scale - 1 extra pixels, which are cropped away)."""
+  ok = all(0 <= g - scale * q < scale for q, g in zip(lq_size, gt_size))
+  if not ok:
+    raise ValueError(
+        f"{names}: GT is {gt_size[0]}x{gt_size[1]} but LQ is {lq_size[0]}x{lq_size[1]}; with "
+        f"degradation.scale={scale} GT must be {scale}x the LQ size. Set "
+        "--config.data.degradation.scale to the folders' ratio (1 for restoration).")
+
+
+class PairedFolderSource:
+  """A grain source over LQ/GT files matched by name; records {'image' (GT), 'lq', 'index'}.
+
+  Sizes are checked from the headers up front, so a mismatched pair fails before training.
+  GT is cropped to exactly `scale` x LQ at the bottom/right (MATLAB's modcrop).
+  """
+
+  def __init__(self, lq_dir: str, gt_dir: str, scale: int = 1, crop_size: int = 0,
+               policy: str = "skip"):
+    where = f"LQ {lq_dir}, GT {gt_dir}"
+    pairs = match_pairs(list_image_files(lq_dir), list_image_files(gt_dir), scale, where)
+    sizes = []
+    for lq_file, gt_file in pairs:
+      gt_size = image_size(gt_file)
+      check_pair_sizes(image_size(lq_file), gt_size, scale, f"{lq_file} / {gt_file}")
+      sizes.append((gt_file.name, gt_size))
+    if crop_size:
+      pairs = [pairs[i] for i in large_enough(sizes, crop_size, policy, where)]
+    self.pairs, self.scale = tuple(pairs), int(scale)
+    self.names = tuple(gt.name for _, gt in self.pairs)
+
+  def __len__(self) -> int:
+    return len(self.pairs)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    lq_file, gt_file = self.pairs[index]
+    lq = read_image(lq_file)
+    h, w = lq.shape[0] * self.scale, lq.shape[1] * self.scale
+    gt = read_image(gt_file)
+    check_pair_sizes(lq.shape[:2], gt.shape[:2], self.scale, f"{lq_file} / {gt_file}")
+    return {"image": np.ascontiguousarray(gt[:h, :w]), "lq": lq, "index": int(index)}
+
+  def __repr__(self) -> str:
+    return f"PairedFolderSource({len(self)} pairs, scale {self.scale})"
+
+
+def make_source(data_config: Any, split: str, scale: int = 1) -> Any:
+  """The grain source of `split` ('train' or 'eval') for `data.source`.
+
+  Training sources drop images smaller than data.crop_size (data.small_images); evaluation
+  sources keep every image. `scale` is the LR:HR ratio of paired data (degradation.scale).
+  """
+  if split not in ("train", "eval"):
+    raise ValueError(f"Unknown split {split!r}; valid splits: ['train', 'eval'].")
+  kind, train = data_config.source, split == "train"
+  crop = data_config.crop_size if train else 0
+  if kind == "embedded":
+    return ImageSource(load_images(data_config, split))
+  if kind == "tfds":
+    from sr_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
+    if not data_config.tfds_name:
+      raise ValueError("data.source='tfds' needs data.tfds_name (e.g. 'div2k/bicubic_x4').")
+    return tfds_source.load_tfds_source(
+        data_config.tfds_name,
+        data_config.tfds_train_split if train else data_config.tfds_eval_split,
+        data_config.tfds_data_dir, data_config.tfds_hr_key, data_config.tfds_lr_key)
+  if kind not in ("folder", "paired"):
+    raise ValueError(f"Unknown data.source {kind!r}; valid: "
+                     "['embedded', 'folder', 'paired', 'tfds'].")
+  gt_dir = _required_dir(data_config, f"{split}_dir", kind)
+  if kind == "folder":
+    if train:
+      return FolderSource.for_training(gt_dir, crop, data_config.small_images)
+    return FolderSource(list_image_files(gt_dir))
+  lq_dir = _required_dir(data_config, f"{split}_lq_dir", kind)
+  return PairedFolderSource(lq_dir, gt_dir, scale, crop, data_config.small_images)
+
+
+def _required_dir(data_config: Any, key: str, kind: str) -> str:
+  directory = getattr(data_config, key)
+  if not directory:
+    raise ValueError(f"data.source={kind!r} needs data.{key} "
+                     f"(e.g. --config.data.{key}=/path/to/images).")
+  return directory
