@@ -10,7 +10,9 @@ same command resumes; a finished run only re-evaluates.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import time
 from typing import Any
 
 import jax
@@ -21,7 +23,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from sr_jax import checkpoint, evaluate, lora, sharding, step as step_lib
-from sr_jax.data import pipeline
+from sr_jax.data import pipeline, preview
 from sr_jax.models import registry
 from sr_jax.objectives import pixel
 
@@ -153,7 +155,23 @@ def restore_step(run: Run, mgr, step: int, data_iter=None) -> None:
   saved = checkpoint.read_meta(mgr, step)
   checkpoint.check_architecture(saved.get("model", {}), run.meta["model"],
                                 f"--workdir {run.workdir}")
+  if data_iter is not None:
+    check_data_workers(saved, run.config.data.num_workers, run.workdir)
   run.state, run.frozen = checkpoint.restore(mgr, step, run.state, run.frozen, data_iter)
+
+
+def check_data_workers(saved_meta: dict[str, Any], num_workers: int, workdir: str) -> None:
+  """grain's iterator state depends on the worker count: resuming needs the same count."""
+  try:
+    saved = json.loads(saved_meta["config"])["data"]["num_workers"]
+  except (KeyError, TypeError, ValueError):
+    return  # No record of it: let grain try.
+  if saved != num_workers:
+    raise ValueError(
+        f"The checkpoint in {workdir} saved its data-iterator position with "
+        f"data.num_workers={saved}, but this run has data.num_workers={num_workers}; grain "
+        f"cannot carry the position across worker counts. Resume with "
+        f"--config.data.num_workers={saved} (or start a new workdir).")
 
 
 def restore_or_start(run: Run, mgr, data_iter) -> int:
@@ -166,6 +184,39 @@ def restore_or_start(run: Run, mgr, data_iter) -> int:
   return latest
 
 
+class DataWait:
+  """Times the train loop's waits for the next batch, as a share of the loop's wall time.
+
+  The step is dispatched asynchronously, so time spent in `next()` while the previous step
+  still runs costs nothing; only a wait the prefetching workers did not cover shows up here.
+  (clu's ReportProgress.timed would first block on the previous step, serialising the two.)
+  """
+
+  def __init__(self):
+    self._start = self._since = time.perf_counter()
+    self._waited = self._waited_since = 0.0
+    self._entered = 0.0
+
+  def __enter__(self):
+    self._entered = time.perf_counter()
+
+  def __exit__(self, *exc):
+    waited = time.perf_counter() - self._entered
+    self._waited += waited
+    self._waited_since += waited
+
+  def fraction(self, reset: bool = False) -> float:
+    """The waiting share since the last reset."""
+    now = time.perf_counter()
+    value = self._waited_since / max(now - self._since, 1e-9)
+    if reset:
+      self._since, self._waited_since = now, 0.0
+    return value
+
+  def total_fraction(self) -> float:
+    return self._waited / max(time.perf_counter() - self._start, 1e-9)
+
+
 def train(run: Run, mgr, writer) -> None:
   """Runs steps until config.num_steps, logging, checkpointing and evaluating periodically."""
   config = run.config
@@ -175,12 +226,16 @@ def train(run: Run, mgr, writer) -> None:
                                         process_count=jax.process_count())
   data_iter = iter(dataset)
   start = restore_or_start(run, mgr, data_iter)
+  if start == 0 and jax.process_index() == 0:
+    grid = preview.degradation_grid(config.data, seed=config.seed)
+    writer.write_images(0, {"data/degradations": grid[None]})
   step_fn = step_lib.build_train_step(run.objective.update, run.mesh)
   report = periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer,
                                            every_steps=config.log_every)
+  wait = DataWait()
   pending = []
   for step in range(start + 1, config.num_steps + 1):
-    with report.timed("data"):
+    with wait:
       batch = sharding.global_batch(next(data_iter), run.mesh)
     run.state, metrics = step_fn(run.state, run.frozen, batch)
     pending.append(metrics)
@@ -190,12 +245,16 @@ def train(run: Run, mgr, writer) -> None:
       means = check_finite(pending, step)
       pending = []
       writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
+      writer.write_scalars(step, {"timing/data_wait_fraction": wait.fraction(reset=True)})
       logging.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in means.items()))
     if saving:
       checkpoint.save(mgr, step, run.state, run.frozen, data_iter, run.meta)
     if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
       evaluate_tuned(run, writer, step)
   mgr.wait_until_finished()
+  if config.num_steps > start:
+    logging.info("Input pipeline: the train loop waited for data %.1f%% of its time.",
+                 100 * wait.total_fraction())
 
 
 def tuned_params(run: Run) -> PyTree:

@@ -131,3 +131,35 @@ def test_unknown_config_key_is_an_error_listing_valid_keys(tmp_path):
       [sys.executable, "-m", "sr_jax.main", "--config", "configs/lora_nafnet.py:dmeo",
        "--workdir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0 and "valid variants: ['demo']" in proc.stderr
+
+
+def test_prod_pretraining_writes_the_data_grid_and_a_base_that_lora_loads(tmp_path):
+  """configs/prod_nafnet.py:demo (micro) -> export/params -> lora_nafnet's base.checkpoint."""
+  from configs import prod_nafnet  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  c = prod_nafnet.get_config("demo")
+  c.model.preset, c.num_steps, c.checkpoint_every, c.log_every = "micro", 2, 2, 1
+  c.data.crop_size, c.data.eval_max_size, c.batch_size = 32, 48, 8
+  prod_dir = tmp_path / "prod"
+  rows = train.train_and_evaluate(c, str(prod_dir))
+  assert set(rows) == {"degraded input", "trained"}
+  tags = set()
+  for events in glob.glob(str(prod_dir / "events.out.tfevents*")):
+    for event in tf.compat.v1.train.summary_iterator(events):
+      tags |= {v.tag for v in event.summary.value}
+  assert {"data/degradations", "timing/data_wait_fraction", "train/loss"} <= tags
+  tuned = micro_config(**{"lora.enabled": True, "num_steps": 1,
+                          "base.checkpoint": str(prod_dir / "export" / "params")})
+  rows = train.train_and_evaluate(tuned, str(tmp_path / "lora"))
+  assert set(rows) == {"degraded input", "base", "lora"}
+  # The fine-tuning run started from the PROD base: its frozen depthwise kernels are PROD's.
+  np.testing.assert_array_equal(_flat_export(prod_dir)["encoders_0_0/conv2/kernel"],
+                                _flat_export(tmp_path / "lora")["encoders_0_0/conv2/kernel"])
+
+
+def test_resuming_with_another_worker_count_is_an_error_naming_both():
+  saved = {"config": json.dumps({"data": {"num_workers": 2}})}
+  train.check_data_workers(saved, 2, "/w")
+  with pytest.raises(ValueError, match=r"num_workers=2, but this run has data.num_workers=0.*"
+                                       r"--config.data.num_workers=2"):
+    train.check_data_workers(saved, 0, "/w")

@@ -1,0 +1,118 @@
+r"""A picture of what the network is trained on: one clean crop, each op alone, PROD chains.
+
+  python -m sr_jax.data.preview --config configs/prod_nafnet.py:demo --output prod.png
+
+writes a labelled grid: the first row holds a clean crop and that crop degraded by each
+candidate op on its own; the following rows hold chains the configured mode draws (for PROD:
+random subsets in random order), each labelled with its ops and their headline parameter
+(blur sigma, JPEG quality, ...). Paired datasets have no chain to show: their rows are stored
+(LQ, GT) crops. The trainer writes the same grid to TensorBoard (`data/degradations`) at the
+start of a run. LR inputs of SR configs are shown enlarged (nearest) to the target size.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from sr_jax.data import degradations, pipeline, sources
+
+_MIN_TILE = 128  # Small training crops are enlarged for display.
+_LABEL_LINES = 3
+
+
+def _to_display(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 HWC, enlarged by nearest-neighbour repetition to at least `size` pixels high."""
+  factor = max(1, -(-size // image.shape[0]))
+  image = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+  return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _label_tile(image: np.ndarray, label: str, size: int) -> np.ndarray:
+  """The tile with `label` written (wrapped) on a strip beneath it."""
+  tile = Image.fromarray(_to_display(image, size)[:size, :size])
+  font = ImageFont.load_default()
+  line_height = 12
+  canvas = Image.new("RGB", (size, size + _LABEL_LINES * line_height + 4), (255, 255, 255))
+  canvas.paste(tile, (0, 0))
+  draw = ImageDraw.Draw(canvas)
+  width_chars = max(8, size // 6)
+  lines = textwrap.wrap(label, width_chars)[:_LABEL_LINES]
+  for i, line in enumerate(lines):
+    draw.text((2, size + 2 + i * line_height), line, fill=(0, 0, 0), font=font)
+  return np.asarray(canvas)
+
+
+def _grid(tiles: Sequence[np.ndarray], columns: int) -> np.ndarray:
+  """Tiles (all the same shape) in rows of `columns`, separated by 4 white pixels."""
+  h, w, _ = tiles[0].shape
+  rows = -(-len(tiles) // columns)
+  grid = np.full((rows * (h + 4), columns * (w + 4), 3), 255, np.uint8)
+  for i, tile in enumerate(tiles):
+    r, c = divmod(i, columns)
+    grid[r * (h + 4):r * (h + 4) + h, c * (w + 4):c * (w + 4) + w] = tile
+  return grid
+
+
+def _synthetic_tiles(clean: np.ndarray, spec: degradations.DegradationSpec, seed: int,
+                     num_chains: int) -> list[tuple[np.ndarray, str]]:
+  tiles = [(clean, "clean")]
+  for k, name in enumerate(spec.chain_ops):
+    rng = np.random.default_rng([seed, 1, k])
+    single = degradations.DegradationSpec("chain", (name,), scale=spec.scale,
+                                          resize=spec.resize, ranges=spec.ranges)
+    lq, _, chain = degradations.degrade_with_chain(clean, rng, single)
+    tiles.append((lq, degradations.describe(chain)))
+  for k in range(num_chains):
+    lq, _, chain = degradations.degrade_with_chain(clean, np.random.default_rng([seed, 2, k]),
+                                                   spec)
+    tiles.append((lq, f"{spec.kind}: {degradations.describe(chain)}"))
+  return tiles
+
+
+def degradation_grid(data_config: Any, *, seed: int = 0, degradation: Any = None,
+                     num_chains: int = 8) -> np.ndarray:
+  """The preview grid (uint8 HWC) for a `data` config; see the module docstring."""
+  spec = degradations.as_spec(data_config.degradation if degradation is None else degradation)
+  scale = spec.effective_scale
+  source = sources.make_source(data_config, "train", scale)
+  size = data_config.crop_size
+  display = max(size, _MIN_TILE)
+  record = source[0]
+  if "lq" in record:
+    tiles = []
+    for index in range(min(len(source), num_chains)):
+      pair = pipeline.RandomCropPair(size, spec, augment=False).random_map(
+          source[index], np.random.default_rng([seed, index]))
+      tiles += [(pair["lq"], f"LQ {source.names[index]}"), (pair["gt"], "GT")]
+    columns = 4
+  else:
+    clean = pipeline.center_crop(record["image"], size)
+    clean = clean[:clean.shape[0] // scale * scale, :clean.shape[1] // scale * scale]
+    tiles = _synthetic_tiles(clean, spec, seed, num_chains)
+    columns = max(4, 1 + len(spec.chain_ops))
+  return _grid([_label_tile(image, label, display) for image, label in tiles], columns)
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  config = _CONFIG.value
+  grid = degradation_grid(config.data, seed=config.seed, num_chains=_CHAINS.value)
+  Image.fromarray(grid).save(_OUTPUT.value)
+  print(f"Wrote {_OUTPUT.value} ({grid.shape[1]}x{grid.shape[0]}): degradation "
+        f"'{config.data.degradation.kind}' on data.source='{config.data.source}'.")
+
+
+if __name__ == "__main__":
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file.",
+                                            lock_config=True)
+  _OUTPUT = flags.DEFINE_string("output", "degradations.png", "PNG file to write.")
+  _CHAINS = flags.DEFINE_integer("chains", 8, "Number of sampled chains to show.")
+  flags.mark_flag_as_required("config")
+  app.run(main)
