@@ -47,7 +47,11 @@ def arm_config(lora_enabled: bool) -> ml_collections.ConfigDict:
 
 def measure(lora_enabled: bool) -> dict[str, Any]:
   """Builds one arm's run and step; returns its timings and compiled analyses."""
-  config = arm_config(lora_enabled)
+  return measure_step(arm_config(lora_enabled), FLAGS.steps)
+
+
+def measure_step(config: ml_collections.ConfigDict, steps: int) -> dict[str, Any]:
+  """Times `steps` train steps of `config` (median, after a warm-up) on a random batch."""
   run = train.build_run(config, "/tmp/sr_jax_benchmark", base=None)
   rng = np.random.default_rng(0)
   shape = (config.batch_size, config.data.crop_size, config.data.crop_size, 3)
@@ -59,7 +63,7 @@ def measure(lora_enabled: bool) -> dict[str, Any]:
   compile_s = time.perf_counter() - t0
   state = run.state
   times = []
-  for i in range(FLAGS.steps + 1):
+  for i in range(steps + 1):
     t0 = time.perf_counter()
     state, metrics = compiled(state, run.frozen, batch)
     jax.block_until_ready(metrics["loss"])
@@ -69,7 +73,7 @@ def measure(lora_enabled: bool) -> dict[str, Any]:
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   mem = compiled.memory_analysis()
   trainable = lora.count(run.state.trainable)
-  return dict(arm=f"LoRA r={config.lora.rank}" if lora_enabled else "full fine-tuning",
+  return dict(arm=f"LoRA r={config.lora.rank}" if config.lora.enabled else "full fine-tuning",
               ms=statistics.median(times), compile_s=compile_s, gflops=cost["flops"] / 1e9,
               temp_mb=mem.temp_size_in_bytes / 2**20, arg_mb=mem.argument_size_in_bytes / 2**20,
               trainable=trainable, pct=100 * trainable / run.num_base_params)
