@@ -244,3 +244,17 @@ def test_preview_grid_shows_the_clean_crop_each_op_and_chains():
   clean = pipeline.center_crop(sources.make_source(config, "train")[0]["image"], 128)
   np.testing.assert_array_equal(grid[:128, :128], np.round(clean * 255).astype(np.uint8))
   assert not np.array_equal(grid[:128, 132:260], grid[:128, :128])
+
+
+def test_preview_command_writes_the_grid(tmp_path):
+  import subprocess, sys, pathlib  # pylint: disable=g-import-not-at-top,multiple-imports
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  out = tmp_path / "grid.png"
+  proc = subprocess.run(
+      [sys.executable, "-m", "sr_jax.data.preview", "--config", "configs/prod_nafnet.py:demo",
+       "--output", str(out), "--chains", "3", "--config.data.degradation.kind=single"],
+      cwd=repo, capture_output=True, text=True, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "degradation 'single'" in proc.stdout
+  grid = np.asarray(Image.open(out))
+  assert grid.shape[2] == 3 and grid.shape[1] == (1 + len(OPS5)) * 132

@@ -98,21 +98,28 @@ def degradation_grid(data_config: Any, *, seed: int = 0, degradation: Any = None
 
 
 def main(argv: Sequence[str]) -> None:
+  """Writes the grid of --config to --output (see the module docstring)."""
   del argv
-  config = _CONFIG.value
-  grid = degradation_grid(config.data, seed=config.seed, num_chains=_CHAINS.value)
-  Image.fromarray(grid).save(_OUTPUT.value)
-  print(f"Wrote {_OUTPUT.value} ({grid.shape[1]}x{grid.shape[0]}): degradation "
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  args = flags.FLAGS
+  config = args.config
+  grid = degradation_grid(config.data, seed=config.seed, num_chains=args.chains)
+  Image.fromarray(grid).save(args.output)
+  print(f"Wrote {args.output} ({grid.shape[1]}x{grid.shape[0]}): degradation "
         f"'{config.data.degradation.kind}' on data.source='{config.data.source}'.")
 
 
-if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a program (train.py imports this module)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file.",
-                                            lock_config=True)
-  _OUTPUT = flags.DEFINE_string("output", "degradations.png", "PNG file to write.")
-  _CHAINS = flags.DEFINE_integer("chains", 8, "Number of sampled chains to show.")
+  config_flags.DEFINE_config_file("config", None, "Job config file.", lock_config=True)
+  flags.DEFINE_string("output", "degradations.png", "PNG file to write.")
+  flags.DEFINE_integer("chains", 8, "Number of sampled chains to show.")
   flags.mark_flag_as_required("config")
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _define_flags()
   app.run(main)

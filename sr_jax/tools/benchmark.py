@@ -13,19 +13,15 @@ times are the median of `--steps` timed steps after one warm-up step. The PyTorc
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from sr_jax import lora, runtime, sharding
-from sr_jax import step as step_lib
-from sr_jax import train
+from sr_jax import runtime
+from sr_jax.tools import step_timing
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/lora_nafnet.py", "Job config to benchmark.",
@@ -47,36 +43,7 @@ def arm_config(lora_enabled: bool) -> ml_collections.ConfigDict:
 
 def measure(lora_enabled: bool) -> dict[str, Any]:
   """Builds one arm's run and step; returns its timings and compiled analyses."""
-  return measure_step(arm_config(lora_enabled), FLAGS.steps)
-
-
-def measure_step(config: ml_collections.ConfigDict, steps: int) -> dict[str, Any]:
-  """Times `steps` train steps of `config` (median, after a warm-up) on a random batch."""
-  run = train.build_run(config, "/tmp/sr_jax_benchmark", base=None)
-  rng = np.random.default_rng(0)
-  shape = (config.batch_size, config.data.crop_size, config.data.crop_size, 3)
-  local = {"lq": rng.random(shape, np.float32), "gt": rng.random(shape, np.float32)}
-  batch = sharding.global_batch(local, run.mesh)
-  step_fn = step_lib.build_train_step(run.objective.update, run.mesh)
-  t0 = time.perf_counter()
-  compiled = step_fn.lower(run.state, run.frozen, batch).compile()
-  compile_s = time.perf_counter() - t0
-  state = run.state
-  times = []
-  for i in range(steps + 1):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, run.frozen, batch)
-    jax.block_until_ready(metrics["loss"])
-    if i:  # The first call includes one-off transfers.
-      times.append(1000 * (time.perf_counter() - t0))
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  mem = compiled.memory_analysis()
-  trainable = lora.count(run.state.trainable)
-  return dict(arm=f"LoRA r={config.lora.rank}" if config.lora.enabled else "full fine-tuning",
-              ms=statistics.median(times), compile_s=compile_s, gflops=cost["flops"] / 1e9,
-              temp_mb=mem.temp_size_in_bytes / 2**20, arg_mb=mem.argument_size_in_bytes / 2**20,
-              trainable=trainable, pct=100 * trainable / run.num_base_params)
+  return step_timing.measure_step(arm_config(lora_enabled), FLAGS.steps)
 
 
 def report(rows: list[dict[str, Any]]) -> str:

@@ -58,10 +58,10 @@ def patches_per_second(workers: int) -> dict[str, Any]:
 
 def step_rate() -> tuple[float, str]:
   """Patches per second the config's train step consumes at --crop, and a description."""
-  from sr_jax.tools import benchmark  # pylint: disable=g-import-not-at-top
+  from sr_jax.tools import step_timing  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict(FLAGS.config.to_dict())
   c.data.crop_size, c.batch_size, c.lora.enabled = FLAGS.crop, FLAGS.step_batch, False
-  result = benchmark.measure_step(c, FLAGS.step_steps)
+  result = step_timing.measure_step(c, FLAGS.step_steps)
   return (1000 * FLAGS.step_batch / result["ms"],
           f"{c.model.name} {c.model.preset} full training step, batch {FLAGS.step_batch}: "
           f"{result['ms']:.0f} ms")
