@@ -77,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if "demo" in variants:
     common.apply_demo(config)
     config.model.preset = "tiny"
-    config.num_steps = 600
+    config.num_steps = 1500
     config.eval_every = 0
-    config.checkpoint_every = 200
+    config.checkpoint_every = 500
   return config

@@ -235,8 +235,9 @@ def train(run: Run, mgr, writer) -> None:
   wait = DataWait()
   pending = []
   for step in range(start + 1, config.num_steps + 1):
-    with wait:
-      batch = sharding.global_batch(next(data_iter), run.mesh)
+    with wait:  # Only the host-side wait: the device transfer may queue behind the step.
+      local_batch = next(data_iter)
+    batch = sharding.global_batch(local_batch, run.mesh)
     run.state, metrics = step_fn(run.state, run.frozen, batch)
     pending.append(metrics)
     report(step)

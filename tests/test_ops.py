@@ -520,10 +520,10 @@ def test_downscale_errors():
     ("blur_sigma", (-1.0, 1.0)),
     ("blur_sigma", (2.0, 1.0)),
     ("blur_kernel_size", 20),
-    ("blur_kernel_size", 1),
+    ("blur_kernel_size", -1),
     ("blur_anisotropic_prob", 1.5),
     ("noise_gray_prob", -0.1),
-    ("motion_length", (5.0, 31.0)),
+    ("motion_length", (-1.0, 3.0)),
     ("noise_sigma", (1.0,)),
     ("poisson_peak", (0.0, 10.0)),
     ("jpeg_quality", (0, 50)),
@@ -553,8 +553,11 @@ def test_ranges_from_config():
   assert partial.haze_beta == ops.OpRanges().haze_beta
   with pytest.raises(ValueError, match=r"degradation\.jpeg_quality"):
     ops.ranges_from_config(types.SimpleNamespace(jpeg_quality=(30.5, 90)))
-  with pytest.raises(ValueError, match=r"degradation\.motion_length"):
-    ops.ranges_from_config(types.SimpleNamespace(blur_kernel_size=11, motion_length=(3, 15)))
+  # Motion streaks longer than the kernel only matter when motion blur can be drawn.
+  long_motion = ops.ranges_from_config(types.SimpleNamespace(blur_kernel_size=11,
+                                                             motion_length=(3, 15)))
+  with pytest.raises(ValueError, match=r"degradation\.motion_length.*blur_kernel_size \(11\)"):
+    long_motion.check_motion_fits()
 
 
 def test_ops_module_does_not_import_jax():

@@ -110,6 +110,13 @@ def test_spec_validation_names_the_key_and_the_fix():
     prod_spec(resize="lanczos")
   with pytest.raises(ValueError, match="'bicubic'.*>= 2"):
     degradations.DegradationSpec("bicubic", scale=1)
+  with pytest.raises(ValueError, match="kind='bicubic'.*resize='area'.*kind='none'"):
+    degradations.DegradationSpec("bicubic", scale=2, resize="area")
+  # Small blur kernels (valid for Gaussian blur) only clash with motion blur when it is used.
+  small = ops.OpRanges(blur_kernel_size=7, motion_length=(5.0, 15.0))
+  assert degradations.DegradationSpec("blur", ranges=small).kind == "blur"
+  with pytest.raises(ValueError, match=r"motion_length.*blur_kernel_size \(7\)"):
+    degradations.DegradationSpec("prod", OPS5, ranges=small)
   config = config_base.degradation_config()
   config.kind = "prod"
   spec = degradations.as_spec(config)
@@ -143,6 +150,45 @@ def test_synthetic_sr_pairs_are_aligned_after_augmentation(scale):
 def stored_lr(gt, scale):
   """The LR levels write_pairs stores for this GT (area mean of its uint8 levels, rounded)."""
   return np.round(area(np.round(gt * 255).astype(np.float64), scale))
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_sr_with_a_chain_degrades_the_lr_image(scale):
+  config = config_base.base_config().data
+  prod_nafnet.prod_degradation(config.degradation)
+  config.degradation.scale, config.crop_size = scale, 12 * scale
+  transform = pipeline.RandomCropPair(config.crop_size, config.degradation, augment=False)
+  pair = transform.random_map(sources.ImageSource([("a", photo(80))])[0],
+                              np.random.default_rng(0))
+  assert pair["lq"].shape == (12, 12, 3) and pair["gt"].shape == (12 * scale, 12 * scale, 3)
+  clean_lr = degradations.downscale_to_lr(pair["gt"], scale)
+  assert np.abs(pair["lq"] - clean_lr).mean() > 1e-3  # The chain acted on the LR image.
+  config.eval_max_size = 0
+  # Eval: clean images modcropped to the scale, LR degraded by the chain.
+  examples = pipeline.make_eval_set(config, seed=0)
+  for e in examples:
+    assert e["gt"].shape[0] % scale == 0 and e["gt"].shape[0] == e["lq"].shape[0] * scale
+
+
+def test_stored_pairs_with_a_few_extra_gt_pixels_are_cropped_in_training():
+  rng = np.random.default_rng(0)
+  gt = rng.random((26, 25, 3)).astype(np.float32)  # 3 x (8, 8) plus 2 and 1 extra pixels.
+  lq = np.round(area(gt[:24, :24], 3) * 255) / 255
+  transform = pipeline.RandomCropPair(12, degradations.DegradationSpec("none", scale=3))
+  for seed in range(4):
+    pair = transform.random_map({"image": gt, "lq": lq, "index": 0}, np.random.default_rng(seed))
+    np.testing.assert_allclose(pair["lq"], np.round(area(pair["gt"], 3) * 255) / 255, atol=1e-6)
+  with pytest.raises(ValueError, match=r"Record 0.*GT is 30x24 but LQ is 8x8"):
+    transform.random_map({"image": np.zeros((30, 24, 3)), "lq": lq, "index": 0},
+                         np.random.default_rng(0))
+
+
+def test_paired_names_match_exactly_before_the_div2k_suffix(tmp_path):
+  lq_files = [tmp_path / "img_x2.png", tmp_path / "0001x2.png"]
+  gt_files = [tmp_path / "img_x2.png", tmp_path / "0001.png"]
+  pairs = sources.match_pairs(lq_files, gt_files, 2, "here")
+  assert {(a.name, b.name) for a, b in pairs} == {("img_x2.png", "img_x2.png"),
+                                                  ("0001x2.png", "0001.png")}
 
 
 def write_pairs(root, scale, names=("0001", "0002", "0003"), lq_suffix=""):

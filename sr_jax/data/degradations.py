@@ -64,6 +64,8 @@ class DegradationSpec:
       raise ValueError(f"Unknown degradation.kind {self.kind!r}; valid kinds: {list(KINDS)}.")
     if self.kind in CHAIN_MODES:
       self._check_ops()
+    if "motion_blur" in self.chain_ops:
+      self.ranges.check_motion_fits()
     if self.scale < 1:
       raise ValueError(f"degradation.scale must be >= 1, got {self.scale}.")
     if self.kind == "bicubic" and self.scale < 2:
@@ -72,6 +74,9 @@ class DegradationSpec:
     if self.resize not in ops.RESIZE_METHODS:
       raise ValueError(f"Unknown degradation.resize {self.resize!r}; valid: "
                        f"{list(ops.RESIZE_METHODS)}.")
+    if self.kind == "bicubic" and self.resize != "bicubic":
+      raise ValueError(f"degradation.kind='bicubic' means bicubic downscaling, but "
+                       f"degradation.resize={self.resize!r}; use kind='none' with that resize.")
 
   def _check_ops(self) -> None:
     unknown = [name for name in self.ops if name not in ops.OPS]

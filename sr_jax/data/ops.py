@@ -50,7 +50,7 @@ _MIN_SIGMA = 1e-3
 # Field -> (smallest allowed lo, whether lo may equal it, largest allowed hi); None = unbounded.
 _RANGE_DOMAINS: dict[str, tuple[float | None, bool, float | None]] = {
     "blur_sigma": (0.0, True, None),
-    "motion_length": (0.0, True, None),  # Also hi <= blur_kernel_size (checked separately).
+    "motion_length": (0.0, True, None),  # hi <= blur_kernel_size: OpRanges.check_motion_fits.
     "motion_angle": (None, True, None),
     "noise_sigma": (0.0, True, None),
     "poisson_peak": (0.0, False, None),
@@ -76,7 +76,7 @@ class OpRanges:
   so that a bad config fails there, with the config key in the message, not inside a worker.
   """
   blur_sigma: tuple[float, float] = (0.2, 3.0)  # Gaussian blur std in pixels.
-  blur_kernel_size: int = 21  # Odd, >= 3; kernel support of gaussian and motion blur.
+  blur_kernel_size: int = 21  # Odd; kernel support of gaussian and motion blur.
   blur_anisotropic_prob: float = 0.0  # Probability that a gaussian blur is anisotropic.
   motion_length: tuple[float, float] = (5.0, 21.0)  # Streak length in pixels.
   motion_angle: tuple[float, float] = (0.0, 180.0)  # Degrees.
@@ -102,12 +102,16 @@ class OpRanges:
       if not _is_real(value) or not 0.0 <= value <= 1.0:
         raise ValueError(f"degradation.{name} must be a probability in [0, 1], got {value!r}.")
     size = self.blur_kernel_size
-    if not _is_int(size) or size < 3 or size % 2 == 0:
-      raise ValueError(f"degradation.blur_kernel_size must be an odd integer >= 3, got {size!r}.")
-    if self.motion_length[1] > size:
+    if not _is_int(size) or size < 1 or size % 2 == 0:
+      raise ValueError(f"degradation.blur_kernel_size must be an odd positive integer, got "
+                       f"{size!r}.")
+
+  def check_motion_fits(self) -> None:
+    """Motion streaks must fit the kernel; checked only when motion blur can be drawn."""
+    if self.motion_length[1] > self.blur_kernel_size:
       raise ValueError(
           f"degradation.motion_length must be a range (lo, hi) with hi <= "
-          f"degradation.blur_kernel_size ({size}), got {self.motion_length}.")
+          f"degradation.blur_kernel_size ({self.blur_kernel_size}), got {self.motion_length}.")
 
 
 def _is_int(value: Any) -> bool:

@@ -103,6 +103,11 @@ class RandomCropPair(grain.transforms.RandomMap):
                        f"degradation.scale={self._scale} (it is the HR crop).")
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    h, w = element["image"].shape[:2]
+    if h < self.crop_size or w < self.crop_size:  # Sources that could not filter up front.
+      raise ValueError(f"Record {element.get('index')} is {h}x{w} pixels, smaller than "
+                       f"data.crop_size={self.crop_size}; lower the crop size or remove the "
+                       "record from the dataset.")
     if "lq" in element:
       lq, gt = self._stored_pair(element, rng)
     else:
@@ -116,11 +121,9 @@ class RandomCropPair(grain.transforms.RandomMap):
   def _stored_pair(self, element: dict[str, Any],
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     lq, gt = element["lq"], element["image"]
-    if gt.shape[0] != lq.shape[0] * self._scale or gt.shape[1] != lq.shape[1] * self._scale:
-      raise ValueError(
-          f"Record {element.get('index')}: GT {gt.shape[:2]} is not degradation.scale="
-          f"{self._scale} x LQ {lq.shape[:2]}; set --config.data.degradation.scale to the "
-          "dataset's ratio.")
+    sources.check_pair_sizes(lq.shape[:2], gt.shape[:2], self._scale,
+                             f"Record {element.get('index')}")
+    gt = gt[:lq.shape[0] * self._scale, :lq.shape[1] * self._scale]
     return crop_pair(lq, gt, self.crop_size, self._scale, rng)
 
 

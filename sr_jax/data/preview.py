@@ -69,7 +69,9 @@ def _synthetic_tiles(clean: np.ndarray, spec: degradations.DegradationSpec, seed
   for k in range(num_chains):
     lq, _, chain = degradations.degrade_with_chain(clean, np.random.default_rng([seed, 2, k]),
                                                    spec)
-    tiles.append((lq, f"{spec.kind}: {degradations.describe(chain)}"))
+    resized = f"x{spec.effective_scale} {spec.resize}" if spec.effective_scale > 1 else ""
+    label = " > ".join(filter(None, [resized, degradations.describe(chain) if chain else ""]))
+    tiles.append((lq, f"{spec.kind}: {label or 'clean'}"))
   return tiles
 
 

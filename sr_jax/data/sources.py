@@ -189,8 +189,9 @@ def drop_small_images(images: Images, crop_size: int, policy: str, where: str) -
 def load_images(data_config: Any, split: str) -> Images:
   """Loads the clean images of `split` ('train' or 'eval') as (name, float32 HWC RGB) pairs.
 
-  `data_config` is the `data` sub-config of configs/common.py. Training images smaller than
-  data.crop_size are handled by data.small_images; evaluation images are used whole.
+  Decodes everything into memory: for the embedded photos (make_source's 'embedded') and
+  small folders. `data_config` is the `data` sub-config of sr_jax/config_base.py. Training
+  images smaller than data.crop_size are handled by data.small_images; eval images are whole.
   """
   if split not in ("train", "eval"):
     raise ValueError(f"Unknown split {split!r}; valid splits: ['train', 'eval'].")
@@ -215,9 +216,8 @@ def load_images(data_config: Any, split: str) -> Images:
 class ImageSource:
   """A grain random-access source (`__len__`, `__getitem__`) over images held in memory.
 
-  Holding decoded float32 arrays is right for the embedded set (about 26 MB) and folders of a
-  few hundred small images; every spawned grain worker receives its own pickled copy. A
-  DIV2K-scale folder (tens of GB as float32) would need a source that decodes lazily instead.
+  Holding decoded float32 arrays is right for the embedded set (about 26 MB); every spawned
+  grain worker receives its own pickled copy. Folders use FolderSource, which decodes lazily.
   Records are {'image': float32 HWC (read-only, shared: transforms must not modify it in
   place), 'index': position in the source}.
   """
@@ -288,8 +288,8 @@ def match_pairs(lq_files: Sequence[pathlib.Path], gt_files: Sequence[pathlib.Pat
 
   Every file must have exactly one partner; otherwise the error lists the unmatched names.
   """
-  lq = {_match_key(f.stem, scale): f for f in lq_files}
   gt = {f.stem: f for f in gt_files}
+  lq = {(f.stem if f.stem in gt else _match_key(f.stem, scale)): f for f in lq_files}
   if len(lq) != len(lq_files) or len(gt) != len(gt_files):
     raise ValueError(f"Two files in the paired folders ({where}) share a name up to the "
                      "extension; rename one so every LQ/GT pair is unambiguous.")

@@ -214,11 +214,12 @@ class TfdsSource:
     missing = [s for s in _split_names(split) if s not in available]
     if missing:
       raise ValueError(f"Split {split!r} of {where}: {missing} not present; available "
-                       f"splits: {available}.")
+                       f"splits: {available} (set data.tfds_train_split / "
+                       "data.tfds_eval_split).")
     features = sorted(info.features.keys()) if info.features is not None else []
     for label, key in (("hr_key", hr_key), ("lr_key", lr_key)):
       if (key or label == "hr_key") and key not in features:
-        raise ValueError(f"{label}={key!r} is not a feature of {where}; features: "
+        raise ValueError(f"data.tfds_{label}={key!r} is not a feature of {where}; features: "
                          f"{features}.")
     self._lock = threading.Lock()
     self._source = builder.as_data_source(split=split, file_format=_ARRAY_RECORD)
