@@ -12,7 +12,7 @@ Paper-scale (SIDD width-32 layout, your own clean images):
       --config.data.source=folder --config.data.train_dir=/data/clean/train \
       --config.data.eval_dir=/data/clean/val --config.data.num_workers=8
 
-Embedded demo (scikit-image's bundled photos, 2 CPU cores, about 4 minutes):
+Embedded demo (scikit-image's bundled photos, 2 CPU cores, about 3.5 minutes):
 
   python -m sr_jax.main --config configs/prod_nafnet.py:demo --workdir /tmp/prod_nafnet_demo
 
@@ -24,8 +24,9 @@ Either writes the base to WORKDIR/export/params; fine-tuning configs load it wit
 Ablations (the paper's baselines): `--config.data.degradation.kind=fixed` (the same random
 subsets, always in the listed order) and `kind=single` (one degradation per crop).
 
-Expected demo result: see the README's PROD section (PSNR/SSIM of the PROD-degraded held-out
-photos, RGB protocol).
+Expected demo result (width-16 NAFNet, 1500 steps of 8 64x64 crops), PSNR/SSIM on RGB of the
+three held-out photos, each degraded by its own PROD chain: degraded input 20.03 dB / 0.526,
+PROD-trained 22.68 / 0.574.
 """
 
 import ml_collections
