@@ -1,0 +1,219 @@
+r"""Restores image files with a saved model, optionally through a task adapter, tile by tile.
+
+  python -m sr_jax.infer --checkpoint W/base/export/params --adapter W/export/adapters \
+      --input noisy/ --output restored/ --tile 256 --overlap 32
+
+`--checkpoint` is a parameter directory (a run's export/params, or a converted checkpoint); the
+model is rebuilt from the architecture recorded in its meta.json, so no config is needed.
+`--adapter` applies a LoRA adapter (a run's export/adapters) after checking that it fits the
+base. `--input` is an image file or a folder (every image in it, sorted by name); `--output` is
+a .png file (or an existing folder) for one image, a folder (created) for a folder, holding the
+same file names with .png. Outputs are clamped to [0, 1] and rounded to 8 bits exactly as the
+PSNR/SSIM protocol rounds them (sr_jax.metrics.to_uint8_grid), so metrics on the files equal
+metrics on the arrays. `--tile N` bounds memory for large images (see sr_jax.tiling: exact away
+from tile borders for models with a finite receptive field; NAFNet's channel attention pools
+over the whole input, so for NAFNet tiles change the result, less the larger they are: use the
+largest tile that fits). `--tile 0` runs whole images.
+
+The library entry points are `load_model` and `restore_images` / `restore_files`.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from sr_jax import adapters, metrics, runtime, tiling
+from sr_jax.data import sources
+
+PyTree = Any
+
+
+class UsageError(Exception):
+  """A problem with the user's paths or flags: reported without a traceback."""
+
+
+def load_model(checkpoint_dir: str, adapter_dir: str | None = None, *, dtype: str = "float32",
+               impl: str = "auto") -> tuple[nn.Module, PyTree]:
+  """(module, plain params) from a parameter directory and, optionally, an adapter on it."""
+  params, meta = adapters.load_base(checkpoint_dir)
+  if adapter_dir:
+    adapter = adapters.load_adapter(adapter_dir)
+    adapters.check_compatible(meta, adapter, params)
+    params = adapters.apply_adapter(params, adapter)
+  return adapters.model_from_architecture(meta["model"], dtype=dtype, impl=impl), params
+
+
+def downsampling(model: nn.Module) -> int:
+  """The factor input sizes should be multiples of: 2 per NAFNet encoder stage, else 1.
+
+  NAFNet pads other sizes internally, but zero padding at every tile's edge would show.
+  """
+  return 2 ** len(getattr(model, "enc_blk_nums", ()))
+
+
+def output_scale(model: nn.Module, params: PyTree, channels: int = 3) -> int:
+  """Output pixels per input pixel, from abstract shapes (nothing is compiled or run)."""
+  size = 4 * downsampling(model)
+  x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
+  out = jax.eval_shape(lambda p, v: model.apply({"params": p}, v), params, x)
+  if out.shape[1] % size:
+    raise ValueError(f"Model output {out.shape} is not an integer multiple of its input {x.shape}.")
+  return out.shape[1] // size
+
+
+class Restorer:
+  """A model and its parameters with one jitted apply (compiled once per tile shape)."""
+
+  def __init__(self, model: nn.Module, params: PyTree, tile: int = 0, overlap: int = 0):
+    self.model, self.params, self.tile, self.overlap = model, params, tile, overlap
+    self.multiple = downsampling(model)
+    tiling.check_tiling(tile, overlap, self.multiple)  # Flag errors before any image is read.
+    self.scale = output_scale(model, params)
+    apply = jax.jit(model.apply)
+    self._fn = lambda x: apply({"params": params}, x)
+
+  def __call__(self, image: np.ndarray) -> np.ndarray:
+    """HWC float32 in [0, 1] -> the model's HWC float32 output (not clamped)."""
+    return tiling.tiled_apply(self._fn, image, tile=self.tile, overlap=self.overlap,
+                              scale=self.scale, multiple=self.multiple)
+
+  def num_tiles(self, height: int, width: int) -> int:
+    if self.tile <= 0 or (height <= self.tile and width <= self.tile):
+      return 1
+    return (len(tiling.tile_starts(height, self.tile, self.overlap)) *
+            len(tiling.tile_starts(width, self.tile, self.overlap)))
+
+
+def write_png(path: pathlib.Path, image: np.ndarray) -> None:
+  """Writes an HWC float image as 8-bit PNG: clamped, *255 and rounded as the metrics round."""
+  pixels = np.asarray(metrics.to_uint8_grid(image)).astype(np.uint8)
+  Image.fromarray(pixels).save(path, format="PNG")
+
+
+def restore_files(restorer: Restorer, pairs: Sequence[tuple[pathlib.Path, pathlib.Path]]
+                  ) -> list[dict[str, Any]]:
+  """Restores each (input, output .png) pair, logging one line per image; returns the lines."""
+  report = []
+  for i, (src, dst) in enumerate(pairs):
+    start = time.perf_counter()
+    image = sources.read_image(src)  # ValueError naming the file when it cannot be decoded.
+    out = restorer(image)
+    write_png(dst, out)
+    h, w = image.shape[:2]
+    row = dict(input=str(src), output=str(dst), size=(h, w), output_size=out.shape[:2],
+               tiles=restorer.num_tiles(h, w), seconds=time.perf_counter() - start)
+    logging.info("[%d/%d] %s: %dx%d -> %dx%d (WxH), %d tile(s), %.2f s -> %s", i + 1,
+                 len(pairs), src.name, w, h, out.shape[1], out.shape[0], row["tiles"],
+                 row["seconds"], dst)
+    report.append(row)
+  return report
+
+
+def folder_outputs(paths: Sequence[pathlib.Path],
+                   out_dir: pathlib.Path) -> list[tuple[pathlib.Path, pathlib.Path]]:
+  """(input, out_dir/<stem>.png) pairs; two inputs with one stem or an overwrite is an error."""
+  pairs, seen = [], {}
+  for src in paths:
+    dst = out_dir / f"{src.stem}.png"
+    if dst in seen:
+      raise UsageError(f"{seen[dst].name} and {src.name} would both be written to {dst}.")
+    if dst.exists() and dst.resolve() == src.resolve():
+      raise UsageError(f"Writing {dst} would overwrite the input {src}; choose another --output.")
+    seen[dst] = src
+    pairs.append((src, dst))
+  return pairs
+
+
+def restore_images(params: PyTree, model: nn.Module, paths: Sequence[str | os.PathLike],
+                   out_dir: str | os.PathLike, *, tile: int = 0,
+                   overlap: int = 0) -> list[dict[str, Any]]:
+  """Restores image files into `out_dir` (created) as <stem>.png; see restore_files."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  pairs = folder_outputs([pathlib.Path(p) for p in paths], out_dir)
+  return restore_files(Restorer(model, params, tile, overlap), pairs)
+
+
+def plan_outputs(input_path: str, output_path: str) -> list[tuple[pathlib.Path, pathlib.Path]]:
+  """The CLI's (input, output) pairs for --input/--output; creates the output folder."""
+  src, dst = pathlib.Path(input_path).expanduser(), pathlib.Path(output_path).expanduser()
+  if not src.exists():
+    raise UsageError(f"--input {src} does not exist.")
+  if src.is_dir():
+    if dst.exists() and not dst.is_dir():
+      raise UsageError(f"--output {dst} is a file; a folder --input needs a folder --output.")
+    if not dst.exists() and dst.suffix.lower() in sources.IMAGE_EXTENSIONS:
+      raise UsageError(f"--output {dst} looks like an image file; a folder --input needs a "
+                       "folder --output.")
+    paths = sources.list_image_files(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    return folder_outputs(paths, dst)
+  if dst.is_dir():
+    return folder_outputs([src], dst)
+  if dst.suffix.lower() != ".png":
+    raise UsageError(f"--output {dst} must be a .png file (or an existing folder) for a "
+                     "single --input image.")
+  if dst.exists() and dst.resolve() == src.resolve():
+    raise UsageError(f"--output {dst} is the --input; choose another file.")
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  return [(src, dst)]
+
+
+def run(checkpoint: str, adapter: str | None, input_path: str, output_path: str, *,
+        tile: int = 0, overlap: int = 0, dtype: str = "float32") -> list[dict[str, Any]]:
+  """The whole CLI as a function: load, check, restore every input, write PNGs."""
+  model, params = load_model(checkpoint, adapter, dtype=dtype)
+  restorer = Restorer(model, params, tile, overlap)
+  pairs = plan_outputs(input_path, output_path)
+  logging.info("Restoring %d image(s) with %s%s, %s.", len(pairs), checkpoint,
+               f" + adapter {adapter}" if adapter else "",
+               f"tiles {tile} overlapping by {overlap}" if tile > 0 else "whole images")
+  return restore_files(restorer, pairs)
+
+
+def main(argv: Sequence[str]) -> None:
+  """Command-line entry (flags in _define_flags); user errors exit 2 with one line."""
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  args = flags.FLAGS
+  logging.set_verbosity(logging.INFO)
+  quiet = runtime._QuietLibraries()  # pylint: disable=protected-access
+  logging.get_absl_handler().addFilter(quiet)  # Orbax's INFO lines would drown the progress.
+  try:
+    run(args.checkpoint, args.adapter, args.input, args.output, tile=args.tile,
+        overlap=args.overlap, dtype=args.dtype)
+  except (UsageError, FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a program (other modules import this one)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("checkpoint", None, "Parameter directory (export/params or converted).")
+  flags.DEFINE_string("adapter", None, "Adapter directory (a run's export/adapters).")
+  flags.DEFINE_string("input", None, "Image file, or folder of images.")
+  flags.DEFINE_string("output", None, "PNG file (one input) or folder (created).")
+  flags.DEFINE_integer("tile", 0, "Tile size in input pixels; 0 = whole images.")
+  flags.DEFINE_integer("overlap", 32, "Pixels shared by neighbouring tiles (< tile / 2).")
+  flags.DEFINE_string("dtype", "float32", "Compute dtype: float32, bfloat16 or float16.")
+  flags.mark_flags_as_required(["checkpoint", "input", "output"])
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  app.run(main)
