@@ -95,6 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
       # An image smaller than the crop: 'skip' (warn and drop it) or 'error'.
       small_images="skip",
       num_workers=0,  # grain worker processes; 0 = in the main process.
+      num_train_images=0,  # Use only the first N training images (sorted by name); 0 = all.
       eval_max_size=0,  # Centre-crop eval images to at most this many pixels per side (0 = full).
       degradation=degradation_config(),
   ))
@@ -107,6 +108,31 @@ def base_config() -> ml_collections.ConfigDict:
       # 'regex=rank' entries overriding the rank of matching kernels (0 freezes them).
       rank_overrides=(),
       extra_trainable=(),  # Regexes of base leaves trained fully (biases, norms, ...).
+      # A JSON LoRA plan ({'ranks': {path: r}, 'alphas': {path: a}}), e.g. a CoLoRA allocation;
+      # when set it replaces targets / rank / alpha / rank_overrides.
+      plan_file="",
+  ))
+
+  # CoLoRA (sr_jax/colora.py, sr_jax/colora_job.py): base -> probe fine-tune -> FAIG ->
+  # contribution-based ranks -> fine-tuning arms -> one results table.
+  c.colora = ml_collections.ConfigDict(dict(
+      enabled=False,
+      # Fine-tuning arms run at equal steps and data: 'colora', 'uniform' (uniform-rank LoRA at
+      # the same budget), 'full' (every parameter). The base and the input are always evaluated.
+      arms=("colora",),
+      probe_checkpoint="",  # A fine-tuned params dir as FAIG's endpoint; empty = run a probe.
+      probe_steps=200,  # Full fine-tuning steps of the probe.
+      probe_learning_rate=2e-4,
+      faig_steps=100,  # M: interpolation steps of the integrated gradients.
+      faig_images=16,  # Task crops FAIG is computed on (data.crop_size, from the train stream).
+      faig_batch=0,  # Crops per FAIG forward/backward (0 = all at once); divides faig_images.
+      budget=0.07,  # Trainable share of the base's parameters (adapters + fully tuned leaves).
+      alpha=1.0,  # How sharply rank follows contribution (0 = uniform).
+      beta=0.0,  # Floor: the least contributing layer gets beta of the top layer's weight.
+      max_rank=0,  # Cap on any layer's rank (0 = min(fan_in, fan_out)).
+      depthwise="frozen",  # Depthwise convs: 'frozen' or 'full' (tuned fully, within budget).
+      tune_extras=True,  # Tune biases, norms and NAFNet beta/gamma fully (within budget).
+      lora_scale=1.0,  # Each layer's LoRA alpha is lora_scale * its rank.
   ))
 
   c.base = ml_collections.ConfigDict(dict(

@@ -54,12 +54,24 @@ def image_grid(lq: np.ndarray, output: np.ndarray, gt: np.ndarray) -> np.ndarray
   return np.concatenate([np.clip(lq, 0, 1), output, gt], axis=1)
 
 
+# Optional results-table columns: (row key, header, format).
+_EXTRA_COLUMNS = (("export_mb", "export MiB", "{:.2f}"), ("step_ms", "ms/step", "{:.0f}"),
+                  ("step_memory_mb", "step memory MiB", "{:.0f}"))
+
+
 def results_table(rows: dict[str, dict[str, Any]], protocol_text: str) -> str:
-  """Markdown table: one row per arm (e.g. base, lora), with trainable-parameter share."""
-  lines = [f"Protocol: {protocol_text}", "",
-           "| arm | PSNR (dB) | SSIM | trainable params | % of base |",
-           "|---|---|---|---|---|"]
+  """Markdown table: one row per arm (e.g. base, lora), with trainable-parameter share.
+
+  Columns for the size of what an arm exports (adapters, or the whole model), its step time and
+  its compiled step's memory appear when some row has them ('-' where a row has not).
+  """
+  extra = [c for c in _EXTRA_COLUMNS if any(c[0] in r for r in rows.values())]
+  header = ["arm", "PSNR (dB)", "SSIM", "trainable params", "% of base"] + [c[1] for c in extra]
+  lines = [f"Protocol: {protocol_text}", "", "| " + " | ".join(header) + " |",
+           "|" + "---|" * len(header)]
   for arm, r in rows.items():
-    lines.append(f"| {arm} | {r['psnr']:.3f} | {r['ssim']:.4f} | {r.get('trainable', 0):,} | "
-                 f"{r.get('trainable_pct', 0.0):.2f} |")
+    cells = [arm, f"{r['psnr']:.3f}", f"{r['ssim']:.4f}", f"{r.get('trainable', 0):,}",
+             f"{r.get('trainable_pct', 0.0):.2f}"]
+    cells += [fmt.format(r[key]) if key in r else "-" for key, _, fmt in extra]
+    lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)

@@ -137,6 +137,24 @@ def make_plan(params: PyTree, *, targets: Sequence[str], rank: int, alpha: float
   return LoraPlan(tuple(ranks), tuple(alphas))
 
 
+def max_rank(shape: Sequence[int]) -> int:
+  """The largest useful rank of a kernel: min(fan_in, fan_out)."""
+  return min(_fan_in_out(shape))
+
+
+def check_plan(plan: LoraPlan, params: PyTree, where: str) -> None:
+  """Every planned path must be a 2D/4D kernel of `params` and its rank within max_rank."""
+  flat = flatten(params)
+  for path, r in plan.ranks:
+    if path not in flat or getattr(flat[path], "ndim", 0) not in (2, 4):
+      kernels = [p for p in flat if p.endswith("kernel")][:3]
+      raise ValueError(f"{where}: {path!r} is not a kernel of this model (kernels look like "
+                       f"{kernels}); the plan was made for another architecture.")
+    if not 0 < r <= max_rank(flat[path].shape):
+      raise ValueError(f"{where}: rank {r} for {path} (kernel {tuple(flat[path].shape)}) must "
+                       f"be in [1, {max_rank(flat[path].shape)}].")
+
+
 def init_adapters(rng: jax.Array, params: PyTree, plan: LoraPlan) -> dict[str, Any]:
   """A: uniform(+-1/sqrt(fan_in)) like PEFT's kaiming-uniform(a=sqrt(5)); B: zeros."""
   flat = flatten(params)

@@ -1,7 +1,7 @@
 """Command-line entry: `python -m sr_jax.main --config configs/<job>.py[:variant] --workdir DIR`.
 
-Kept short on purpose; the run itself is `sr_jax.train.train_and_evaluate(config, workdir)`,
-importable from a notebook. Override any config value with `--config.a.b=value`; the config is
+Kept short on purpose; the run itself is `sr_jax.train.train_and_evaluate(config, workdir)`
+(or, for CoLoRA configs, `sr_jax.colora_job.run(config, workdir)`), importable from a notebook. Override any config value with `--config.a.b=value`; the config is
 locked, so a misspelt key is an error listing the valid ones.
 """
 
@@ -21,9 +21,13 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   runtime.setup()
-  from sr_jax import train  # After runtime.setup(): TensorFlow must not see accelerators.
+  # Imported after runtime.setup(): TensorFlow must not see accelerators.
+  from sr_jax import colora_job, train  # pylint: disable=g-import-not-at-top
   logging.info("Config:\n%s", FLAGS.config)
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  if FLAGS.config.colora.enabled:
+    colora_job.run(FLAGS.config, FLAGS.workdir)
+  else:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ class Run:
   plan: lora.LoraPlan | None
   meta: dict[str, Any]
   num_base_params: int
+  timing: dict[str, float] = dataclasses.field(default_factory=dict)
   _eval_set: list[dict[str, Any]] | None = None
 
   @property
@@ -79,8 +80,9 @@ def base_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict(config.to_dict())
   c.job = f"{config.job}/base"
   c.mode = "train"
-  c.lora.enabled = False
+  c.lora.enabled, c.lora.plan_file, c.colora.enabled = False, "", False
   c.data.degradation = c.base.degradation
+  c.data.num_train_images = 0  # Few-shot limits are for the fine-tuning task, not the base.
   c.num_steps = config.base.num_steps
   c.optimizer.learning_rate = config.base.learning_rate
   c.base.checkpoint, c.base.num_steps = "", 0
@@ -95,15 +97,29 @@ def initial_params(config, model, base: PyTree | None, rng: jax.Array):
   base = jax.tree.map(jnp.asarray, base)
   plan, adapters = None, {}
   if config.lora.enabled:
-    exclude = (registry.entry(config.model.name).depthwise_kernels,)
-    plan = lora.make_plan(base, targets=config.lora.targets, rank=config.lora.rank,
-                          alpha=config.lora.alpha, exclude=exclude,
-                          rank_overrides=config.lora.rank_overrides)
+    plan = lora_plan(config, base)
     adapters = lora.init_adapters(jax.random.fold_in(rng, 1), base, plan)
   params = {"base": base, "lora": adapters}
   labels = lora.labels(params, config.lora.extra_trainable,
                        full_finetune=not config.lora.enabled)
   return params, plan, labels
+
+
+def lora_plan(config: ml_collections.ConfigDict, base: PyTree) -> lora.LoraPlan:
+  """The LoRA plan: read from config.lora.plan_file, or chosen by targets and ranks."""
+  if not config.lora.plan_file:
+    exclude = (registry.entry(config.model.name).depthwise_kernels,)
+    return lora.make_plan(base, targets=config.lora.targets, rank=config.lora.rank,
+                          alpha=config.lora.alpha, exclude=exclude,
+                          rank_overrides=config.lora.rank_overrides)
+  try:
+    with open(config.lora.plan_file) as f:
+      plan = lora.LoraPlan.from_json(json.load(f))
+  except (OSError, ValueError, KeyError) as e:
+    raise ValueError(f"config.lora.plan_file={config.lora.plan_file!r} is not a readable LoRA "
+                     f"plan (JSON with 'ranks' and 'alphas' by kernel path): {e}") from e
+  lora.check_plan(plan, base, where=f"config.lora.plan_file={config.lora.plan_file}")
+  return plan
 
 
 def build_run(config: ml_collections.ConfigDict, workdir: str, base: PyTree | None) -> Run:
@@ -229,7 +245,7 @@ def train(run: Run, mgr, writer) -> None:
   if start == 0 and jax.process_index() == 0:
     grid = preview.degradation_grid(config.data, seed=config.seed)
     writer.write_images(0, {"data/degradations": grid[None]})
-  step_fn = step_lib.build_train_step(run.objective.update, run.mesh)
+  step_fn = None
   report = periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer,
                                            every_steps=config.log_every)
   wait = DataWait()
@@ -238,6 +254,9 @@ def train(run: Run, mgr, writer) -> None:
     with wait:  # Only the host-side wait: the device transfer may queue behind the step.
       local_batch = next(data_iter)
     batch = sharding.global_batch(local_batch, run.mesh)
+    if step_fn is None:  # Compiled once, ahead of time, to read its memory analysis.
+      step_fn = compile_step(run, batch)
+      step_start, step_clock = step, time.perf_counter()
     run.state, metrics = step_fn(run.state, run.frozen, batch)
     pending.append(metrics)
     report(step)
@@ -253,9 +272,37 @@ def train(run: Run, mgr, writer) -> None:
     if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
       evaluate_tuned(run, writer, step)
   mgr.wait_until_finished()
+  if step_fn is not None and config.num_steps > step_start:
+    jax.block_until_ready(run.state.step)
+    run.timing["step_ms"] = (1000 * (time.perf_counter() - step_clock)
+                             / (config.num_steps - step_start + 1))
+    _write_json(os.path.join(run.workdir, "timing.json"), run.timing)
   if config.num_steps > start:
     logging.info("Input pipeline: the train loop waited for data %.1f%% of its time.",
                  100 * wait.total_fraction())
+
+
+def compile_step(run: Run, batch: PyTree):
+  """The jitted step compiled for this batch's shapes; records its memory in run.timing."""
+  lowered = step_lib.build_train_step(run.objective.update, run.mesh).lower(
+      run.state, run.frozen, batch)
+  compiled = lowered.compile()
+  memory = compiled.memory_analysis()
+  if memory is not None:
+    run.timing["step_memory_mb"] = (memory.temp_size_in_bytes + memory.argument_size_in_bytes
+                                    + memory.output_size_in_bytes
+                                    - memory.alias_size_in_bytes) / 2**20
+  return compiled
+
+
+def _write_json(path: str, value: Any) -> None:
+  """Writes JSON atomically (a reader never sees half a file)."""
+  if jax.process_index() != 0:
+    return
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=1)
+  os.replace(tmp, path)
 
 
 def tuned_params(run: Run) -> PyTree:
@@ -297,6 +344,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     raise ValueError(f"Unknown config.mode {config.mode!r}; use 'train' or 'eval'.")
   workdir = os.path.abspath(workdir)
   base = prepare_base(config, workdir)
+  # A host copy: restored arrays may already carry the mesh's sharding, and the training state
+  # built from them is donated to the step, which would delete the base evaluated at the end.
+  base = None if base is None else jax.device_get(base)
   run = build_run(config, workdir, base)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   mgr = checkpoint.manager(workdir, config.keep_checkpoints)
@@ -318,6 +368,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     rows["base"] = _evaluate_base(run, base)
   arm = "lora" if run.plan else ("fine-tuned" if base is not None else "trained")
   rows[arm] = _row(evaluate_tuned(run, writer, int(run.state.step)), trainable, pct)
+  rows[arm].update(_run_costs(run))
   _write_table(workdir, rows, writer)
   writer.flush()
   return rows
@@ -344,6 +395,19 @@ def _evaluate_base(run: Run, base: PyTree) -> dict[str, Any]:
   """The base alone (no adapters, no tuned leaves) on the fine-tuning task's held-out images."""
   plain = pixel.PixelObjective(run.objective.model, None, None, run.config.loss.kind)
   return _row(evaluate.evaluate(plain.apply, {"base": base, "lora": {}}, run.eval_set))
+
+
+def _run_costs(run: Run) -> dict[str, float]:
+  """Step time and memory (this run's, or timing.json's) and the size of what it exports."""
+  costs = dict(run.timing)
+  path = os.path.join(run.workdir, "timing.json")
+  if not costs and os.path.exists(path):
+    with open(path) as f:
+      costs = json.load(f)
+  exported = os.path.join(run.workdir, "export", "adapters" if run.plan else "params")
+  if os.path.isdir(exported):
+    costs["export_mb"] = checkpoint.directory_size(exported) / 2**20
+  return costs
 
 
 def _row(result: dict[str, Any], trainable: int = 0, pct: float = 0.0) -> dict[str, Any]:

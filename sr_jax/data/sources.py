@@ -357,8 +357,36 @@ def make_source(data_config: Any, split: str, scale: int = 1) -> Any:
   """The grain source of `split` ('train' or 'eval') for `data.source`.
 
   Training sources drop images smaller than data.crop_size (data.small_images); evaluation
-  sources keep every image. `scale` is the LR:HR ratio of paired data (degradation.scale).
+  sources keep every image; data.num_train_images > 0 keeps only the first N training images
+  (the few-shot setting). `scale` is the LR:HR ratio of paired data (degradation.scale).
   """
+  source = _make_source(data_config, split, scale)
+  limit = data_config.num_train_images
+  if split == "train" and 0 < limit < len(source):
+    source = FirstRecords(source, limit)
+  return source
+
+
+class FirstRecords:
+  """The first `count` records of a source: few-shot fine-tuning on N images."""
+
+  def __init__(self, source: Any, count: int):
+    self.source, self.count = source, int(count)
+    self.names = tuple(source.names[i] for i in range(self.count))
+
+  def __len__(self) -> int:
+    return self.count
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    if not 0 <= index < self.count:
+      raise IndexError(f"Record {index} of {self.count}.")
+    return self.source[index]
+
+  def __repr__(self) -> str:
+    return f"FirstRecords({self.count} of {self.source!r})"
+
+
+def _make_source(data_config: Any, split: str, scale: int) -> Any:
   if split not in ("train", "eval"):
     raise ValueError(f"Unknown split {split!r}; valid splits: ['train', 'eval'].")
   kind, train = data_config.source, split == "train"

@@ -1,0 +1,230 @@
+"""The CoLoRA job (seed 001): base -> probe -> FAIG -> ranks -> fine-tuning arms -> one table.
+
+`run(config, workdir)` reads top to bottom in the order the job happens; every stage leaves its
+result in the workdir and is skipped when re-run, so an interrupted job resumes where it
+stopped (each training stage also resumes from its own checkpoints):
+
+  base/     the base, pre-trained here (PROD when base.degradation.kind='prod') unless
+            config.base.checkpoint names one
+  probe/    a short full fine-tune on the task: FAIG's fine-tuned endpoint (skipped when
+            colora.probe_checkpoint names one)
+  faig/     scores.json (per-leaf FAIG), allocation_<arm>.json (ranks; config.lora.plan_file
+            format), faig_blocks.png, ranks.png
+  colora/, uniform/, full/   one training run per arm of colora.arms, same steps and data
+  results.md  every arm: PSNR/SSIM, trainable share, export size, step time and memory
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers
+
+from sr_jax import checkpoint, colora, evaluate, faig, plots, train
+from sr_jax.data import pipeline
+from sr_jax.models import registry
+
+PyTree = Any
+ARMS = {"colora": "CoLoRA", "uniform": "uniform LoRA", "full": "full fine-tuning"}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) every stage; returns the results-table rows {arm: metrics}."""
+  unknown = [a for a in config.colora.arms if a not in ARMS]
+  if unknown or not config.colora.arms:
+    raise ValueError(f"Unknown colora.arms {unknown}; choose from {list(ARMS)}.")
+  workdir = os.path.abspath(workdir)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  base_dir = base_stage(config, workdir)
+  tuned_dir = probe_stage(config, workdir, base_dir)
+  scores = faig_stage(config, workdir, base_dir, tuned_dir, writer)
+  rows = {}
+  for arm in config.colora.arms:
+    plan_file = allocation_stage(config, workdir, base_dir, scores, arm, writer)
+    arm_rows = train.train_and_evaluate(arm_config(config, arm, base_dir, plan_file),
+                                        os.path.join(workdir, arm))
+    for shared in ("degraded input", "base"):
+      if shared in arm_rows:
+        rows.setdefault(shared, arm_rows[shared])
+    rows[ARMS[arm]] = arm_rows[list(arm_rows)[-1]]
+  table = evaluate.results_table(rows, evaluate.protocol(0, False))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+      f.write(table + "\n")
+  print(table, flush=True)
+  writer.write_texts(0, {"results": table})
+  writer.flush()
+  return rows
+
+
+def stage_config(config: ml_collections.ConfigDict, name: str,
+                 base_dir: str) -> ml_collections.ConfigDict:
+  """A copy of `config` for one training stage that starts from the base in `base_dir`."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.job = f"{config.job}/{name}"
+  c.colora.enabled = False
+  c.base.checkpoint, c.base.num_steps = base_dir, 0
+  return c
+
+
+def base_stage(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The base's params directory: config.base.checkpoint, or one pre-trained in workdir/base."""
+  if not config.base.checkpoint and config.base.num_steps <= 0:
+    raise ValueError("CoLoRA adapts a base: set config.base.checkpoint (e.g. a PROD run's "
+                     "export/params) or config.base.num_steps > 0 to pre-train one here.")
+  train.prepare_base(config, workdir)  # Checks the architecture; pre-trains when needed.
+  return config.base.checkpoint or os.path.join(workdir, "base", "export", "params")
+
+
+def probe_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: str) -> str:
+  """FAIG's fine-tuned endpoint: colora.probe_checkpoint, or a short full fine-tune here."""
+  if config.colora.probe_checkpoint:
+    return config.colora.probe_checkpoint
+  c = stage_config(config, "probe", base_dir)
+  c.lora.enabled = False
+  c.num_steps = config.colora.probe_steps
+  c.optimizer.learning_rate = config.colora.probe_learning_rate
+  c.checkpoint_every = max(1, min(c.checkpoint_every, c.num_steps))
+  c.eval_every = 0
+  probe_dir = os.path.join(workdir, "probe")
+  logging.info("CoLoRA probe: %d steps of full fine-tuning in %s.", c.num_steps, probe_dir)
+  train.train_and_evaluate(c, probe_dir)
+  return os.path.join(probe_dir, "export", "params")
+
+
+def faig_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """colora.faig_images task crops, fixed by the seed (the first batch of the train stream)."""
+  dataset = pipeline.make_train_dataset(config.data, seed=config.seed,
+                                        batch_size=config.colora.faig_images)
+  return next(iter(dataset))
+
+
+def faig_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: str, tuned_dir: str,
+               writer) -> list[faig.LayerScore]:
+  """Per-leaf FAIG between the base and the probe on the task's crops (cached in faig/)."""
+  out = os.path.join(workdir, "faig")
+  os.makedirs(out, exist_ok=True)
+  path = os.path.join(out, "scores.json")
+  settings = {"base": base_dir, "tuned": tuned_dir, "steps": config.colora.faig_steps,
+              "images": config.colora.faig_images, "seed": config.seed}
+  if os.path.exists(path):
+    scores, meta = faig.load_scores(path)
+    if meta.get("settings") == settings:
+      logging.info("Using the FAIG scores computed earlier in %s.", path)
+      return scores
+  base, _ = checkpoint.load_params(base_dir)
+  tuned, _ = checkpoint.load_params(tuned_dir)
+  batch = faig_batch(config)
+  model = registry.build_model(config.model)
+  apply_fn = lambda params, lq: model.apply({"params": params}, lq)  # pylint: disable=unnecessary-lambda-assignment
+  t0 = time.perf_counter()
+  attribution = faig.integrated_gradients(apply_fn, base, tuned, batch["lq"], batch["gt"],
+                                          steps=config.colora.faig_steps,
+                                          batch_size=config.colora.faig_batch)
+  jax.block_until_ready(attribution)
+  seconds = time.perf_counter() - t0
+  step_seconds = _grad_step_seconds(apply_fn, base, batch, config.colora.faig_batch)
+  cost = seconds / (config.colora.faig_steps * step_seconds)
+  logging.info("FAIG: %d steps x %d crops in %.1f s (compile included) = %.2f x M gradient "
+               "passes of %.3f s.", config.colora.faig_steps, config.colora.faig_images,
+               seconds, cost, step_seconds)
+  depthwise = registry.entry(config.model.name).depthwise_kernels
+  scores = faig.layer_scores(attribution, depthwise)
+  faig.save_scores(path, scores, {"settings": settings, "seconds": seconds,
+                                  "gradient_pass_seconds": step_seconds,
+                                  "cost_in_gradient_passes": cost * config.colora.faig_steps,
+                                  "groups": faig.group_scores(scores)})
+  _plot_faig(scores, out, writer)
+  return scores
+
+
+def _grad_step_seconds(apply_fn, params: PyTree, batch: dict[str, np.ndarray],
+                       chunk: int) -> float:
+  """Seconds of one compiled forward+backward of FAIG's loss on the same crops."""
+  lq, gt = jnp.asarray(batch["lq"]), jnp.asarray(batch["gt"])
+  if chunk:
+    lq, gt = lq[:chunk], gt[:chunk]
+
+  @jax.jit
+  def grad(p):
+    return jax.grad(lambda q: jnp.sum(jnp.square(apply_fn(q, lq).astype(jnp.float32) - gt)))(p)
+  jax.block_until_ready(grad(params))
+  t0 = time.perf_counter()
+  jax.block_until_ready(grad(params))
+  chunks = 1 if not chunk else len(batch["lq"]) // chunk
+  return (time.perf_counter() - t0) * chunks
+
+
+_STAGE_ORDER = ("intro", "encoders", "downs", "middle_blks", "ups", "decoders", "ending")
+
+
+def network_order(block: str) -> tuple:
+  """Sort key putting NAFNet's blocks in data-flow order: intro, encoders_0_*, downs_0, ...
+
+  Encoder level i runs before downs_i; decoder level i after ups_i. Unknown names go last.
+  """
+  stage = next((s for s in _STAGE_ORDER if block == s or block.startswith(s + "_")), None)
+  numbers = tuple(int(n) for n in block[len(stage or ""):].split("_") if n.isdigit())
+  level = numbers[0] if numbers else 0
+  if stage in ("encoders", "downs"):
+    return (1, level, 0 if stage == "encoders" else 1, numbers)
+  if stage in ("ups", "decoders"):
+    return (3, level, 0 if stage == "ups" else 1, numbers)
+  rank = {"intro": 0, "middle_blks": 2, "ending": 4}.get(stage, 5)
+  return (rank, 0, 0, numbers, block)
+
+
+def _plot_faig(scores: list[faig.LayerScore], out: str, writer) -> None:
+  blocks = faig.block_scores(scores)
+  blocks = {name: blocks[name] for name in sorted(blocks, key=network_order)}
+  image = plots.bar_chart(list(blocks), [b["mean"] for b in blocks.values()],
+                          "FAIG per block (mean per parameter, log scale)", log=True)
+  plots.save_png(os.path.join(out, "faig_blocks.png"), image)
+  writer.write_images(0, {"colora/faig_blocks": image[None]})
+  groups = faig.group_scores(scores)
+  logging.info("FAIG mean per parameter by group: %s", ", ".join(
+      f"{g} {v['mean']:.3g} ({v['size']:,} params)" for g, v in groups.items()))
+
+
+def allocation_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: str,
+                     scores: list[faig.LayerScore], arm: str, writer) -> str:
+  """Writes faig/allocation_<arm>.json (a LoRA plan file) for a LoRA arm; '' for 'full'."""
+  if arm == "full":
+    return ""
+  base, _ = checkpoint.load_params(base_dir)
+  means = {s.path: s.mean for s in scores}
+  allocation = colora.allocate(base, means, config.colora, config.lora.targets,
+                               registry.entry(config.model.name).depthwise_kernels,
+                               uniform=arm == "uniform")
+  path = os.path.join(workdir, "faig", f"allocation_{arm}.json")
+  allocation.save(path, config.colora.lora_scale)
+  logging.info("%s allocation: %s trainable of %s (budget %s): %d adapters, %d frozen kernels.",
+               ARMS[arm], f"{allocation.trainable_params:,}", f"{allocation.num_base_params:,}",
+               f"{allocation.budget_params:,}", sum(r > 0 for r in allocation.ranks.values()),
+               sum(r == 0 for r in allocation.ranks.values()))
+  image = plots.bar_chart(list(allocation.ranks), list(allocation.ranks.values()),
+                          f"{ARMS[arm]} rank per kernel", value_format="{:.0f}")
+  plots.save_png(os.path.join(workdir, "faig", f"ranks_{arm}.png"), image)
+  writer.write_images(0, {f"colora/ranks_{arm}": image[None]})
+  return path
+
+
+def arm_config(config: ml_collections.ConfigDict, arm: str, base_dir: str,
+               plan_file: str) -> ml_collections.ConfigDict:
+  """The fine-tuning run of one arm: same steps, data and optimizer; different trainables."""
+  c = stage_config(config, arm, base_dir)
+  c.lora.enabled = arm != "full"
+  c.lora.plan_file = plan_file
+  if c.lora.enabled:
+    extras = colora.EXTRA_TRAINABLE if config.colora.tune_extras else ()
+    if config.colora.depthwise == "full":
+      extras += (registry.entry(config.model.name).depthwise_kernels,)
+    c.lora.extra_trainable = extras
+  return c

@@ -1,0 +1,154 @@
+"""CoLoRA: rank allocation under a budget, plan files, and the whole job on a micro NAFNet."""
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import colora_nafnet
+from sr_jax import colora, colora_job, lora, train
+
+
+def colora_cfg(**overrides):
+  c = ml_collections.ConfigDict(dict(budget=0.5, alpha=1.0, beta=0.0, max_rank=0,
+                                     depthwise="frozen", tune_extras=False))
+  c.update(overrides)
+  return c
+
+
+def toy_base(n_layers=4, c=8):
+  """Equal-shape dense 3x3 kernels plus biases, so rank costs are equal."""
+  rng = np.random.default_rng(0)
+  return {f"l{i}": {"kernel": rng.standard_normal((3, 3, c, c)).astype(np.float32),
+                    "bias": np.zeros(c, np.float32)} for i in range(n_layers)}
+
+
+def used(allocation):
+  return sum(r * allocation.rank_costs[p] for p, r in allocation.ranks.items())
+
+
+@pytest.mark.parametrize("budget", [0.05, 0.2, 0.5, 0.9])
+def test_budget_is_respected_and_nearly_used_up(budget):
+  base = toy_base()
+  scores = {f"l{i}/kernel": s for i, s in enumerate([1e-3, 5e-4, 1e-5, 1e-7])}
+  a = colora.allocate(base, scores, colora_cfg(budget=budget), (r".*/kernel",), "")
+  assert a.trainable_params <= a.budget_params == int(budget * lora.count(base))
+  cheapest = min(a.rank_costs[p] for p, r in a.ranks.items() if r < 8)
+  assert a.budget_params - a.trainable_params < cheapest
+  assert used(a) == a.adapter_params
+
+
+def test_higher_contribution_gets_more_rank_and_alpha_beta_shape_it():
+  base = toy_base()
+  scores = {f"l{i}/kernel": s for i, s in enumerate([1e-3, 5e-4, 1e-4, 1e-6])}
+  a = colora.allocate(base, scores, colora_cfg(budget=0.3), (r".*/kernel",), "")
+  ranks = [a.ranks[f"l{i}/kernel"] for i in range(4)]
+  assert ranks == sorted(ranks, reverse=True) and ranks[0] > ranks[-1]
+  uniform = colora.allocate(base, scores, colora_cfg(budget=0.3), (r".*/kernel",), "",
+                            uniform=True)
+  assert max(uniform.ranks.values()) - min(uniform.ranks.values()) <= 1
+  assert colora.allocate(base, scores, colora_cfg(budget=0.3, alpha=0.0), (r".*/kernel",),
+                         "").ranks == uniform.ranks
+  sharp = colora.allocate(base, scores, colora_cfg(budget=0.3, alpha=3.0), (r".*/kernel",), "")
+  assert sharp.ranks["l3/kernel"] <= a.ranks["l3/kernel"]  # Sharper: less for the weak layer.
+  floored = colora.allocate(base, scores, colora_cfg(budget=0.3, beta=0.5), (r".*/kernel",), "")
+  assert floored.ranks["l3/kernel"] >= a.ranks["l3/kernel"] and floored.ranks["l3/kernel"] > 0
+  weights = colora.layer_weights({"a": 2.0, "b": 1.0, "c": 0.0}, 1.0, 0.2)
+  np.testing.assert_allclose([weights[k] for k in "abc"], [1.0, 0.6, 0.2])
+
+
+def test_extras_and_depthwise_count_against_the_budget():
+  base = toy_base()
+  base["dw"] = {"kernel": np.zeros((3, 3, 1, 8), np.float32)}
+  scores = {f"l{i}/kernel": 1.0 for i in range(4)}
+  a = colora.allocate(base, scores, colora_cfg(tune_extras=True, depthwise="full"),
+                      (r".*/kernel",), "dw/kernel")
+  assert "dw/kernel" not in a.ranks  # Depthwise kernels never get an adapter.
+  assert a.fixed_params == 4 * 8 + 72
+  assert a.extra_trainable == colora.EXTRA_TRAINABLE + ("dw/kernel",)
+  with pytest.raises(ValueError, match=r"exceed the CoLoRA budget.*colora.tune_extras=False"):
+    colora.allocate(base, scores, colora_cfg(budget=0.0001, tune_extras=True), (r".*/kernel",),
+                    "dw/kernel")
+  with pytest.raises(ValueError, match="No FAIG score"):
+    colora.allocate(base, {}, colora_cfg(), (r".*/kernel",), "")
+
+
+def test_plan_file_round_trip_and_errors(tmp_path):
+  base = toy_base()
+  scores = {f"l{i}/kernel": s for i, s in enumerate([4.0, 3.0, 2.0, 1.0])}
+  a = colora.allocate(base, scores, colora_cfg(budget=0.2), (r".*/kernel",), "")
+  path = str(tmp_path / "allocation.json")
+  a.save(path, lora_scale=2.0)
+  config = colora_nafnet.get_config("demo")
+  config.lora.plan_file = path
+  plan = train.lora_plan(config, base)
+  assert dict(plan.ranks) == {p: r for p, r in a.ranks.items() if r > 0}
+  assert all(plan.scale(p) == 2.0 for p in plan.paths)
+  saved = json.loads(open(path).read())
+  assert saved["trainable_params"] == a.trainable_params and saved["all_ranks"] == a.ranks
+  saved["ranks"]["l0/kernel"] = 99
+  open(path, "w").write(json.dumps(saved))
+  with pytest.raises(ValueError, match=r"rank 99 for l0/kernel.*\[1, 8\]"):
+    train.lora_plan(config, base)
+  saved["ranks"] = {"nowhere/kernel": 1}
+  open(path, "w").write(json.dumps(saved))
+  with pytest.raises(ValueError, match="'nowhere/kernel' is not a kernel of this model"):
+    train.lora_plan(config, base)
+
+
+def micro_colora(**overrides):
+  c = colora_nafnet.get_config("demo_ablation")
+  c.model.preset = "micro"
+  c.data.crop_size, c.data.eval_max_size, c.batch_size = 32, 48, 8
+  c.base.num_steps, c.num_steps, c.colora.probe_steps = 2, 2, 2
+  c.colora.faig_steps, c.colora.faig_images, c.colora.budget = 2, 8, 0.3
+  c.log_every, c.checkpoint_every, c.num_image_summaries = 1, 2, 0
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def saved_micro_base(directory):
+  """A randomly initialised micro NAFNet saved as a base (pre-training is tested elsewhere)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from sr_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from sr_jax.models import registry  # pylint: disable=g-import-not-at-top
+  config = micro_colora()
+  params = registry.build_model(config.model).init(jax.random.PRNGKey(0),
+                                                   jnp.zeros((1, 32, 32, 3)))["params"]
+  checkpoint.save_params(directory, params, {"model": registry.architecture(config.model)})
+  return directory
+
+
+def test_colora_job_runs_every_arm_and_resumes(tmp_path):
+  base_dir = saved_micro_base(str(tmp_path / "given_base"))
+  tmp_path = tmp_path / "job"
+  rows = colora_job.run(micro_colora(**{"base.checkpoint": base_dir}), str(tmp_path))
+  assert list(rows) == ["degraded input", "base", "full fine-tuning", "uniform LoRA", "CoLoRA"]
+  for arm in ("uniform LoRA", "CoLoRA"):
+    assert 0 < rows[arm]["trainable_pct"] <= 30.0 + 1e-6
+    assert rows[arm]["export_mb"] > 0  # (The micro model is too small for adapters to be.)
+    assert rows[arm]["trainable"] < rows["full fine-tuning"]["trainable"]
+    assert rows[arm]["step_ms"] > 0 and rows[arm]["step_memory_mb"] > 0
+  assert rows["full fine-tuning"]["trainable_pct"] == 100.0
+  table = (tmp_path / "results.md").read_text()
+  assert "| CoLoRA |" in table and "ms/step" in table
+  for name in ("scores.json", "allocation_colora.json", "allocation_uniform.json",
+               "faig_blocks.png", "ranks_colora.png"):
+    assert (tmp_path / "faig" / name).exists(), name
+  colora_plan = json.loads((tmp_path / "faig" / "allocation_colora.json").read_text())
+  adapters_meta = json.loads((tmp_path / "colora" / "export" / "adapters" / "meta.json")
+                             .read_text())
+  assert adapters_meta["lora_plan"]["ranks"] == colora_plan["ranks"]  # Saved with the adapters.
+  # Re-running reuses every stage: the FAIG scores are not recomputed.
+  stamp = os.path.getmtime(tmp_path / "faig" / "scores.json")
+  again = colora_job.run(micro_colora(**{"base.checkpoint": base_dir}), str(tmp_path))
+  assert os.path.getmtime(tmp_path / "faig" / "scores.json") == stamp
+  assert again["CoLoRA"]["psnr"] == pytest.approx(rows["CoLoRA"]["psnr"], abs=1e-6)
