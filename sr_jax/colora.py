@@ -6,10 +6,11 @@ This is our design:
 
   candidates  every kernel LoRA targets (config.lora.targets), except depthwise convs, which
               are frozen or tuned fully (colora.depthwise); kernel i costs k_i = fan_in + fan_out
-              parameters per unit of rank and allows at most R_i = min(fan_in, fan_out,
-              colora.max_rank) ranks
-  score       c_i = the mean per-entry FAIG of kernel i (faig.LayerScore.mean), normalised
-              s_i = c_i / max_j c_j
+              parameters per unit of rank and allows at most R_i ranks: min(fan_in, fan_out),
+              lowered to fan_in * fan_out / (fan_in + fan_out) (beyond which the adapter is
+              larger than the kernel) and to colora.max_rank
+  score       c_i = the mean per-entry FAIG of kernel i (faig.LayerScore.mean; or, with
+              colora.score='total', its sum), normalised s_i = c_i / max_j c_j
   weight      w_i = beta + (1 - beta) * s_i ** alpha  (alpha: how sharply rank follows
               contribution, 0 = uniform; beta: the floor, the weight of a zero-score layer)
   budget      B = budget * (base parameters) - F, where F counts the leaves tuned fully
@@ -74,11 +75,12 @@ class Allocation:
                 adapter_params=self.adapter_params, trainable_params=self.trainable_params,
                 num_base_params=self.num_base_params, budget_params=self.budget_params)
 
-  def save(self, path: str, lora_scale: float = 1.0) -> None:
-    """Writes to_json atomically."""
+  def save(self, path: str, lora_scale: float = 1.0,
+           settings: Mapping[str, Any] | None = None) -> None:
+    """Writes to_json (plus the `settings` it was made with) atomically."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-      json.dump(self.to_json(lora_scale), f, indent=1)
+      json.dump(dict(self.to_json(lora_scale), settings=dict(settings or {})), f, indent=1)
     os.replace(tmp, path)
 
 
@@ -132,9 +134,11 @@ def candidates(base: PyTree, targets: Sequence[str], depthwise_pattern: str,
       continue
     if not any(r.fullmatch(path) for r in target_res) or (depthwise and depthwise.fullmatch(path)):
       continue
-    costs[path] = math.prod(leaf.shape[:-1]) + leaf.shape[-1]
-    caps[path] = lora.max_rank(leaf.shape) if max_rank <= 0 else min(max_rank,
-                                                                    lora.max_rank(leaf.shape))
+    fan_in, fan_out = math.prod(leaf.shape[:-1]), leaf.shape[-1]
+    costs[path] = fan_in + fan_out
+    # Beyond fan_in * fan_out / (fan_in + fan_out) an adapter is larger than its kernel.
+    cap = max(1, min(lora.max_rank(leaf.shape), fan_in * fan_out // (fan_in + fan_out)))
+    caps[path] = cap if max_rank <= 0 else min(max_rank, cap)
   if not costs:
     raise ValueError(f"No kernel matches config.lora.targets {list(targets)}; nothing for "
                      "CoLoRA to adapt.")

@@ -16,6 +16,7 @@ stopped (each training stage also resumes from its own checkpoints):
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -198,13 +199,21 @@ def allocation_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: 
   """Writes faig/allocation_<arm>.json (a LoRA plan file) for a LoRA arm; '' for 'full'."""
   if arm == "full":
     return ""
+  path = os.path.join(workdir, "faig", f"allocation_{arm}.json")
+  settings = _allocation_settings(config, arm, base_dir)
+  if os.path.exists(path):
+    with open(path) as f:
+      if json.load(f).get("settings") == settings:
+        logging.info("Using the %s allocation made earlier in %s.", ARMS[arm], path)
+        return path
   base, _ = checkpoint.load_params(base_dir)
-  means = {s.path: s.mean for s in scores}
+  if config.colora.score not in ("mean", "total"):
+    raise ValueError(f"colora.score must be 'mean' or 'total', got {config.colora.score!r}.")
+  means = {s.path: getattr(s, config.colora.score) for s in scores}
   allocation = colora.allocate(base, means, config.colora, config.lora.targets,
                                registry.entry(config.model.name).depthwise_kernels,
                                uniform=arm == "uniform")
-  path = os.path.join(workdir, "faig", f"allocation_{arm}.json")
-  allocation.save(path, config.colora.lora_scale)
+  allocation.save(path, config.colora.lora_scale, settings=settings)
   logging.info("%s allocation: %s trainable of %s (budget %s): %d adapters, %d frozen kernels.",
                ARMS[arm], f"{allocation.trainable_params:,}", f"{allocation.num_base_params:,}",
                f"{allocation.budget_params:,}", sum(r > 0 for r in allocation.ranks.values()),
@@ -214,6 +223,16 @@ def allocation_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: 
   plots.save_png(os.path.join(workdir, "faig", f"ranks_{arm}.png"), image)
   writer.write_images(0, {f"colora/ranks_{arm}": image[None]})
   return path
+
+
+def _allocation_settings(config: ml_collections.ConfigDict, arm: str,
+                         base_dir: str) -> dict[str, Any]:
+  """What an allocation depends on: a saved one is reused while these are unchanged, so a
+  re-run never hands an arm's checkpoints a plan of other ranks."""
+  keys = ("score", "budget", "alpha", "beta", "max_rank", "depthwise", "tune_extras",
+          "lora_scale")
+  return json.loads(json.dumps(dict({k: config.colora[k] for k in keys}, arm=arm,
+                                    base=base_dir, targets=list(config.lora.targets))))
 
 
 def arm_config(config: ml_collections.ConfigDict, arm: str, base_dir: str,

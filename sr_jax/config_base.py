@@ -126,6 +126,7 @@ def base_config() -> ml_collections.ConfigDict:
       faig_steps=100,  # M: interpolation steps of the integrated gradients.
       faig_images=16,  # Task crops FAIG is computed on (data.crop_size, from the train stream).
       faig_batch=0,  # Crops per FAIG forward/backward (0 = all at once); divides faig_images.
+      score="mean",  # A layer's contribution: 'mean' FAIG per parameter, or 'total'.
       budget=0.07,  # Trainable share of the base's parameters (adapters + fully tuned leaves).
       alpha=1.0,  # How sharply rank follows contribution (0 = uniform).
       beta=0.0,  # Floor: the least contributing layer gets beta of the top layer's weight.

@@ -171,9 +171,22 @@ def restore_step(run: Run, mgr, step: int, data_iter=None) -> None:
   saved = checkpoint.read_meta(mgr, step)
   checkpoint.check_architecture(saved.get("model", {}), run.meta["model"],
                                 f"--workdir {run.workdir}")
+  if saved.get("lora_plan") != run.meta["lora_plan"]:
+    raise ValueError(
+        f"The checkpoint in {run.workdir} was trained with another LoRA plan (ranks or adapted "
+        f"kernels differ: {_plan_summary(saved.get('lora_plan'))} saved, "
+        f"{_plan_summary(run.meta['lora_plan'])} now). Use the original config.lora settings "
+        "(or plan file), or a new --workdir.")
   if data_iter is not None:
     check_data_workers(saved, run.config.data.num_workers, run.workdir)
   run.state, run.frozen = checkpoint.restore(mgr, step, run.state, run.frozen, data_iter)
+
+
+def _plan_summary(plan: dict[str, Any] | None) -> str:
+  if not plan:
+    return "no adapters"
+  ranks = plan["ranks"]
+  return f"{len(ranks)} adapters, {sum(ranks.values())} ranks in all"
 
 
 def check_data_workers(saved_meta: dict[str, Any], num_workers: int, workdir: str) -> None:

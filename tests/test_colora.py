@@ -152,3 +152,8 @@ def test_colora_job_runs_every_arm_and_resumes(tmp_path):
   again = colora_job.run(micro_colora(**{"base.checkpoint": base_dir}), str(tmp_path))
   assert os.path.getmtime(tmp_path / "faig" / "scores.json") == stamp
   assert again["CoLoRA"]["psnr"] == pytest.approx(rows["CoLoRA"]["psnr"], abs=1e-6)
+  # Another allocation for the same workdir: the colora arm's checkpoints refuse it by name.
+  changed = micro_colora(**{"base.checkpoint": base_dir, "colora.alpha": 4.0,
+                            "colora.beta": 0.0, "colora.arms": ("colora",)})
+  with pytest.raises(ValueError, match="trained with another LoRA plan"):
+    colora_job.run(changed, str(tmp_path))
