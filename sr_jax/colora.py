@@ -18,8 +18,9 @@ This is our design:
               when colora.depthwise='full'); a negative B is an error
   ranks       r_i = min(R_i, floor(lambda * w_i)) with the largest lambda for which
               sum_i r_i k_i <= B (bisection); the rest of B is then spent one rank at a time
-              on layers in decreasing weight that still fit, so less than the cheapest possible
-              increment is left over. r_i = 0 freezes kernel i.
+              on layers of positive weight, in decreasing weight, that still fit, so less than
+              the cheapest possible increment is left over (unless every such layer is at its
+              cap). r_i = 0 freezes kernel i.
 
 Every adapter gets LoRA alpha = lora_scale * r_i, i.e. the same scale alpha / r. Uniform LoRA at
 the same budget is the same procedure with alpha = 0 (every weight 1).
@@ -111,7 +112,7 @@ def fit_ranks(weights: Mapping[str, float], rank_costs: Mapping[str, int],
     lo, hi = (mid, hi) if cost(ranks_at(mid)) <= budget else (lo, mid)
   ranks = ranks_at(lo)
   used = cost(ranks)
-  order = sorted(weights, key=lambda p: (-weights[p], p))
+  order = sorted((p for p in weights if weights[p] > 0), key=lambda p: (-weights[p], p))
   grew = True
   while grew:
     grew = False

@@ -9,13 +9,15 @@ stopped (each training stage also resumes from its own checkpoints):
   probe/    a short full fine-tune on the task: FAIG's fine-tuned endpoint (skipped when
             colora.probe_checkpoint names one)
   faig/     scores.json (per-leaf FAIG), allocation_<arm>.json (ranks; config.lora.plan_file
-            format), faig_blocks.png, ranks.png
+            format), faig_blocks.png, ranks_<arm>.png; each reused while the settings and
+            inputs it was made from are unchanged
   colora/, uniform/, full/   one training run per arm of colora.arms, same steps and data
   results.md  every arm: PSNR/SSIM, trainable share, export size, step time and memory
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -113,8 +115,10 @@ def faig_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: str, t
   out = os.path.join(workdir, "faig")
   os.makedirs(out, exist_ok=True)
   path = os.path.join(out, "scores.json")
-  settings = {"base": base_dir, "tuned": tuned_dir, "steps": config.colora.faig_steps,
-              "images": config.colora.faig_images, "seed": config.seed}
+  settings = json.loads(json.dumps({
+      "base": base_dir, "tuned": tuned_dir, "tuned_meta": _export_meta(tuned_dir),
+      "steps": config.colora.faig_steps, "images": config.colora.faig_images,
+      "seed": config.seed, "data": config.data.to_dict(), "model": config.model.to_dict()}))
   if os.path.exists(path):
     scores, meta = faig.load_scores(path)
     if meta.get("settings") == settings:
@@ -140,10 +144,21 @@ def faig_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: str, t
   scores = faig.layer_scores(attribution, depthwise)
   faig.save_scores(path, scores, {"settings": settings, "seconds": seconds,
                                   "gradient_pass_seconds": step_seconds,
-                                  "cost_in_gradient_passes": cost * config.colora.faig_steps,
+                                  "cost_in_gradient_passes_with_compile":
+                                      cost * config.colora.faig_steps,
                                   "groups": faig.group_scores(scores)})
   _plot_faig(scores, out, writer)
   return scores
+
+
+def _export_meta(params_dir: str) -> dict[str, Any]:
+  """The step and job an exported tree came from (so a changed probe invalidates FAIG)."""
+  try:
+    with open(os.path.join(params_dir, "meta.json")) as f:
+      meta = json.load(f)
+  except OSError:
+    return {}
+  return {"step": meta.get("step"), "job": meta.get("job")}
 
 
 def _grad_step_seconds(apply_fn, params: PyTree, batch: dict[str, np.ndarray],
@@ -200,7 +215,7 @@ def allocation_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: 
   if arm == "full":
     return ""
   path = os.path.join(workdir, "faig", f"allocation_{arm}.json")
-  settings = _allocation_settings(config, arm, base_dir)
+  settings = _allocation_settings(config, arm, base_dir, scores)
   if os.path.exists(path):
     with open(path) as f:
       if json.load(f).get("settings") == settings:
@@ -225,14 +240,16 @@ def allocation_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: 
   return path
 
 
-def _allocation_settings(config: ml_collections.ConfigDict, arm: str,
-                         base_dir: str) -> dict[str, Any]:
+def _allocation_settings(config: ml_collections.ConfigDict, arm: str, base_dir: str,
+                         scores: list[faig.LayerScore]) -> dict[str, Any]:
   """What an allocation depends on: a saved one is reused while these are unchanged, so a
   re-run never hands an arm's checkpoints a plan of other ranks."""
   keys = ("score", "budget", "alpha", "beta", "max_rank", "depthwise", "tune_extras",
           "lora_scale")
+  digest = hashlib.sha256(json.dumps([(s.path, s.total) for s in scores]).encode()).hexdigest()
   return json.loads(json.dumps(dict({k: config.colora[k] for k in keys}, arm=arm,
-                                    base=base_dir, targets=list(config.lora.targets))))
+                                    base=base_dir, targets=list(config.lora.targets),
+                                    scores=digest)))
 
 
 def arm_config(config: ml_collections.ConfigDict, arm: str, base_dir: str,

@@ -95,7 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
       # An image smaller than the crop: 'skip' (warn and drop it) or 'error'.
       small_images="skip",
       num_workers=0,  # grain worker processes; 0 = in the main process.
-      num_train_images=0,  # Use only the first N training images (sorted by name); 0 = all.
+      # Use only the first N training images (in the source's order: file names sorted for
+      # folders; after too-small images are dropped); 0 = all.
+      num_train_images=0,
       eval_max_size=0,  # Centre-crop eval images to at most this many pixels per side (0 = full).
       degradation=degradation_config(),
   ))
@@ -129,8 +131,8 @@ def base_config() -> ml_collections.ConfigDict:
       score="mean",  # A layer's contribution: 'mean' FAIG per parameter, or 'total'.
       budget=0.07,  # Trainable share of the base's parameters (adapters + fully tuned leaves).
       alpha=1.0,  # How sharply rank follows contribution (0 = uniform).
-      beta=0.0,  # Floor: the least contributing layer gets beta of the top layer's weight.
-      max_rank=0,  # Cap on any layer's rank (0 = min(fan_in, fan_out)).
+      beta=0.0,  # Floor: a layer of zero contribution gets beta of the top layer's weight.
+      max_rank=0,  # Cap on any layer's rank (0 = no cap beyond the kernel's own).
       depthwise="frozen",  # Depthwise convs: 'frozen' or 'full' (tuned fully, within budget).
       tune_extras=True,  # Tune biases, norms and NAFNet beta/gamma fully (within budget).
       lora_scale=1.0,  # Each layer's LoRA alpha is lora_scale * its rank.

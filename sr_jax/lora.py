@@ -170,8 +170,10 @@ def init_adapters(rng: jax.Array, params: PyTree, plan: LoraPlan) -> dict[str, A
 
 def effective_kernel(kernel: jax.Array, a: jax.Array, b: jax.Array, scale: float) -> jax.Array:
   """W + scale * reshape(A @ B), in the kernel's dtype."""
-  delta = (a @ b).reshape(kernel.shape) * scale
-  return kernel + delta.astype(kernel.dtype)
+  # jnp throughout, so numpy inputs (host copies at export) and device arrays (a restored
+  # adapter) take the same arithmetic and merge to identical bits.
+  delta = jnp.matmul(jnp.asarray(a), jnp.asarray(b)).reshape(kernel.shape) * scale
+  return jnp.asarray(kernel) + delta.astype(jnp.asarray(kernel).dtype)
 
 
 def merge(base: PyTree, adapters: PyTree, plan: LoraPlan | None) -> PyTree:

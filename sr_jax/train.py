@@ -280,10 +280,13 @@ def train(run: Run, mgr, writer) -> None:
       writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
       writer.write_scalars(step, {"timing/data_wait_fraction": wait.fraction(reset=True)})
       logging.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in means.items()))
+    paused = time.perf_counter()  # Saves and evaluations do not count as step time.
     if saving:
       checkpoint.save(mgr, step, run.state, run.frozen, data_iter, run.meta)
     if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
       evaluate_tuned(run, writer, step)
+    if step_fn is not None:
+      step_clock += time.perf_counter() - paused
   mgr.wait_until_finished()
   if step_fn is not None and config.num_steps > step_start:
     jax.block_until_ready(run.state.step)
@@ -412,11 +415,12 @@ def _evaluate_base(run: Run, base: PyTree) -> dict[str, Any]:
 
 def _run_costs(run: Run) -> dict[str, float]:
   """Step time and memory (this run's, or timing.json's) and the size of what it exports."""
-  costs = dict(run.timing)
+  costs = {}
   path = os.path.join(run.workdir, "timing.json")
-  if not costs and os.path.exists(path):
+  if os.path.exists(path):
     with open(path) as f:
       costs = json.load(f)
+  costs.update(run.timing)
   exported = os.path.join(run.workdir, "export", "adapters" if run.plan else "params")
   if os.path.isdir(exported):
     costs["export_mb"] = checkpoint.directory_size(exported) / 2**20

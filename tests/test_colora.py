@@ -75,6 +75,13 @@ def test_extras_and_depthwise_count_against_the_budget():
     colora.allocate(base, {}, colora_cfg(), (r".*/kernel",), "")
 
 
+def test_zero_contribution_layers_get_no_leftover_rank():
+  base = toy_base()
+  scores = {"l0/kernel": 1.0, "l1/kernel": 0.0, "l2/kernel": 0.0, "l3/kernel": 0.0}
+  a = colora.allocate(base, scores, colora_cfg(budget=0.6), (r".*/kernel",), "")
+  assert a.ranks == {"l0/kernel": 7, "l1/kernel": 0, "l2/kernel": 0, "l3/kernel": 0}
+
+
 def test_plan_file_round_trip_and_errors(tmp_path):
   base = toy_base()
   scores = {f"l{i}/kernel": s for i, s in enumerate([4.0, 3.0, 2.0, 1.0])}
@@ -144,6 +151,18 @@ def test_colora_job_runs_every_arm_and_resumes(tmp_path):
                "faig_blocks.png", "ranks_colora.png"):
     assert (tmp_path / "faig" / name).exists(), name
   colora_plan = json.loads((tmp_path / "faig" / "allocation_colora.json").read_text())
+  # What the allocation paid for is exactly what the arm trained.
+  assert rows["CoLoRA"]["trainable"] == colora_plan["trainable_params"]
+  # The exported adapter, applied to the base, is bit-for-bit the exported merged model.
+  from sr_jax import adapters, checkpoint  # pylint: disable=g-import-not-at-top
+  base_params, _ = adapters.load_base(base_dir)
+  applied = lora.flatten(adapters.apply_adapter(
+      base_params, adapters.load_adapter(str(tmp_path / "colora" / "export" / "adapters"))))
+  merged = lora.flatten(checkpoint.load_params(str(tmp_path / "colora" / "export" /
+                                                   "params"))[0])
+  assert set(applied) == set(merged)
+  for path, value in merged.items():
+    np.testing.assert_array_equal(np.asarray(applied[path]), np.asarray(value), err_msg=path)
   adapters_meta = json.loads((tmp_path / "colora" / "export" / "adapters" / "meta.json")
                              .read_text())
   assert adapters_meta["lora_plan"]["ranks"] == colora_plan["ranks"]  # Saved with the adapters.
