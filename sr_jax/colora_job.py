@@ -30,7 +30,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from sr_jax import checkpoint, colora, evaluate, faig, plots, train
+from sr_jax import checkpoint, colora, faig, plots, train
 from sr_jax.data import pipeline
 from sr_jax.models import registry
 
@@ -57,12 +57,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if shared in arm_rows:
         rows.setdefault(shared, arm_rows[shared])
     rows[ARMS[arm]] = arm_rows[list(arm_rows)[-1]]
-  table = evaluate.results_table(rows, evaluate.protocol(0, False))
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-      f.write(table + "\n")
-  print(table, flush=True)
-  writer.write_texts(0, {"results": table})
+  train.write_table(workdir, rows, writer)
   writer.flush()
   return rows
 

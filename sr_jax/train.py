@@ -385,7 +385,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   arm = "lora" if run.plan else ("fine-tuned" if base is not None else "trained")
   rows[arm] = _row(evaluate_tuned(run, writer, int(run.state.step)), trainable, pct)
   rows[arm].update(_run_costs(run))
-  _write_table(workdir, rows, writer)
+  write_table(workdir, rows, writer)
   writer.flush()
   return rows
 
@@ -433,7 +433,8 @@ def _row(result: dict[str, Any], trainable: int = 0, pct: float = 0.0) -> dict[s
               per_image=result["per_image"])
 
 
-def _write_table(workdir: str, rows: dict[str, Any], writer) -> None:
+def write_table(workdir: str, rows: dict[str, Any], writer) -> None:
+  """Writes the results table to workdir/results.md, stdout and TensorBoard."""
   table = evaluate.results_table(rows, evaluate.protocol(0, False))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.md"), "w") as f:

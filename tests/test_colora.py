@@ -112,12 +112,7 @@ def micro_colora(**overrides):
   c.base.num_steps, c.num_steps, c.colora.probe_steps = 2, 2, 2
   c.colora.faig_steps, c.colora.faig_images, c.colora.budget = 2, 8, 0.3
   c.log_every, c.checkpoint_every, c.num_image_summaries = 1, 2, 0
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(overrides)
   return c
 
 

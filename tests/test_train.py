@@ -25,12 +25,7 @@ def micro_config(**overrides):
   c.base.num_steps, c.num_steps = 0, 4
   c.log_every, c.checkpoint_every, c.num_image_summaries = 2, 2, 1
   c.lora.enabled = False
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(overrides)
   return c
 
 
