@@ -14,7 +14,6 @@ The recorded architecture (meta.json's 'model') is also enough to rebuild the Fl
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -44,14 +43,6 @@ class Adapter:
   source: str = ""
 
 
-def _read_meta_json(directory: str) -> dict[str, Any] | None:
-  path = os.path.join(directory, "meta.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
 def _require_dir(directory: str, what: str) -> str:
   directory = os.path.abspath(os.fspath(directory))
   if not os.path.isdir(directory):
@@ -67,8 +58,7 @@ def load_base(directory: str | os.PathLike) -> tuple[PyTree, dict[str, Any]]:
   the model and would fail later with a confusing missing-key error.
   """
   directory = _require_dir(directory, "Parameter")
-  meta = _read_meta_json(directory)
-  if meta is not None and meta.get("lora_plan"):
+  if checkpoint.read_params_meta(directory).get("lora_plan"):
     raise ValueError(
         f"{directory} holds LoRA adapters, not a full parameter tree (its meta.json has a "
         "lora_plan). Pass the base they were trained on as the checkpoint (a run's "

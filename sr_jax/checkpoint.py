@@ -21,6 +21,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from sr_jax import jsonfile
+
 PyTree = Any
 ITEMS = ("state", "data_iter", "meta")
 
@@ -72,13 +74,11 @@ def restore(mgr: ocp.CheckpointManager, step: int, state: Any, frozen: PyTree,
 
 def _write_meta(directory: str, meta: dict[str, Any]) -> None:
   if jax.process_index() == 0:
-    tmp = os.path.join(directory, "meta.json.tmp")
-    with open(tmp, "w") as f:
-      json.dump(meta, f, indent=2, sort_keys=True)
-    os.replace(tmp, os.path.join(directory, "meta.json"))
+    jsonfile.write(os.path.join(directory, "meta.json"), meta, indent=2, sort_keys=True)
 
 
-def _read_meta(directory: str, what: str) -> dict[str, Any]:
+def read_params_meta(directory: str, what: str = "params") -> dict[str, Any]:
+  """The meta.json of a directory written by `save_params` (architecture, job, step, ...)."""
   path = os.path.join(directory, "meta.json")
   if not os.path.exists(path):
     raise FileNotFoundError(
@@ -101,7 +101,7 @@ def save_params(directory: str, params: PyTree, meta: dict[str, Any]) -> None:
 def load_params(directory: str) -> tuple[PyTree, dict[str, Any]]:
   """Reads a tree written by `save_params` (onto the host's default device)."""
   directory = os.path.abspath(directory)
-  meta = _read_meta(directory, "params")
+  meta = read_params_meta(directory, "params")
   with ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(os.path.join(directory, "params"))
   return params, meta

@@ -29,14 +29,12 @@ the same budget is the same procedure with alpha = 0 (every weight 1).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sr_jax import lora
+from sr_jax import jsonfile, lora
 
 PyTree = Any
 # Leaves CoLoRA tunes fully when colora.tune_extras (about 0.5% of NAFNet's parameters).
@@ -79,10 +77,7 @@ class Allocation:
   def save(self, path: str, lora_scale: float = 1.0,
            settings: Mapping[str, Any] | None = None) -> None:
     """Writes to_json (plus the `settings` it was made with) atomically."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-      json.dump(dict(self.to_json(lora_scale), settings=dict(settings or {})), f, indent=1)
-    os.replace(tmp, path)
+    jsonfile.write(path, dict(self.to_json(lora_scale), settings=dict(settings or {})))
 
 
 def layer_weights(scores: Mapping[str, float], alpha: float, beta: float) -> dict[str, float]:

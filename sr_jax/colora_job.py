@@ -148,11 +148,7 @@ def faig_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: str, t
 
 def _export_meta(params_dir: str) -> dict[str, Any]:
   """The step and job an exported tree came from (so a changed probe invalidates FAIG)."""
-  try:
-    with open(os.path.join(params_dir, "meta.json")) as f:
-      meta = json.load(f)
-  except OSError:
-    return {}
+  meta = checkpoint.read_params_meta(params_dir)
   return {"step": meta.get("step"), "job": meta.get("job")}
 
 

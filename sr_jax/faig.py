@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sr_jax import lora
+from sr_jax import jsonfile, lora
 
 PyTree = Any
 PARAM_GROUPS = ("conv", "depthwise", "bias", "norm", "beta_gamma")
@@ -233,10 +233,7 @@ def save_scores(path: str, scores: Sequence[LayerScore], meta: dict[str, Any]) -
   doc = {"format": _FORMAT, "meta": meta, "layers": [dataclasses.asdict(s) for s in scores],
          "groups": group_scores(scores), "blocks": block_scores(scores)}
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(doc, f, indent=2, default=_json_default)
-  os.replace(tmp, path)
+  jsonfile.write(path, doc, indent=2, default=_json_default)
 
 
 def load_scores(path: str) -> tuple[list[LayerScore], dict[str, Any]]:

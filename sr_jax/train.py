@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from sr_jax import checkpoint, evaluate, lora, sharding, step as step_lib
+from sr_jax import checkpoint, evaluate, jsonfile, lora, sharding, step as step_lib
 from sr_jax.data import pipeline, preview
 from sr_jax.models import registry
 from sr_jax.objectives import pixel
@@ -313,12 +313,8 @@ def compile_step(run: Run, batch: PyTree):
 
 def _write_json(path: str, value: Any) -> None:
   """Writes JSON atomically (a reader never sees half a file)."""
-  if jax.process_index() != 0:
-    return
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=1)
-  os.replace(tmp, path)
+  if jax.process_index() == 0:
+    jsonfile.write(path, value)
 
 
 def tuned_params(run: Run) -> PyTree:
