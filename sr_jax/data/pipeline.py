@@ -121,9 +121,7 @@ class RandomCropPair(grain.transforms.RandomMap):
   def _stored_pair(self, element: dict[str, Any],
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     lq, gt = element["lq"], element["image"]
-    sources.check_pair_sizes(lq.shape[:2], gt.shape[:2], self._scale,
-                             f"Record {element.get('index')}")
-    gt = gt[:lq.shape[0] * self._scale, :lq.shape[1] * self._scale]
+    gt = sources.aligned_target(lq, gt, self._scale, f"Record {element.get('index')}")
     return crop_pair(lq, gt, self.crop_size, self._scale, rng)
 
 
@@ -210,9 +208,8 @@ def make_eval_set(data_config: Any, *, seed: int, degradation: Any = None) -> li
   for index in range(len(source)):
     record = source[index]
     if "lq" in record:
-      lq, gt = record["lq"], record["image"]
-      sources.check_pair_sizes(lq.shape[:2], gt.shape[:2], scale, source.names[index])
-      gt = gt[:lq.shape[0] * scale, :lq.shape[1] * scale]
+      lq = record["lq"]
+      gt = sources.aligned_target(lq, record["image"], scale, source.names[index])
       lq = center_crop(lq, data_config.eval_max_size // scale)
       gt = center_crop(gt, lq.shape[0] * scale, lq.shape[1] * scale, scale)
     else:

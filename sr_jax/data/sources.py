@@ -317,6 +317,13 @@ def check_pair_sizes(lq_size: tuple[int, int], gt_size: tuple[int, int], scale: 
         "--config.data.degradation.scale to the folders' ratio (1 for restoration).")
 
 
+def aligned_target(lq: np.ndarray, gt: np.ndarray, scale: int, names: str) -> np.ndarray:
+  """`gt` cropped at the bottom/right to exactly `scale` x the LQ size (MATLAB's modcrop),
+  after `check_pair_sizes`: the one rule every stored pair goes through."""
+  check_pair_sizes(lq.shape[:2], gt.shape[:2], scale, names)
+  return gt[:lq.shape[0] * scale, :lq.shape[1] * scale]
+
+
 class PairedFolderSource:
   """A grain source over LQ/GT files matched by name; records {'image' (GT), 'lq', 'index'}.
 
@@ -344,10 +351,8 @@ class PairedFolderSource:
   def __getitem__(self, index: int) -> dict[str, Any]:
     lq_file, gt_file = self.pairs[index]
     lq = read_image(lq_file)
-    h, w = lq.shape[0] * self.scale, lq.shape[1] * self.scale
-    gt = read_image(gt_file)
-    check_pair_sizes(lq.shape[:2], gt.shape[:2], self.scale, f"{lq_file} / {gt_file}")
-    return {"image": np.ascontiguousarray(gt[:h, :w]), "lq": lq, "index": int(index)}
+    gt = aligned_target(lq, read_image(gt_file), self.scale, f"{lq_file} / {gt_file}")
+    return {"image": np.ascontiguousarray(gt), "lq": lq, "index": int(index)}
 
   def __repr__(self) -> str:
     return f"PairedFolderSource({len(self)} pairs, scale {self.scale})"
