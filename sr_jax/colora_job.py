@@ -17,6 +17,7 @@ stopped (each training stage also resumes from its own checkpoints):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -45,12 +46,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     raise ValueError(f"Unknown colora.arms {unknown}; choose from {list(ARMS)}.")
   workdir = os.path.abspath(workdir)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  base_dir = base_stage(config, workdir)
+  base_dir, base = base_stage(config, workdir)
   tuned_dir = probe_stage(config, workdir, base_dir)
-  scores = faig_stage(config, workdir, base_dir, tuned_dir, writer)
+  scores = faig_stage(config, workdir, base_dir, base, tuned_dir, writer)
   rows = {}
   for arm in config.colora.arms:
-    plan_file = allocation_stage(config, workdir, base_dir, scores, arm, writer)
+    plan_file = allocation_stage(config, workdir, base_dir, base, scores, arm, writer)
     arm_rows = train.train_and_evaluate(arm_config(config, arm, base_dir, plan_file),
                                         os.path.join(workdir, arm))
     for shared in ("degraded input", "base"):
@@ -72,13 +73,14 @@ def stage_config(config: ml_collections.ConfigDict, name: str,
   return c
 
 
-def base_stage(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """The base's params directory: config.base.checkpoint, or one pre-trained in workdir/base."""
+def base_stage(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, PyTree]:
+  """The base's params directory (config.base.checkpoint, or one pre-trained in workdir/base)
+  and its parameters, loaded once for the stages that read them."""
   if not config.base.checkpoint and config.base.num_steps <= 0:
     raise ValueError("CoLoRA adapts a base: set config.base.checkpoint (e.g. a PROD run's "
                      "export/params) or config.base.num_steps > 0 to pre-train one here.")
-  train.prepare_base(config, workdir)  # Checks the architecture; pre-trains when needed.
-  return config.base.checkpoint or os.path.join(workdir, "base", "export", "params")
+  base = train.prepare_base(config, workdir)  # Checks the architecture; pre-trains if needed.
+  return config.base.checkpoint or os.path.join(workdir, "base", "export", "params"), base
 
 
 def probe_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: str) -> str:
@@ -104,8 +106,8 @@ def faig_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   return next(iter(dataset))
 
 
-def faig_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: str, tuned_dir: str,
-               writer) -> list[faig.LayerScore]:
+def faig_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: str, base: PyTree,
+               tuned_dir: str, writer) -> list[faig.LayerScore]:
   """Per-leaf FAIG between the base and the probe on the task's crops (cached in faig/)."""
   out = os.path.join(workdir, "faig")
   os.makedirs(out, exist_ok=True)
@@ -119,7 +121,6 @@ def faig_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: str, t
     if meta.get("settings") == settings:
       logging.info("Using the FAIG scores computed earlier in %s.", path)
       return scores
-  base, _ = checkpoint.load_params(base_dir)
   tuned, _ = checkpoint.load_params(tuned_dir)
   batch = faig_batch(config)
   model = registry.build_model(config.model)
@@ -159,12 +160,10 @@ def _grad_step_seconds(apply_fn, params: PyTree, batch: dict[str, np.ndarray],
   if chunk:
     lq, gt = lq[:chunk], gt[:chunk]
 
-  @jax.jit
-  def grad(p):
-    return jax.grad(lambda q: jnp.sum(jnp.square(apply_fn(q, lq).astype(jnp.float32) - gt)))(p)
-  jax.block_until_ready(grad(params))
+  grad = jax.jit(jax.grad(functools.partial(faig.squared_error, apply_fn)))
+  jax.block_until_ready(grad(params, lq, gt))
   t0 = time.perf_counter()
-  jax.block_until_ready(grad(params))
+  jax.block_until_ready(grad(params, lq, gt))
   chunks = 1 if not chunk else len(batch["lq"]) // chunk
   return (time.perf_counter() - t0) * chunks
 
@@ -201,7 +200,7 @@ def _plot_faig(scores: list[faig.LayerScore], out: str, writer) -> None:
 
 
 def allocation_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: str,
-                     scores: list[faig.LayerScore], arm: str, writer) -> str:
+                     base: PyTree, scores: list[faig.LayerScore], arm: str, writer) -> str:
   """Writes faig/allocation_<arm>.json (a LoRA plan file) for a LoRA arm; '' for 'full'."""
   if arm == "full":
     return ""
@@ -212,7 +211,6 @@ def allocation_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: 
       if json.load(f).get("settings") == settings:
         logging.info("Using the %s allocation made earlier in %s.", ARMS[arm], path)
         return path
-  base, _ = checkpoint.load_params(base_dir)
   if config.colora.score not in ("mean", "total"):
     raise ValueError(f"colora.score must be 'mean' or 'total', got {config.colora.score!r}.")
   means = {s.path: getattr(s, config.colora.score) for s in scores}

@@ -127,6 +127,13 @@ def integrated_gradients(apply_fn: Callable[[PyTree, jax.Array], jax.Array], bas
                       steps=int(steps))
 
 
+def squared_error(apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree,
+                  lq: jax.Array, gt: jax.Array) -> jax.Array:
+  """FAIG's loss: the summed squared error of the model's output against `gt`, in float32."""
+  pred = apply_fn(params, lq).astype(jnp.float32)
+  return jnp.sum(jnp.square(pred - gt.astype(jnp.float32)))
+
+
 @functools.partial(jax.jit, static_argnames=("apply_fn", "steps"))
 def _attribution(base: PyTree, tuned: PyTree, lq_chunks: jax.Array, gt_chunks: jax.Array, *,
                  apply_fn: Callable[[PyTree, jax.Array], jax.Array], steps: int) -> PyTree:
@@ -139,11 +146,7 @@ def _attribution(base: PyTree, tuned: PyTree, lq_chunks: jax.Array, gt_chunks: j
   delta = jax.tree.map(jnp.subtract, base, tuned)
   add = functools.partial(jax.tree.map, jnp.add)
 
-  def squared_error(params, lq_chunk, gt_chunk):
-    pred = apply_fn(params, lq_chunk).astype(jnp.float32)
-    return jnp.sum(jnp.square(pred - gt_chunk.astype(jnp.float32)))
-
-  grad_fn = jax.grad(squared_error)
+  grad_fn = jax.grad(functools.partial(squared_error, apply_fn))
 
   def path_point(s, grad_sum):
     alpha = s.astype(jnp.float32) / steps

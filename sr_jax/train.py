@@ -66,10 +66,10 @@ def prepare_base(config: ml_collections.ConfigDict, workdir: str) -> PyTree | No
   base_dir = os.path.join(workdir, "base")
   export_dir = os.path.join(base_dir, "export", "params")
   if os.path.exists(os.path.join(export_dir, "meta.json")):
-    params, meta = checkpoint.load_params(export_dir)
+    meta = checkpoint.read_params_meta(export_dir)  # Its tensors are read only if it fits.
     if meta.get("step") == config.base.num_steps and meta.get("model") == arch:
       logging.info("Using the base pre-trained earlier in %s.", base_dir)
-      return params
+      return checkpoint.load_params(export_dir)[0]
   logging.info("No config.base.checkpoint: pre-training a base in %s.", base_dir)
   train_and_evaluate(base_config(config), base_dir)
   return checkpoint.load_params(export_dir)[0]
