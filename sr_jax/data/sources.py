@@ -187,27 +187,19 @@ def drop_small_images(images: Images, crop_size: int, policy: str, where: str) -
 
 
 def load_images(data_config: Any, split: str) -> Images:
-  """Loads the clean images of `split` ('train' or 'eval') as (name, float32 HWC RGB) pairs.
+  """The embedded photos of `split` ('train' or 'eval') as (name, float32 HWC RGB) pairs.
 
-  Decodes everything into memory: for the embedded photos (make_source's 'embedded') and
-  small folders. `data_config` is the `data` sub-config of sr_jax/config_base.py. Training
-  images smaller than data.crop_size are handled by data.small_images; eval images are whole.
+  Decodes them into memory (make_source's 'embedded'; other sources go through make_source).
+  `data_config` is the `data` sub-config of sr_jax/config_base.py. Training images smaller
+  than data.crop_size are handled by data.small_images; eval images are whole.
   """
   if split not in ("train", "eval"):
     raise ValueError(f"Unknown split {split!r}; valid splits: ['train', 'eval'].")
-  if data_config.source == "embedded":
-    names = EMBEDDED_TRAIN if split == "train" else EMBEDDED_EVAL
-    images, where = [(n, load_embedded(n)) for n in names], "embedded scikit-image photos"
-  elif data_config.source == "folder":
-    key = f"{split}_dir"
-    directory = getattr(data_config, key)
-    if not directory:
-      raise ValueError(f"data.source='folder' needs data.{key} "
-                       f"(e.g. --config.data.{key}=/path/to/images).")
-    images, where = load_folder(directory), f"in {directory}"
-  else:
-    raise ValueError(f"Unknown data.source {data_config.source!r}; valid: "
-                     f"['embedded', 'folder'].")
+  if data_config.source != "embedded":
+    raise ValueError(f"load_images reads the embedded photos, not data.source="
+                     f"{data_config.source!r}; use make_source for every source.")
+  names = EMBEDDED_TRAIN if split == "train" else EMBEDDED_EVAL
+  images, where = [(n, load_embedded(n)) for n in names], "embedded scikit-image photos"
   if split == "train":
     images = drop_small_images(images, data_config.crop_size, data_config.small_images, where)
   return images
