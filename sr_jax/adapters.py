@@ -105,10 +105,11 @@ def _shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
   return {path: tuple(leaf.shape) for path, leaf in lora.flatten(tree).items()}
 
 
-def _architecture_shapes(arch: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+def architecture_shapes(arch: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
   """Parameter shapes an architecture implies (traced abstractly: nothing is allocated)."""
   model = model_from_architecture(arch)
-  image = jax.ShapeDtypeStruct((1, 16, 16, int(arch.get("img_channel", 3))), jnp.float32)
+  channels = int(arch.get(registry.entry(arch["name"]).in_channels_field, 3))
+  image = jax.ShapeDtypeStruct((1, 16, 16, channels), jnp.float32)
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), image)
   return _shapes(variables["params"])
 
@@ -167,7 +168,7 @@ def check_compatible(base_meta: Mapping[str, Any], adapter: Adapter,
     raise ValueError(f"{where} was trained for another architecture than the base:\n  " +
                      "\n  ".join(diffs))
   shapes = (_shapes(base_params) if base_params is not None
-            else _architecture_shapes(base_meta["model"]))
+            else architecture_shapes(base_meta["model"]))
   errors = _shape_errors(shapes, adapter)
   if errors:
     raise ValueError(f"{where} does not fit the base:\n  " + "\n  ".join(errors))

@@ -14,8 +14,9 @@ This is our design:
   weight      w_i = beta + (1 - beta) * s_i ** alpha  (alpha: how sharply rank follows
               contribution, 0 = uniform; beta: the floor, the weight of a zero-score layer)
   budget      B = budget * (base parameters) - F, where F counts the leaves tuned fully
-              (biases, norms and NAFNet beta/gamma when colora.tune_extras; depthwise kernels
-              when colora.depthwise='full'); a negative B is an error
+              (biases, norms, NAFNet beta/gamma and Restormer temperatures when
+              colora.tune_extras; depthwise kernels when colora.depthwise='full'); a negative B
+              is an error
   ranks       r_i = min(R_i, floor(lambda * w_i)) with the largest lambda for which
               sum_i r_i k_i <= B (bisection); the rest of B is then spent one rank at a time
               on layers of positive weight, in decreasing weight, that still fit, so less than
@@ -38,7 +39,7 @@ from sr_jax import jsonfile, lora
 
 PyTree = Any
 # Leaves CoLoRA tunes fully when colora.tune_extras (about 0.5% of NAFNet's parameters).
-EXTRA_TRAINABLE = (r".*/bias", r".*/scale", r".*/beta", r".*/gamma")
+EXTRA_TRAINABLE = (r".*/bias", r".*/scale", r".*/beta", r".*/gamma", r".*/temperature")
 
 
 @dataclasses.dataclass(frozen=True)

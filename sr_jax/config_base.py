@@ -70,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
       name="nafnet",
       preset="sidd_w32",
       # Optional overrides of the preset's fields (0 / empty = keep the preset's value).
-      width=0,
+      width=0,  # NAFNet width or Restormer dim.
       dtype="float32",  # Compute dtype; parameters are always float32.
       conv_impl="auto",  # 'auto' picks the fastest formulation per platform; 'xla' or 'shifted'.
   ))

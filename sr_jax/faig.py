@@ -38,7 +38,7 @@ from jax import lax
 from sr_jax import jsonfile, lora
 
 PyTree = Any
-PARAM_GROUPS = ("conv", "depthwise", "bias", "norm", "beta_gamma")
+PARAM_GROUPS = ("conv", "depthwise", "bias", "norm", "beta_gamma", "temperature")
 
 # A module holding a normalisation's scale/bias: NAFNet's 'norm1'/'norm2', flax's 'LayerNorm_0'.
 _NORM_MODULE = re.compile(r"(?i).*norm.*|ln(_?\d+)?")
@@ -52,7 +52,8 @@ def param_group(path: str, depthwise_pattern: str = "") -> str:
   `depthwise_kernels`) fullmatches the path; 'conv' for any other '.../kernel' (dense kernels
   included); 'norm' for a normalisation's 'scale' and its 'bias' (NAFNet's 'norm1/scale',
   'norm2/bias'); 'bias' for other biases; 'beta_gamma' for NAFNet's residual scales
-  '<block>/beta' and '<block>/gamma'. Any other leaf name is an error naming the path, so a new
+  '<block>/beta' and '<block>/gamma'; 'temperature' for Restormer's per-head attention
+  temperatures. Any other leaf name is an error naming the path, so a new
   architecture cannot silently land in the wrong group.
   """
   if depthwise_pattern and re.fullmatch(depthwise_pattern, path):
@@ -65,10 +66,12 @@ def param_group(path: str, depthwise_pattern: str = "") -> str:
     return "beta_gamma"
   if leaf == "kernel":
     return "conv"
+  if leaf == "temperature":
+    return "temperature"
   if leaf == "bias":
     return "bias"
   raise ValueError(f"Cannot assign parameter {path!r} to a FAIG group {PARAM_GROUPS}: "
-                   "expected a leaf named kernel, bias, scale, beta or gamma.")
+                   "expected a leaf named kernel, bias, scale, beta, gamma or temperature.")
 
 
 def _check_same_tree(base: PyTree, tuned: PyTree) -> None:

@@ -56,11 +56,11 @@ def load_model(checkpoint_dir: str, adapter_dir: str | None = None, *, dtype: st
 
 
 def downsampling(model: nn.Module) -> int:
-  """The factor input sizes should be multiples of: 2 per NAFNet encoder stage, else 1.
+  """The factor input sizes should be multiples of (the model's `size_multiple`, else 1).
 
-  NAFNet pads other sizes internally, but zero padding at every tile's edge would show.
+  NAFNet and Restormer pad other sizes internally, but padding at every tile's edge would show.
   """
-  return 2 ** len(getattr(model, "enc_blk_nums", ()))
+  return int(getattr(model, "size_multiple", 1))
 
 
 def output_scale(model: nn.Module, params: PyTree, channels: int = 3) -> int:

@@ -124,13 +124,14 @@ def test_param_groups_on_nafnet_paths(micro):
   # blocks: intro, downs_0/1 and ending (kernel + bias) and ups_0/1 (kernel only).
   counts = {g: groups.count(g) for g in faig.PARAM_GROUPS}
   assert counts == {"conv": 5 * 5 + 6, "depthwise": 5, "bias": 5 * 6 + 4, "norm": 5 * 4,
-                    "beta_gamma": 5 * 2}
+                    "beta_gamma": 5 * 2, "temperature": 0}
   assert all(g == "depthwise" for p, g in zip(paths, groups) if p.endswith("conv2/kernel"))
   assert faig.param_group("encoders_0_0/conv2/kernel") == "conv"  # no pattern, no depthwise
   assert faig.param_group("encoders_0_0/conv2/bias", pattern) == "bias"
   assert faig.param_group("middle_blks_0/norm2/bias", pattern) == "norm"
   assert faig.param_group("decoders_1_0/norm1/scale", pattern) == "norm"
   assert faig.param_group("decoders_1_0/gamma", pattern) == "beta_gamma"
+  assert faig.param_group("latent_0/attn/temperature", pattern) == "temperature"
   with pytest.raises(ValueError, match="encoders_0_0/embedding"):
     faig.param_group("encoders_0_0/embedding")
 
@@ -148,7 +149,7 @@ def test_scores_aggregate_the_attribution(micro_attribution):
   grand_total = sum(float(np.sum(np.asarray(v, np.float64))) for v in flat.values())
   n_entries = sum(int(np.size(v)) for v in flat.values())
   groups, blocks = faig.group_scores(scores), faig.block_scores(scores)
-  assert list(groups) == list(faig.PARAM_GROUPS)
+  assert list(groups) == [g for g in faig.PARAM_GROUPS if g != "temperature"]  # NAFNet has none.
   for agg in (groups, blocks):
     assert sum(a["total"] for a in agg.values()) == pytest.approx(grand_total, rel=1e-12)
     assert sum(a["size"] for a in agg.values()) == n_entries

@@ -124,13 +124,18 @@ class NAFNet(nn.Module):
   dtype: Dtype = jnp.float32
   impl: str = 'auto'
 
+  @property
+  def size_multiple(self) -> int:
+    """Input sides are padded to multiples of this (tiles should be multiples of it)."""
+    return 2 ** len(self.enc_blk_nums)
+
   @nn.compact
   def __call__(self, inp: Array) -> Array:
     """Restores `inp` of shape (N, H, W, img_channel); any H, W (padded internally)."""
     if len(self.enc_blk_nums) != len(self.dec_blk_nums):
       raise ValueError('enc_blk_nums and dec_blk_nums must have the same length.')
     height, width = inp.shape[1], inp.shape[2]
-    inp = pad_to_multiple(jnp.asarray(inp, jnp.float32), 2 ** len(self.enc_blk_nums))
+    inp = pad_to_multiple(jnp.asarray(inp, jnp.float32), self.size_multiple)
     kw = dict(dtype=self.dtype, impl=self.impl)
 
     x = Conv(self.width, 3, padding=1, name='intro', **kw)(inp)

@@ -23,6 +23,8 @@ class ModelEntry:
   presets: dict[str, dict[str, Any]]
   depthwise_kernels: str  # Regex over parameter paths.
   arch_fields: tuple[str, ...]  # Module fields that define the parameter tree.
+  width_field: str = "width"  # The field `config.model.width` overrides.
+  in_channels_field: str = "img_channel"  # The field giving the input's channel count.
 
 
 def _nafnet() -> ModelEntry:
@@ -31,7 +33,17 @@ def _nafnet() -> ModelEntry:
                     ("img_channel", "width", "middle_blk_num", "enc_blk_nums", "dec_blk_nums"))
 
 
-_ENTRIES: dict[str, Callable[[], ModelEntry]] = {"nafnet": _nafnet}
+def _restormer() -> ModelEntry:
+  from sr_jax.models import restormer
+  return ModelEntry(restormer.restormer_from_preset, restormer.PRESETS,
+                    restormer.DEPTHWISE_KERNELS,
+                    ("inp_channels", "out_channels", "dim", "num_blocks",
+                     "num_refinement_blocks", "heads", "ffn_expansion_factor", "bias",
+                     "layernorm_type", "dual_pixel_task"),
+                    width_field="dim", in_channels_field="inp_channels")
+
+
+_ENTRIES: dict[str, Callable[[], ModelEntry]] = {"nafnet": _nafnet, "restormer": _restormer}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -45,7 +57,7 @@ def _overrides(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Non-default architecture overrides from the config (0 / empty means 'keep the preset')."""
   out = {}
   if model_config.get("width"):
-    out["width"] = model_config.width
+    out[entry(model_config.name).width_field] = model_config.width
   return out
 
 
@@ -62,11 +74,22 @@ def build_model(model_config: ml_collections.ConfigDict) -> nn.Module:
                  impl=model_config.conv_impl, **_overrides(model_config))
 
 
-def architecture(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """JSON-able description of the parameter tree's architecture, stored with checkpoints."""
-  module = build_model(model_config)
-  arch = {"name": model_config.name}
-  for field in entry(model_config.name).arch_fields:
+def module_architecture(name: str, module: nn.Module) -> dict[str, Any]:
+  """JSON-able description of a built module's architecture (its entry's arch_fields)."""
+  arch = {"name": name}
+  for field in entry(name).arch_fields:
     value = getattr(module, field)
     arch[field] = list(value) if isinstance(value, (tuple, list)) else value
   return arch
+
+
+def architecture(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """JSON-able description of the parameter tree's architecture, stored with checkpoints."""
+  return module_architecture(model_config.name, build_model(model_config))
+
+
+def matching_preset(arch: dict[str, Any]) -> str | None:
+  """The name of the preset whose architecture equals `arch`, if any."""
+  e = entry(arch["name"])
+  return next((p for p in e.presets
+               if module_architecture(arch["name"], e.build(p)) == arch), None)

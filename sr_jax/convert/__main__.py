@@ -1,0 +1,78 @@
+"""`python -m sr_jax.convert`: official PyTorch checkpoint -> sr_jax parameter directory.
+
+  python -m sr_jax.convert --arch nafnet --src NAFNet-SIDD-width32.pth --dst bases/nafnet_sidd
+  python -m sr_jax.convert --arch restormer --src motion_deblurring.pth --dst bases/restormer
+  python -m sr_jax.convert --arch restormer --src model.safetensors --dst D \
+      --set ffn_expansion_factor=2.66 --key params
+
+Everything about the architecture is read from the checkpoint; `--preset` and `--set` override
+it (and a mismatch with the file's shapes is then an error naming the keys). `.pth`/`.pt` need
+PyTorch (`pip install torch==2.13.0`); `.safetensors` does not.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from absl import app, flags, logging
+
+from sr_jax import convert
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("arch", None, sorted(convert.CONVERTERS), "Architecture of the checkpoint.")
+flags.DEFINE_string("src", None, "Official checkpoint: .pth, .pt or .safetensors.")
+flags.DEFINE_string("dst", None, "Directory to write (must not exist, or be empty).")
+flags.DEFINE_string("preset", None, "sr_jax preset whose fields override the inferred ones.")
+flags.DEFINE_multi_string("set", [], "field=value overriding one architecture field, e.g. "
+                          "ffn_expansion_factor=2.66 or num_blocks=[4,6,6,8].")
+flags.DEFINE_string("key", "auto", "Entry holding the weights: 'auto' (params_ema, params, "
+                    "state_dict, model, else the top level), a name, or '' for the top level.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --dst.")
+flags.mark_flags_as_required(["arch", "src", "dst"])
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+  """{'field': value} from 'field=value' strings (values as Python literals, else strings)."""
+  out = {}
+  for item in items:
+    field, sep, text = item.partition("=")
+    if not sep or not field.strip():
+      raise ValueError(f"--set {item!r} must look like field=value.")
+    try:
+      value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+      value = text.strip()  # A bare word such as BiasFree.
+    out[field.strip()] = value
+  return out
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.INFO)
+  t0 = time.perf_counter()
+  try:
+    result = convert.convert_file(FLAGS.arch, FLAGS.src, FLAGS.dst, preset=FLAGS.preset,
+                                  overrides=parse_overrides(FLAGS.set), key=FLAGS.key,
+                                  overwrite=FLAGS.overwrite)
+  except (FileNotFoundError, FileExistsError, ImportError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  arch = {k: v for k, v in result.architecture.items() if k != "name"}
+  preset = (f"preset {result.preset!r}" if result.preset
+            else "no sr_jax preset (set the config's model fields to match)")
+  print(f"Converted {FLAGS.src} -> {FLAGS.dst} in {time.perf_counter() - t0:.1f} s: "
+        f"{FLAGS.arch} {arch}, {result.num_params:,} parameters, {preset}.")
+  if result.preset:
+    print(f"Use it as a base: --config.model.name={FLAGS.arch} "
+          f"--config.model.preset={result.preset} --config.base.checkpoint={FLAGS.dst}")
+  print(f"Or restore images: python -m sr_jax.infer --checkpoint {FLAGS.dst} --input IN "
+        "--output OUT")
+
+
+if __name__ == "__main__":
+  app.run(main)
