@@ -70,8 +70,29 @@ def _fields(arch: str, state: Mapping[str, Any], preset: str | None,
     raise ValueError(f"Unknown {arch} option(s) {unknown}; the architecture's fields are "
                      f"{list(entry.arch_fields)}.")
   defaults = entry.build(next(iter(entry.presets)))
-  fields.update({k: mapping.coerce(v, getattr(defaults, k)) for k, v in overrides.items()})
+  fields.update({k: _checked(k, v, getattr(defaults, k)) for k, v in overrides.items()})
   return fields, inferred
+
+
+def _checked(field: str, value: Any, default: Any) -> Any:
+  """An override in its field's type, or a ValueError naming the field and the type wanted."""
+  value = mapping.coerce(value, default)
+  if isinstance(default, tuple):
+    ok = (isinstance(value, tuple) and len(value) == len(default) and
+          all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+    want = f"a list of {len(default)} integers, e.g. {list(default)}"
+  elif isinstance(default, bool):
+    ok, want = isinstance(value, bool), "True or False"
+  elif isinstance(default, float):
+    ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    value = float(value) if ok else value
+  elif isinstance(default, int):
+    ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+  else:
+    ok, want = isinstance(value, type(default)), f"a {type(default).__name__}"
+  if not ok:
+    raise ValueError(f"Option {field}={value!r} must be {want}.")
+  return value
 
 
 def convert_state_dict(arch: str, state: Mapping[str, np.ndarray], preset: str | None = None,
@@ -88,6 +109,10 @@ def convert_state_dict(arch: str, state: Mapping[str, np.ndarray], preset: str |
   shapes = adapters.architecture_shapes(architecture)
   module = converter(arch)
   described = ", ".join(f"{k}={v}" for k, v in architecture.items() if k != "name")
+  changed = [f"{k}={fields[k]!r} (the file implies {inferred[k]!r})" for k in sorted(fields)
+             if k in inferred and fields[k] != inferred[k]]
+  if changed:  # Put the likely cause of shape errors first.
+    described += "; set by --preset/--set: " + ", ".join(changed)
   params = mapping.convert(state, shapes, module.RULES, module.BROADCAST,
                            f"{module.NAME}({described})")
   return Conversion(params, architecture, inferred, registry.matching_preset(architecture),

@@ -66,11 +66,17 @@ def infer_architecture(state: Mapping[str, Any]) -> dict[str, Any]:
                        f"blocks but {count} in the matching encoder; Restormer ties them.")
   heads, ffn = [], []
   for level, (name, count) in enumerate(zip(_ENCODERS, num_blocks)):
-    if count:
-      heads.append(int(state[f"{name}.0.attn.temperature"].shape[0]))
-      ffn.append((dim * 2 ** level, int(state[f"{name}.0.ffn.project_in.weight"].shape[0]) // 2))
-    else:  # No block to read: the official value (a level without blocks has no heads).
-      heads.append((1, 2, 4, 8)[level])
+    # Read a level's heads and hidden width from its first block (level 1: else refinement's,
+    # which runs at 2 * dim); a level without blocks keeps the official heads. Absent keys are
+    # left for mapping.convert to report as missing, with their shapes.
+    first, channels = f"{name}.0", dim * 2 ** level
+    if not count and level == 0 and "refinement.0.attn.temperature" in state:
+      first, channels = "refinement.0", 2 * dim
+    temperature = state.get(f"{first}.attn.temperature")
+    heads.append(int(temperature.shape[0]) if temperature is not None else (1, 2, 4, 8)[level])
+    project_in = state.get(f"{first}.ffn.project_in.weight")
+    if project_in is not None:
+      ffn.append((channels, int(project_in.shape[0]) // 2))
   return dict(
       inp_channels=int(embed.shape[1]),
       out_channels=int(output.shape[0]),

@@ -57,7 +57,8 @@ def _to_numpy(value: Any) -> np.ndarray:
       value = value.float()
     value = value.numpy()
   array = np.asarray(value)
-  return array.astype(np.float32) if np.issubdtype(array.dtype, np.floating) else array
+  floating = np.issubdtype(array.dtype, np.floating) or array.dtype.name == "bfloat16"
+  return array.astype(np.float32) if floating else array
 
 
 def _is_tensor_dict(obj: Any) -> bool:

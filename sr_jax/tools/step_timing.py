@@ -1,27 +1,83 @@
-"""Times a job config's compiled train step: the shared core of the benchmark commands.
+"""Times a job config's compiled train step and its model's forward pass: the shared core of
+the benchmark commands.
 
 Kept free of absl flags so every command (sr_jax.tools.benchmark, sr_jax.tools.data_benchmark)
-can import it alongside its own `--config` flag.
+and the tests can import it alongside their own `--config` flag. Both measurements compile
+ahead of time (the compile time is reported apart), make one untimed warm-up call (one-off
+transfers and allocations), then report the median wall time of the timed calls, each ending in
+`jax.block_until_ready` so asynchronous dispatch does not hide the work.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from sr_jax import lora, sharding
 from sr_jax import step as step_lib
 from sr_jax import train
+from sr_jax.models import registry
+
+PyTree = Any
 
 
-def measure_step(config: ml_collections.ConfigDict, steps: int) -> dict[str, Any]:
-  """Times `steps` train steps of `config` (median, after a warm-up) on a random batch."""
-  run = train.build_run(config, "/tmp/sr_jax_benchmark", base=None)
+def median_ms(call: Callable[[], Any], repeats: int) -> float:
+  """Median wall time in ms of `repeats` calls of `call`, after one untimed warm-up call.
+
+  Each call's result is blocked on, so the time is the computation's, not its dispatch's.
+  """
+  if repeats < 1:
+    raise ValueError(f"Need at least one timed call, got {repeats}.")
+  times = []
+  for i in range(repeats + 1):
+    t0 = time.perf_counter()
+    jax.block_until_ready(call())
+    if i:  # The first call includes one-off transfers.
+      times.append(1000 * (time.perf_counter() - t0))
+  return statistics.median(times)
+
+
+def compiled_costs(compiled) -> dict[str, float]:
+  """GFLOPs and temp/argument memory (MiB) from XLA's analyses of a compiled function."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  mem = compiled.memory_analysis()
+  return dict(gflops=cost["flops"] / 1e9, temp_mb=mem.temp_size_in_bytes / 2**20,
+              arg_mb=mem.argument_size_in_bytes / 2**20)
+
+
+def input_channels(model_config: ml_collections.ConfigDict) -> int:
+  """The channel count of the model's input (3 for RGB, 6 for dual-pixel, 1 for gray)."""
+  field = registry.entry(model_config.name).in_channels_field
+  return getattr(registry.build_model(model_config), field)
+
+
+def init_params(model_config: ml_collections.ConfigDict, size: int, seed: int = 0) -> PyTree:
+  """Fresh parameters of the model as `train.build_run` makes them, copied to the host.
+
+  Same key and zero input as the run's own initialisation, so passing them as its `base` gives
+  the same values while compiling `model.init` once for all measurements. A host copy: the train
+  step donates its state, which would delete device arrays the next measurement reuses.
+  """
+  model = registry.build_model(model_config)
+  x = jnp.zeros((1, size, size, input_channels(model_config)))
+  return jax.device_get(jax.jit(model.init)(jax.random.PRNGKey(seed), x)["params"])
+
+
+def measure_step(config: ml_collections.ConfigDict, steps: int,
+                 base: PyTree | None = None) -> dict[str, Any]:
+  """Times `steps` train steps of `config` (median, after a warm-up) on a random batch.
+
+  `base`: parameters to start from (e.g. `init_params`), or None to initialise them here.
+  """
+  run = train.build_run(config, "/tmp/sr_jax_benchmark", base=base)
   rng = np.random.default_rng(0)
   shape = (config.batch_size, config.data.crop_size, config.data.crop_size, 3)
   local = {"lq": rng.random(shape, np.float32), "gt": rng.random(shape, np.float32)}
@@ -30,19 +86,37 @@ def measure_step(config: ml_collections.ConfigDict, steps: int) -> dict[str, Any
   t0 = time.perf_counter()
   compiled = step_fn.lower(run.state, run.frozen, batch).compile()
   compile_s = time.perf_counter() - t0
-  state = run.state
-  times = []
-  for i in range(steps + 1):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, run.frozen, batch)
-    jax.block_until_ready(metrics["loss"])
-    if i:  # The first call includes one-off transfers.
-      times.append(1000 * (time.perf_counter() - t0))
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  mem = compiled.memory_analysis()
   trainable = lora.count(run.state.trainable)
+  state = run.state
+
+  def one_step():
+    nonlocal state  # The step donates its input state: carry the new one forward.
+    state, metrics = compiled(state, run.frozen, batch)
+    return metrics["loss"]
+
+  ms = median_ms(one_step, steps)
   return dict(arm=f"LoRA r={config.lora.rank}" if config.lora.enabled else "full fine-tuning",
-              ms=statistics.median(times), compile_s=compile_s, gflops=cost["flops"] / 1e9,
-              temp_mb=mem.temp_size_in_bytes / 2**20, arg_mb=mem.argument_size_in_bytes / 2**20,
-              trainable=trainable, pct=100 * trainable / run.num_base_params)
+              ms=ms, compile_s=compile_s, trainable=trainable,
+              pct=100 * trainable / run.num_base_params, **compiled_costs(compiled))
+
+
+def measure_forward(model_config: ml_collections.ConfigDict, batch: int, size: int,
+                    repeats: int, params: PyTree | None = None, seed: int = 0) -> dict[str, Any]:
+  """Times the jitted `model.apply` of `model_config` on a random (batch, size, size, C) input.
+
+  Plain inference of the base model (LoRA adapters merge into their kernels, so a tuned model
+  costs the same). `params`: e.g. `init_params`, or None to initialise them here; the input is
+  uniform in [0, 1).
+  """
+  model = registry.build_model(model_config)
+  if params is None:
+    params = init_params(model_config, size, seed)
+  x = np.random.default_rng(seed).random((batch, size, size, input_channels(model_config)),
+                                         np.float32)
+  variables, x = jax.device_put(({"params": params}, x))
+  t0 = time.perf_counter()
+  compiled = jax.jit(model.apply).lower(variables, x).compile()
+  compile_s = time.perf_counter() - t0
+  ms = median_ms(lambda: compiled(variables, x), repeats)
+  return dict(ms=ms, compile_s=compile_s, params=lora.count(variables["params"]),
+              **compiled_costs(compiled))

@@ -1,0 +1,90 @@
+r"""CoLoRA on Restormer (seed 001's transformer backbone): the same job as colora_nafnet.py.
+
+The job: a base (a converted official Restormer, or PROD pre-training here) -> a short full
+fine-tune ("probe") on the task -> FAIG contributions of every layer -> LoRA ranks per layer
+under a 7% parameter budget -> CoLoRA fine-tuning -> evaluation (sr_jax/colora_job.py). The
+depthwise convs (qkv_dwconv, ffn.dwconv) get no adapter; biases, LayerNorms and the attention
+temperatures are tuned fully within the budget (colora.tune_extras). The task is dehazing,
+which the PROD base never saw. Restormer's own recipe: AdamW (0.9, 0.999), weight decay 1e-4,
+L1 loss.
+
+Paper-scale, from an official checkpoint (converted once; it records the architecture):
+
+  python -m sr_jax.convert --arch restormer --src motion_deblurring.pth --dst /ckpt/restormer
+  python -m sr_jax.main --config configs/colora_restormer.py --workdir /tmp/colora_restormer \
+      --config.base.checkpoint=/ckpt/restormer --config.data.source=folder \
+      --config.data.train_dir=/data/clean/train --config.data.eval_dir=/data/clean/val \
+      --config.colora.arms=full,uniform,colora
+
+(a real-denoising checkpoint is BiasFree: add --config.model.preset=real_denoising). Without
+base.checkpoint the base is PROD-pre-trained in the workdir first.
+
+Embedded demo (scikit-image's bundled photos, 2 CPU cores; a micro Restormer):
+
+  python -m sr_jax.main --config configs/colora_restormer.py:demo --workdir /tmp/colora_rest
+  python -m sr_jax.main --config configs/colora_restormer.py:demo_ablation --workdir /tmp/rest_abl
+"""
+
+import ml_collections
+
+from configs import prod_nafnet
+from sr_jax import config_base as common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the config; `arg` is a comma-separated list of variants, e.g. 'demo'."""
+  variants = common.parse_variants(arg, allowed=("demo", "demo_ablation"))
+  config = common.base_config()
+  config.job = "colora_restormer"
+  config.model.name = "restormer"
+  config.model.preset = "default"
+
+  # The new task: haze (atmospheric scattering), which PROD never applied.
+  config.data.degradation.kind = "chain"
+  config.data.degradation.ops = ("haze",)
+  config.data.degradation.haze_beta = (0.5, 2.0)
+  config.data.num_train_images = 16
+
+  # The base: a converted checkpoint, else PROD pre-training (the same degradations as NAFNet's).
+  config.base.checkpoint = ""
+  config.base.num_steps = 300_000
+  config.base.learning_rate = 3e-4
+  prod_nafnet.prod_degradation(config.base.degradation)
+
+  config.colora.enabled = True
+  config.colora.arms = ("colora",)
+  config.colora.probe_steps = 1000
+  config.colora.probe_learning_rate = 1e-4
+  config.colora.faig_steps = 100
+  config.colora.faig_images = 16
+  config.colora.faig_batch = 4  # Restormer's activations are large: FAIG in chunks of 4 crops.
+  config.colora.budget = 0.07
+  config.colora.alpha = 1.0
+  config.colora.beta = 0.1
+  config.lora.targets = (r".*/kernel",)
+
+  config.loss.kind = "l1"
+  config.optimizer.learning_rate = 1e-4
+  config.optimizer.b1, config.optimizer.b2 = 0.9, 0.999
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.end_learning_rate = 1e-6
+  config.num_steps = 10_000
+  config.batch_size = 8
+  config.data.crop_size = 128
+
+  if variants & {"demo", "demo_ablation"}:
+    common.apply_demo(config)
+    config.model.preset = "micro"
+    config.data.num_train_images = 0  # All 9 embedded training photos.
+    config.base.num_steps = 1000
+    config.base.learning_rate = 1e-3
+    config.colora.probe_steps = 150
+    config.colora.probe_learning_rate = 1e-3
+    config.colora.faig_images = 8
+    config.colora.faig_batch = 0
+    config.optimizer.learning_rate = 1e-3
+    config.num_steps = 400
+    config.checkpoint_every = 200
+  if "demo_ablation" in variants:
+    config.colora.arms = ("full", "uniform", "colora")
+  return config
