@@ -80,12 +80,22 @@ class Restorer:
     self.model, self.params, self.tile, self.overlap = model, params, tile, overlap
     self.multiple = downsampling(model)
     tiling.check_tiling(tile, overlap, self.multiple)  # Flag errors before any image is read.
-    self.scale = output_scale(model, params)
+    self.channels = int(getattr(model, "input_channels", 3))
+    if self.channels not in (1, 3):
+      raise ValueError(f"The model takes {self.channels}-channel inputs (e.g. Restormer's "
+                       "dual-pixel pairs); sr_jax.infer reads single RGB or grayscale images.")
+    self.scale = output_scale(model, params, self.channels)
     apply = jax.jit(model.apply)
     self._fn = lambda x: apply({"params": params}, x)
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
-    """HWC float32 in [0, 1] -> the model's HWC float32 output (not clamped)."""
+    """HWC float32 in [0, 1] -> the model's HWC float32 output (not clamped).
+
+    A grayscale model (1 input channel, e.g. Restormer 'gaussian_gray') gets the RGB image's
+    luma (ITU-R 601, as Pillow's 'L' conversion).
+    """
+    if self.channels == 1 and image.shape[-1] == 3:
+      image = (image @ np.asarray([0.299, 0.587, 0.114], np.float32))[..., None]
     return tiling.tiled_apply(self._fn, image, tile=self.tile, overlap=self.overlap,
                               scale=self.scale, multiple=self.multiple)
 
@@ -99,6 +109,8 @@ class Restorer:
 def write_png(path: pathlib.Path, image: np.ndarray) -> None:
   """Writes an HWC float image as 8-bit PNG: clamped, *255 and rounded as the metrics round."""
   pixels = np.asarray(metrics.to_uint8_grid(image)).astype(np.uint8)
+  if pixels.ndim == 3 and pixels.shape[-1] == 1:
+    pixels = pixels[..., 0]  # A grayscale model's output: an 'L' PNG.
   Image.fromarray(pixels).save(path, format="PNG")
 
 

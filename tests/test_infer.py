@@ -338,3 +338,25 @@ def test_cli_single_file_without_tiling_and_missing_checkpoint(setup, tmp_path):
               "--output", tmp_path / "x.png")
   assert proc.returncode == 2
   assert f"{tmp_path}/no_such_dir does not exist" in proc.stderr
+
+
+def test_grayscale_restormer_gets_luma_and_writes_gray_pngs(tmp_path):
+  # A 1-channel model (Restormer 'gaussian_gray' layout, micro widths) restores RGB files from
+  # their ITU-R 601 luma and writes 'L' PNGs; a 6-channel (dual-pixel) model is refused up front.
+  model = registry.entry("restormer").build("micro", inp_channels=1, out_channels=1)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))["params"]
+  paths = _write_pngs(tmp_path / "in", [(21, 27)])
+  infer.restore_images(params, model, paths, tmp_path / "out")
+  written = Image.open(tmp_path / "out" / "im0.png")
+  assert written.mode == "L" and written.size == (27, 21)
+  luma = np.asarray(Image.open(paths[0]).convert("L"), np.float32) / 255.0
+  rgb = np.asarray(Image.open(paths[0]), np.float32) / 255.0
+  ours = rgb @ np.asarray([0.299, 0.587, 0.114], np.float32)
+  assert np.abs(ours - luma).max() <= 1 / 255 + 1e-6  # The same luma Pillow computes.
+  expected = model.apply({"params": params}, ours[None, ..., None])[0, ..., 0]
+  np.testing.assert_array_equal(np.asarray(written),
+                                np.asarray(metrics.to_uint8_grid(expected)).astype(np.uint8))
+  dual = registry.entry("restormer").build("micro", inp_channels=6, dual_pixel_task=True)
+  dual_params = jax.eval_shape(dual.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 6)))
+  with pytest.raises(ValueError, match="6-channel inputs"):
+    infer.Restorer(dual, dual_params["params"])

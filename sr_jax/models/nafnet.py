@@ -129,6 +129,10 @@ class NAFNet(nn.Module):
     """Input sides are padded to multiples of this (tiles should be multiples of it)."""
     return 2 ** len(self.enc_blk_nums)
 
+  @property
+  def input_channels(self) -> int:
+    return self.img_channel
+
   @nn.compact
   def __call__(self, inp: Array) -> Array:
     """Restores `inp` of shape (N, H, W, img_channel); any H, W (padded internally)."""

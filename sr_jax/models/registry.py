@@ -24,7 +24,6 @@ class ModelEntry:
   depthwise_kernels: str  # Regex over parameter paths.
   arch_fields: tuple[str, ...]  # Module fields that define the parameter tree.
   width_field: str = "width"  # The field `config.model.width` overrides.
-  in_channels_field: str = "img_channel"  # The field giving the input's channel count.
 
 
 def _nafnet() -> ModelEntry:
@@ -40,7 +39,7 @@ def _restormer() -> ModelEntry:
                     ("inp_channels", "out_channels", "dim", "num_blocks",
                      "num_refinement_blocks", "heads", "ffn_expansion_factor", "bias",
                      "layernorm_type", "dual_pixel_task"),
-                    width_field="dim", in_channels_field="inp_channels")
+                    width_field="dim")
 
 
 _ENTRIES: dict[str, Callable[[], ModelEntry]] = {"nafnet": _nafnet, "restormer": _restormer}

@@ -206,6 +206,10 @@ class Restormer(nn.Module):
     """Input sides are padded to multiples of this (tiles should be multiples of it)."""
     return SIZE_MULTIPLE
 
+  @property
+  def input_channels(self) -> int:
+    return self.inp_channels
+
   def _check(self) -> None:
     if len(self.num_blocks) != 4 or len(self.heads) != 4:
       raise ValueError(f'Restormer has 4 levels: num_blocks {tuple(self.num_blocks)} and heads '

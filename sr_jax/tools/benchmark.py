@@ -183,8 +183,9 @@ def report(config: ml_collections.ConfigDict, size: int, forward: dict[str, Any]
   if steps:
     lines += [""] + step_section(steps, config, num_steps)
   if any(r["pytorch_ms"] for r in ([forward] if forward else []) + steps):
-    lines.append("\nPyTorch: official implementation, 2 CPU cores, float32, AdamW, L1, all "
-                 "parameters trained (REFERENCE.md s12). speed-up = PyTorch ms / sr_jax ms "
+    lines.append("\nPyTorch: official implementation on the same machine class, 2 CPU cores, "
+                 "float32; train steps with AdamW, L1, all parameters trained "
+                 "(REFERENCE.md s12). speed-up = PyTorch ms / sr_jax ms "
                  "(above 1: sr_jax faster); time ratio = sr_jax ms / PyTorch ms.")
     if model.dtype != "float32":
       lines.append(f"Note: sr_jax ran in {model.dtype}, the reference in float32.")

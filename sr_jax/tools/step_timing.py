@@ -55,8 +55,7 @@ def compiled_costs(compiled) -> dict[str, float]:
 
 def input_channels(model_config: ml_collections.ConfigDict) -> int:
   """The channel count of the model's input (3 for RGB, 6 for dual-pixel, 1 for gray)."""
-  field = registry.entry(model_config.name).in_channels_field
-  return getattr(registry.build_model(model_config), field)
+  return registry.build_model(model_config).input_channels
 
 
 def init_params(model_config: ml_collections.ConfigDict, size: int, seed: int = 0) -> PyTree:
