@@ -35,14 +35,8 @@ from configs import prod_nafnet
 from sr_jax import config_base as common
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """Returns the config; `arg` is a comma-separated list of variants, e.g. 'demo'."""
-  variants = common.parse_variants(arg, allowed=("demo", "demo_ablation"))
-  config = common.base_config()
-  config.job = "colora_nafnet"
-  config.model.name = "nafnet"
-  config.model.preset = "sidd_w32"
-
+def haze_colora_job(config: ml_collections.ConfigDict) -> None:
+  """Seed 001's CoLoRA job on the dehazing task, for any backbone (colora_restormer uses it)."""
   # The new task: haze (atmospheric scattering), which PROD never applied.
   config.data.degradation.kind = "chain"
   config.data.degradation.ops = ("haze",)
@@ -51,14 +45,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # The base: PROD pre-training unless base.checkpoint names one.
   config.base.checkpoint = ""
-  config.base.num_steps = 200_000
-  config.base.learning_rate = 1e-3
   prod_nafnet.prod_degradation(config.base.degradation)
 
   config.colora.enabled = True
   config.colora.arms = ("colora",)
   config.colora.probe_steps = 1000
-  config.colora.probe_learning_rate = 2e-4
   config.colora.faig_steps = 100
   config.colora.faig_images = 16
   config.colora.budget = 0.07
@@ -66,16 +57,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.colora.beta = 0.1
   config.lora.targets = (r".*/kernel",)
 
-  config.optimizer.learning_rate = 2e-4
-  config.num_steps = 10_000
-  config.batch_size = 16
-  config.data.crop_size = 256
 
+def colora_demo(config: ml_collections.ConfigDict, variants: set[str]) -> None:
+  """Shrinks the job to the embedded photos on 2 CPU cores (:demo, :demo_ablation)."""
   if variants & {"demo", "demo_ablation"}:
     common.apply_demo(config)
-    config.model.preset = "tiny"
     config.data.num_train_images = 0  # All 9 embedded training photos.
-    config.base.num_steps = 1500
     config.colora.probe_steps = 150
     config.colora.probe_learning_rate = 1e-3
     config.colora.faig_images = 8
@@ -84,4 +71,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every = 200
   if "demo_ablation" in variants:
     config.colora.arms = ("full", "uniform", "colora")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the config; `arg` is a comma-separated list of variants, e.g. 'demo'."""
+  variants = common.parse_variants(arg, allowed=("demo", "demo_ablation"))
+  config = common.base_config()
+  config.job = "colora_nafnet"
+  config.model.name = "nafnet"
+  config.model.preset = "sidd_w32"
+  haze_colora_job(config)
+  config.base.num_steps = 200_000
+  config.base.learning_rate = 1e-3
+  config.colora.probe_learning_rate = 2e-4
+  config.optimizer.learning_rate = 2e-4
+  config.num_steps = 10_000
+  config.batch_size = 16
+  config.data.crop_size = 256
+
+  colora_demo(config, variants)
+  if variants & {"demo", "demo_ablation"}:
+    config.model.preset = "tiny"
+    config.base.num_steps = 1500
   return config

@@ -27,7 +27,7 @@ Embedded demo (scikit-image's bundled photos, 2 CPU cores; a micro Restormer):
 
 import ml_collections
 
-from configs import prod_nafnet
+from configs import colora_nafnet
 from sr_jax import config_base as common
 
 
@@ -38,31 +38,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.job = "colora_restormer"
   config.model.name = "restormer"
   config.model.preset = "default"
-
-  # The new task: haze (atmospheric scattering), which PROD never applied.
-  config.data.degradation.kind = "chain"
-  config.data.degradation.ops = ("haze",)
-  config.data.degradation.haze_beta = (0.5, 2.0)
-  config.data.num_train_images = 16
-
-  # The base: a converted checkpoint, else PROD pre-training (the same degradations as NAFNet's).
-  config.base.checkpoint = ""
+  colora_nafnet.haze_colora_job(config)  # The same task, stages and budget as NAFNet's.
   config.base.num_steps = 300_000
   config.base.learning_rate = 3e-4
-  prod_nafnet.prod_degradation(config.base.degradation)
-
-  config.colora.enabled = True
-  config.colora.arms = ("colora",)
-  config.colora.probe_steps = 1000
   config.colora.probe_learning_rate = 1e-4
-  config.colora.faig_steps = 100
-  config.colora.faig_images = 16
   config.colora.faig_batch = 4  # Restormer's activations are large: FAIG in chunks of 4 crops.
-  config.colora.budget = 0.07
-  config.colora.alpha = 1.0
-  config.colora.beta = 0.1
-  config.lora.targets = (r".*/kernel",)
 
+  # Restormer's own recipe.
   config.loss.kind = "l1"
   config.optimizer.learning_rate = 1e-4
   config.optimizer.b1, config.optimizer.b2 = 0.9, 0.999
@@ -72,19 +54,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.batch_size = 8
   config.data.crop_size = 128
 
+  colora_nafnet.colora_demo(config, variants)
   if variants & {"demo", "demo_ablation"}:
-    common.apply_demo(config)
     config.model.preset = "micro"
-    config.data.num_train_images = 0  # All 9 embedded training photos.
     config.base.num_steps = 1000
     config.base.learning_rate = 1e-3
-    config.colora.probe_steps = 150
-    config.colora.probe_learning_rate = 1e-3
-    config.colora.faig_images = 8
     config.colora.faig_batch = 0
-    config.optimizer.learning_rate = 1e-3
-    config.num_steps = 400
-    config.checkpoint_every = 200
-  if "demo_ablation" in variants:
-    config.colora.arms = ("full", "uniform", "colora")
   return config
