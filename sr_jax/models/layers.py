@@ -102,10 +102,23 @@ def _add_bias(y: Array, bias: Array | None, dtype: Dtype) -> Array:
   return y + jnp.asarray(bias, dtype)
 
 
+def pixel_matmul(x: Array, matrix: Array, precision: PrecisionLike = None) -> Array:
+  """(..., cin) @ (cin, cout) as ONE 2-D matrix product over all pixels.
+
+  Equal to einsum('nhwc,cd->nhwd'), but XLA's CPU backend differentiates the 4-D einsum into
+  dot products contracting over three axes at once, which ran ~2.7x slower than the 2-D form
+  (1x1 conv 48 -> 254 at 2x128x128, forward + both gradients: 47 ms vs 17 ms; PyTorch 29 ms).
+  """
+  lead = x.shape[:-1]
+  y = jnp.matmul(x.reshape(-1, x.shape[-1]), matrix, precision=precision)
+  return y.reshape(*lead, matrix.shape[-1])
+
+
 class Conv1x1(nn.Module):
   """Pointwise (1x1) convolution over NHWC inputs; kernel shape (1, 1, cin, cout).
 
-  'shifted' evaluates it as einsum('nhwc,cd->nhwd'), ~2x faster than XLA's conv on CPU.
+  'shifted' evaluates it as one 2-D matrix product over the pixels (`pixel_matmul`), several
+  times faster than XLA's conv on CPU.
   """
   features: int
   use_bias: bool = True
@@ -124,7 +137,7 @@ class Conv1x1(nn.Module):
     x = jnp.asarray(x, self.dtype)
     kernel = jnp.asarray(kernel, self.dtype)
     if resolve_impl(self.impl) == 'shifted':
-      y = jnp.einsum('nhwc,cd->nhwd', x, kernel[0, 0], precision=self.precision)
+      y = pixel_matmul(x, kernel[0, 0], self.precision)
     else:
       y = lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', dimension_numbers=_DIMS,
                                    precision=self.precision)
@@ -228,8 +241,7 @@ def space_to_depth_conv(x: Array, kernel: Array, precision: PrecisionLike = None
   ho, wo = h // kh, w // kw
   x = x[:, :ho * kh, :wo * kw, :].reshape(n, ho, kh, wo, kw, cin)
   patches = x.transpose(0, 1, 3, 2, 4, 5).reshape(n, ho, wo, kh * kw * cin)
-  return jnp.einsum('nhwp,pd->nhwd', patches, kernel.reshape(kh * kw * cin, cout),
-                    precision=precision)
+  return pixel_matmul(patches, kernel.reshape(kh * kw * cin, cout), precision)
 
 
 class Conv(nn.Module):
