@@ -22,10 +22,10 @@ and with every arm (full, uniform LoRA, CoLoRA):
 
   python -m sr_jax.main --config configs/colora_nafnet.py:demo_ablation --workdir /tmp/colora_abl
 
-Expected demo results (about 7 minutes for :demo, 11 for :demo_ablation from scratch; PSNR/SSIM
+Expected demo results (about 6 minutes for :demo, 9 for :demo_ablation from scratch; PSNR/SSIM
 on RGB of the three held-out photos at 128x128): hazy input 13.50 dB / 0.695, PROD base 13.55 /
-0.672, CoLoRA (7.00% of the parameters) 17.01 / 0.693; with :demo_ablation also full
-fine-tuning 22.43 / 0.791 and uniform LoRA at the same budget 18.60 / 0.710 (the README's
+0.671, CoLoRA (7.00% of the parameters) 17.46 / 0.696; with :demo_ablation also full
+fine-tuning 23.37 / 0.792 and uniform LoRA at the same budget 17.86 / 0.704 (the README's
 CoLoRA section discusses why CoLoRA trails uniform LoRA here).
 """
 
