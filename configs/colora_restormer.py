@@ -24,7 +24,7 @@ Embedded demo (scikit-image's bundled photos, 2 CPU cores; a micro Restormer):
   python -m sr_jax.main --config configs/colora_restormer.py:demo --workdir /tmp/colora_rest
   python -m sr_jax.main --config configs/colora_restormer.py:demo_ablation --workdir /tmp/rest_abl
 
-Expected demo results (:demo about 11 minutes from scratch on 2 CPU cores: 1000 PROD steps, a
+Expected demo results (:demo about 10 minutes from scratch on 2 CPU cores: 1000 PROD steps, a
 150-step probe, FAIG with M=100 on 8 crops, 400 CoLoRA steps; PSNR/SSIM on RGB of the three
 held-out photos at 128x128): hazy input 13.50 dB / 0.695, PROD base 13.61 / 0.679, CoLoRA (7.00%
 of the parameters) 16.96 / 0.749; with :demo_ablation also full fine-tuning 17.43 / 0.757 and
