@@ -89,11 +89,16 @@ def base_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def init_base(model, size: int, rng: jax.Array) -> PyTree:
+  """Freshly initialised parameters of `model` (traced on one zero image of `size` pixels)."""
+  image = jnp.zeros((1, size, size, model.input_channels))
+  return jax.jit(model.init)(rng, image)["params"]
+
+
 def initial_params(config, model, base: PyTree | None, rng: jax.Array):
   """{'base', 'lora'}, the LoRA plan (or None) and the trainable/frozen labels."""
   if base is None:
-    size = config.data.crop_size
-    base = jax.jit(model.init)(rng, jnp.zeros((1, size, size, 3)))["params"]
+    base = init_base(model, config.data.crop_size, rng)
   base = jax.tree.map(jnp.asarray, base)
   plan, adapters = None, {}
   if config.lora.enabled:

@@ -33,8 +33,8 @@ def _load_torch(path: str) -> Mapping[str, Any]:
   try:
     return torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-    raise ValueError(f"Cannot read {path} as a PyTorch checkpoint with torch.load("
-                     f"weights_only=True): {type(e).__name__}: {e}") from e
+    raise ValueError(f"Cannot read {path} as a PyTorch checkpoint (tensors only, no pickled "
+                     f"code): {type(e).__name__}: {e}") from e
 
 
 def _load_safetensors(path: str) -> Mapping[str, Any]:

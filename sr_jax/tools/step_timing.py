@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -53,21 +52,15 @@ def compiled_costs(compiled) -> dict[str, float]:
               arg_mb=mem.argument_size_in_bytes / 2**20)
 
 
-def input_channels(model_config: ml_collections.ConfigDict) -> int:
-  """The channel count of the model's input (3 for RGB, 6 for dual-pixel, 1 for gray)."""
-  return registry.build_model(model_config).input_channels
-
-
 def init_params(model_config: ml_collections.ConfigDict, size: int, seed: int = 0) -> PyTree:
   """Fresh parameters of the model as `train.build_run` makes them, copied to the host.
 
-  Same key and zero input as the run's own initialisation, so passing them as its `base` gives
-  the same values while compiling `model.init` once for all measurements. A host copy: the train
-  step donates its state, which would delete device arrays the next measurement reuses.
+  `train.init_base` with the run's own key, so passing them as its `base` gives the same values
+  while compiling `model.init` once for all measurements. A host copy: the train step donates
+  its state, which would delete device arrays the next measurement reuses.
   """
   model = registry.build_model(model_config)
-  x = jnp.zeros((1, size, size, input_channels(model_config)))
-  return jax.device_get(jax.jit(model.init)(jax.random.PRNGKey(seed), x)["params"])
+  return jax.device_get(train.init_base(model, size, jax.random.PRNGKey(seed)))
 
 
 def measure_step(config: ml_collections.ConfigDict, steps: int,
@@ -110,8 +103,7 @@ def measure_forward(model_config: ml_collections.ConfigDict, batch: int, size: i
   model = registry.build_model(model_config)
   if params is None:
     params = init_params(model_config, size, seed)
-  x = np.random.default_rng(seed).random((batch, size, size, input_channels(model_config)),
-                                         np.float32)
+  x = np.random.default_rng(seed).random((batch, size, size, model.input_channels), np.float32)
   variables, x = jax.device_put(({"params": params}, x))
   t0 = time.perf_counter()
   compiled = jax.jit(model.apply).lower(variables, x).compile()
