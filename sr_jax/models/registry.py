@@ -42,7 +42,32 @@ def _restormer() -> ModelEntry:
                     width_field="dim")
 
 
-_ENTRIES: dict[str, Callable[[], ModelEntry]] = {"nafnet": _nafnet, "restormer": _restormer}
+_RRDB_FIELDS = ("num_in_ch", "num_out_ch", "scale", "num_feat", "num_block", "num_grow_ch")
+
+
+def _rrdbnet() -> ModelEntry:
+  from sr_jax.models import rrdbnet
+  return ModelEntry(rrdbnet.rrdbnet_from_preset, rrdbnet.PRESETS, rrdbnet.NO_DEPTHWISE_KERNELS,
+                    _RRDB_FIELDS, width_field="num_feat")
+
+
+def _srresnet() -> ModelEntry:
+  from sr_jax.models import srresnet
+  return ModelEntry(srresnet.srresnet_from_preset, srresnet.PRESETS,
+                    srresnet.NO_DEPTHWISE_KERNELS,
+                    ("num_in_ch", "num_out_ch", "scale", "num_feat", "num_block"),
+                    width_field="num_feat")
+
+
+def _mesrgan() -> ModelEntry:
+  from sr_jax.models import mesrgan
+  return ModelEntry(mesrgan.mesrgan_from_preset, mesrgan.PRESETS, mesrgan.DEPTHWISE_KERNELS,
+                    _RRDB_FIELDS + ("expansion",), width_field="num_feat")
+
+
+_ENTRIES: dict[str, Callable[[], ModelEntry]] = {
+    "nafnet": _nafnet, "restormer": _restormer, "rrdbnet": _rrdbnet, "srresnet": _srresnet,
+    "mesrgan": _mesrgan}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
