@@ -2,6 +2,14 @@
 
   python -m sr_jax.convert --arch nafnet --src NAFNet-SIDD-width32.pth --dst bases/nafnet_sidd
   python -m sr_jax.convert --arch restormer --src real_denoising.pth --dst bases/restormer_sidd
+  python -m sr_jax.convert --arch rrdbnet --src RRDB_ESRGAN_x4.pth --dst bases/esrgan_x4
+  python -m sr_jax.convert --arch srresnet --src MSRResNet_x4.pth --dst bases/msrresnet_x4
+
+RRDBNet reads BasicSR's, the newer xinntao (`RRDB_trunk.*`) and the oldest ESRGAN (`model.*`)
+key layouts: a converter's optional `normalize` renames a layout to its canonical key names
+before mapping, and errors still name the keys as the file has them. Each converter's
+SIGNATURE (a key, or alternative keys / key sets, see mapping.has_signature) recognises its
+files, so a file given the wrong --arch is told which one to use.
 
 The architecture is read from the checkpoint's keys and shapes (`infer_architecture` of each
 architecture's module), then a `--preset` and explicit `--set field=value` options override it.
@@ -23,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from sr_jax.convert import mapping, nafnet, restormer, state_dict
+from sr_jax.convert import mapping, nafnet, restormer, rrdbnet, srresnet, state_dict
 
-CONVERTERS: dict[str, types.ModuleType] = {"nafnet": nafnet, "restormer": restormer}
+CONVERTERS: dict[str, types.ModuleType] = {"nafnet": nafnet, "restormer": restormer,
+                                           "rrdbnet": rrdbnet, "srresnet": srresnet}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +54,18 @@ def converter(arch: str) -> types.ModuleType:
 
 
 def detect(state: Mapping[str, Any]) -> list[str]:
-  """Architectures whose signature key the state dict has (for 'wrong --arch' hints)."""
-  return [name for name, module in CONVERTERS.items() if module.SIGNATURE in state]
+  """Architectures whose signature keys the state dict has (for 'wrong --arch' hints)."""
+  return [name for name, module in CONVERTERS.items()
+          if mapping.has_signature(state, module.SIGNATURE)]
+
+
+def _normalized(module: types.ModuleType, state: Mapping[str, np.ndarray]) -> tuple[
+    Mapping[str, np.ndarray], dict[str, str]]:
+  """(the state dict in the converter's canonical key names, {canonical key: the file's name})
+  for converters with a `normalize` (several key layouts); else the state dict as it is."""
+  if hasattr(module, "normalize"):
+    return module.normalize(state)
+  return state, {}
 
 
 def _fields(arch: str, state: Mapping[str, Any], preset: str | None,
@@ -55,10 +74,10 @@ def _fields(arch: str, state: Mapping[str, Any], preset: str | None,
   from sr_jax.models import registry  # pylint: disable=g-import-not-at-top
   entry = registry.entry(arch)
   module = converter(arch)
-  if module.SIGNATURE not in state:
+  if not mapping.has_signature(state, module.SIGNATURE):
     others = [a for a in detect(state) if a != arch]
     hint = f" It looks like a {others[0]} checkpoint: use --arch {others[0]}." if others else ""
-    mapping.require(state, module.SIGNATURE, module.NAME, hint)
+    mapping.require_signature(state, module.SIGNATURE, module.NAME, hint)
   inferred = module.infer_architecture(state)
   fields = dict(inferred)
   if preset:
@@ -103,18 +122,19 @@ def convert_state_dict(arch: str, state: Mapping[str, np.ndarray], preset: str |
   """
   from sr_jax import adapters  # pylint: disable=g-import-not-at-top
   from sr_jax.models import registry  # pylint: disable=g-import-not-at-top
+  module = converter(arch)
+  state, names = _normalized(module, state)
   fields, inferred = _fields(arch, state, preset, dict(overrides or {}))
   model = adapters.model_from_architecture({"name": arch, **fields})
   architecture = registry.module_architecture(arch, model)
   shapes = adapters.architecture_shapes(architecture)
-  module = converter(arch)
   described = ", ".join(f"{k}={v}" for k, v in architecture.items() if k != "name")
   changed = [f"{k}={fields[k]!r} (the file implies {inferred[k]!r})" for k in sorted(fields)
              if k in inferred and fields[k] != inferred[k]]
   if changed:  # Put the likely cause of shape errors first.
     described += "; set by --preset/--set: " + ", ".join(changed)
   params = mapping.convert(state, shapes, module.RULES, module.BROADCAST,
-                           f"{module.NAME}({described})")
+                           f"{module.NAME}({described})", names)
   return Conversion(params, architecture, inferred, registry.matching_preset(architecture),
                     mapping.parameter_count(shapes))
 

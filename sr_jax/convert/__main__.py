@@ -4,6 +4,9 @@
   python -m sr_jax.convert --arch restormer --src motion_deblurring.pth --dst bases/restormer
   python -m sr_jax.convert --arch restormer --src model.safetensors --dst D \
       --set ffn_expansion_factor=2.66 --key params
+  python -m sr_jax.convert --arch rrdbnet --src RRDB_ESRGAN_x4.pth --dst bases/esrgan_x4
+  python -m sr_jax.convert --arch srresnet --src MSRResNet_x4.pth --dst bases/msrresnet_x4
+  python -m sr_jax.convert --arch vgg19 --src vgg19-dcbbb36e.pth --dst bases/vgg19
 
 Everything about the architecture is read from the checkpoint; `--preset` and `--set` override
 it (and a mismatch with the file's shapes is then an error naming the keys). `.pth`/`.pt` need
@@ -23,7 +26,9 @@ from absl import app, flags, logging
 from sr_jax import convert
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("arch", None, sorted(convert.CONVERTERS), "Architecture of the checkpoint.")
+flags.DEFINE_enum("arch", None, sorted(convert.CONVERTERS) + ["vgg19"],
+                  "Architecture of the checkpoint (vgg19: torchvision's, for the perceptual "
+                  "loss).")
 flags.DEFINE_string("src", None, "Official checkpoint: .pth, .pt or .safetensors.")
 flags.DEFINE_string("dst", None, "Directory to write (must not exist, or be empty).")
 flags.DEFINE_string("preset", None, "sr_jax preset whose fields override the inferred ones.")
@@ -55,6 +60,9 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   t0 = time.perf_counter()
+  if FLAGS.arch == "vgg19":
+    convert_vgg19()
+    return
   try:
     result = convert.convert_file(FLAGS.arch, FLAGS.src, FLAGS.dst, preset=FLAGS.preset,
                                   overrides=parse_overrides(FLAGS.set), key=FLAGS.key,
@@ -72,6 +80,21 @@ def main(argv: Sequence[str]) -> None:
           f"--config.model.preset={result.preset} --config.base.checkpoint={FLAGS.dst}")
   print(f"Or restore images: python -m sr_jax.infer --checkpoint {FLAGS.dst} --input IN "
         "--output OUT")
+
+
+def convert_vgg19() -> None:
+  """torchvision's VGG19 features -> the perceptual loss's weights (no architecture options)."""
+  from sr_jax.convert import vgg19  # pylint: disable=g-import-not-at-top
+  try:
+    if FLAGS.preset or FLAGS.set:
+      raise ValueError("--arch vgg19 has a fixed architecture; drop --preset / --set.")
+    vgg19.convert_vgg19_file(FLAGS.src, FLAGS.dst, overwrite=FLAGS.overwrite, key=FLAGS.key)
+  except (FileNotFoundError, FileExistsError, ImportError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(f"Converted {FLAGS.src} -> {FLAGS.dst} (VGG19 features). Use it as ESRGAN's perceptual "
+        f"loss: --config.gan.perceptual_network=vgg19 --config.gan.perceptual_checkpoint="
+        f"{FLAGS.dst} --config.gan.perceptual_layers=conv5_4=1.0")
 
 
 if __name__ == "__main__":

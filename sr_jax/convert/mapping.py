@@ -75,9 +75,15 @@ def _listed(items: list[str]) -> str:
 
 
 def convert(state: Mapping[str, np.ndarray], flax_shapes: Mapping[str, tuple[int, ...]],
-            rules: Rules, broadcast: Mapping[str, int], what: str) -> dict[str, np.ndarray]:
+            rules: Rules, broadcast: Mapping[str, int], what: str,
+            names: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
   """Flat {flax path: array} from a state dict; raises naming every missing, unknown or
-  mis-shaped key (`what` names the architecture in the message)."""
+  mis-shaped key (`what` names the architecture in the message).
+
+  `names` maps a key of `state` (or an expected one) to what the file calls it, for the
+  messages, when a converter renamed the file's keys first (e.g. old RRDBNet layouts).
+  """
+  label = (lambda k: names.get(k, k)) if names else (lambda k: k)
   expected = {torch_key(p, rules): (p, torch_shape(p, s, broadcast))
               for p, s in flax_shapes.items()}
   if len(expected) != len(flax_shapes):
@@ -85,12 +91,13 @@ def convert(state: Mapping[str, np.ndarray], flax_shapes: Mapping[str, tuple[int
   errors, out = [], {}
   for key, (path, shape) in expected.items():
     if key not in state:
-      errors.append(f"missing key {key} (expected shape {shape})")
+      errors.append(f"missing key {label(key)} (expected shape {shape})")
     elif tuple(state[key].shape) != shape:
-      errors.append(f"{key}: checkpoint has shape {tuple(state[key].shape)}, expected {shape}")
+      errors.append(f"{label(key)}: checkpoint has shape {tuple(state[key].shape)}, "
+                    f"expected {shape}")
     else:
       out[path] = to_flax(path, state[key], flax_shapes[path])
-  errors += [f"unknown key {k} (shape {tuple(v.shape)})" for k, v in state.items()
+  errors += [f"unknown key {label(k)} (shape {tuple(v.shape)})" for k, v in state.items()
              if k not in expected]
   if errors:
     raise ValueError(f"The checkpoint does not fit {what} ({len(errors)} problem"
@@ -118,13 +125,41 @@ def block_count(state: Mapping[str, Any], prefix: str) -> int:
   return len(found)
 
 
+def _not_a(state: Mapping[str, Any], lacking: str, what: str, hint: str) -> None:
+  sample = ", ".join(sorted(state)[:6])
+  raise ValueError(f"The checkpoint has no {lacking}, so it is not a {what} checkpoint (its keys "
+                   f"begin {sample}, ...).{' ' + hint if hint else ''}")
+
+
 def require(state: Mapping[str, Any], key: str, what: str, hint: str = "") -> np.ndarray:
   """state[key], or an error saying the file is not a `what` checkpoint."""
   if key not in state:
-    sample = ", ".join(sorted(state)[:6])
-    raise ValueError(f"The checkpoint has no {key}, so it is not a {what} checkpoint (its keys "
-                     f"begin {sample}, ...).{' ' + hint if hint else ''}")
+    _not_a(state, key, what, hint)
   return state[key]
+
+
+# An architecture's signature: one key, or a tuple of alternatives (say, one per checkpoint
+# layout), each a key or a tuple of keys that must all be present.
+Signature = str | tuple[str | tuple[str, ...], ...]
+
+
+def _alternatives(signature: Signature) -> list[tuple[str, ...]]:
+  options = (signature,) if isinstance(signature, str) else signature
+  return [(o,) if isinstance(o, str) else tuple(o) for o in options]
+
+
+def has_signature(state: Mapping[str, Any], signature: Signature) -> bool:
+  """Whether a state dict has all keys of at least one alternative of `signature`."""
+  return any(all(k in state for k in keys) for keys in _alternatives(signature))
+
+
+def require_signature(state: Mapping[str, Any], signature: Signature, what: str,
+                      hint: str = "") -> None:
+  """An error saying the file is not a `what` checkpoint unless it has `signature`."""
+  if not has_signature(state, signature):
+    options = [" together with ".join(keys) for keys in _alternatives(signature)]
+    lacking = options[0] if len(options) == 1 else ", ".join(options[:-1]) + " or " + options[-1]
+    _not_a(state, lacking, what, hint)
 
 
 def parameter_count(flax_shapes: Mapping[str, tuple[int, ...]]) -> int:
