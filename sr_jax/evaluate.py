@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from sr_jax import metrics
 
@@ -24,26 +25,71 @@ def protocol(crop_border: int, y_channel: bool) -> str:
   return f"PSNR/SSIM on {channel}, crop border {crop_border}, uint8-rounded (BasicSR protocol)"
 
 
+def options(eval_config: Any, scale: int) -> dict[str, Any]:
+  """`evaluate` keyword arguments from config.eval; crop_border -1 means the SR scale."""
+  crop = eval_config.crop_border
+  crop = (scale if scale > 1 else 0) if crop < 0 else crop
+  for net in eval_config.lpips:
+    if net not in ("alex", "vgg"):
+      raise ValueError(f"Unknown LPIPS network {net!r} in config.eval.lpips; use 'alex' or "
+                       "'vgg'.")
+  return dict(crop_border=crop, y_channel=eval_config.y_channel,
+              lpips_nets=tuple(eval_config.lpips), rmse=eval_config.rmse,
+              niqe=eval_config.niqe)
+
+
 def evaluate(apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree,
              eval_set: Sequence[dict[str, Any]], *, crop_border: int = 0,
-             y_channel: bool = False) -> dict[str, Any]:
-  """Per-image and mean PSNR/SSIM of `apply_fn(params, lq)` against gt; keeps the outputs.
+             y_channel: bool = False, lpips_nets: Sequence[str] = (), rmse: bool = False,
+             niqe: bool = False) -> dict[str, Any]:
+  """Per-image and mean PSNR/SSIM (and the optional metrics) of `apply_fn(params, lq)`.
 
   Images are run one at a time at full resolution (shapes differ, so each new shape
-  compiles once).
+  compiles once). RMSE uses PSNR's protocol; LPIPS (lower is better) compares the
+  uint8-rounded RGB images with the same border crop; NIQE (no-reference, lower is better)
+  scores the rounded output's Y channel with the same border crop, as BasicSR does.
   """
   run = jax.jit(apply_fn)
-  score = jax.jit(lambda p, g: (metrics.psnr(p, g, crop_border=crop_border, y_channel=y_channel),
-                                metrics.ssim(p, g, crop_border=crop_border, y_channel=y_channel)))
+  kw = dict(crop_border=crop_border, y_channel=y_channel)
+  score = jax.jit(lambda p, g: (metrics.psnr(p, g, **kw), metrics.ssim(p, g, **kw)))
   per_image, outputs = [], []
   for item in eval_set:
     pred = run(params, jnp.asarray(item["lq"])[None])
-    psnr, ssim = score(pred, jnp.asarray(item["gt"])[None])
-    per_image.append({"name": item["name"], "psnr": float(psnr[0]), "ssim": float(ssim[0])})
+    gt = jnp.asarray(item["gt"])[None]
+    psnr, ssim = score(pred, gt)
+    row = {"name": item["name"], "psnr": float(psnr[0]), "ssim": float(ssim[0])}
+    if rmse:
+      row["rmse"] = float(metrics.rmse(pred, gt, **kw)[0])
+    row.update(_perceptual_scores(pred, gt, crop_border, lpips_nets, niqe))
+    per_image.append(row)
     outputs.append(np.asarray(jnp.clip(pred[0], 0.0, 1.0)))
-  return {"psnr": float(np.mean([r["psnr"] for r in per_image])),
-          "ssim": float(np.mean([r["ssim"] for r in per_image])),
-          "per_image": per_image, "outputs": outputs}
+  keys = [k for k in per_image[0] if k != "name"] if per_image else ["psnr", "ssim"]
+  means = {k: float(np.nanmean([r[k] for r in per_image])) for k in keys}
+  return dict(means, per_image=per_image, outputs=outputs)
+
+
+def _perceptual_scores(pred: jax.Array, gt: jax.Array, crop_border: int,
+                       lpips_nets: Sequence[str], niqe: bool) -> dict[str, float]:
+  """LPIPS per network and NIQE of one (1, H, W, 3) prediction, on the uint8 grid."""
+  if not lpips_nets and not niqe:
+    return {}
+  c = crop_border
+  pred8 = np.asarray(metrics.to_uint8_grid(pred))[0]
+  gt8 = np.asarray(metrics.to_uint8_grid(gt))[0]
+  if c:
+    pred8, gt8 = pred8[c:-c, c:-c], gt8[c:-c, c:-c]
+  out = {}
+  for net in lpips_nets:
+    from sr_jax import lpips  # pylint: disable=g-import-not-at-top
+    out[f"lpips_{net}"] = float(lpips.lpips(pred8[None] / 255.0, gt8[None] / 255.0, net=net)[0])
+  if niqe:
+    from sr_jax import niqe as niqe_lib  # pylint: disable=g-import-not-at-top
+    try:
+      out["niqe"] = float(niqe_lib.niqe(pred8.astype(np.uint8), crop_border=0))
+    except ValueError as e:  # Smaller than two 96-pixel blocks: NIQE is undefined there.
+      logging.warning("NIQE skipped for an image: %s", e)
+      out["niqe"] = float("nan")
+  return out
 
 
 def image_grid(lq: np.ndarray, output: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -55,6 +101,8 @@ def image_grid(lq: np.ndarray, output: np.ndarray, gt: np.ndarray) -> np.ndarray
 
 
 # Optional results-table columns: (row key, header, format).
+_METRIC_COLUMNS = (("lpips_alex", "LPIPS-alex", "{:.4f}"), ("lpips_vgg", "LPIPS-vgg", "{:.4f}"),
+                   ("rmse", "RMSE", "{:.2f}"), ("niqe", "NIQE", "{:.3f}"))
 _EXTRA_COLUMNS = (("export_mb", "export MiB", "{:.2f}"), ("step_ms", "ms/step", "{:.0f}"),
                   ("step_memory_mb", "step memory MiB", "{:.0f}"))
 
@@ -62,16 +110,20 @@ _EXTRA_COLUMNS = (("export_mb", "export MiB", "{:.2f}"), ("step_ms", "ms/step", 
 def results_table(rows: dict[str, dict[str, Any]], protocol_text: str) -> str:
   """Markdown table: one row per arm (e.g. base, lora), with trainable-parameter share.
 
-  Columns for the size of what an arm exports (adapters, or the whole model), its step time and
-  its compiled step's memory appear when some row has them ('-' where a row has not).
+  Columns for LPIPS, RMSE and NIQE (when evaluated), the size of what an arm exports
+  (adapters, or the whole model), its step time and its compiled step's memory appear when
+  some row has them ('-' where a row has not).
   """
+  metric = [c for c in _METRIC_COLUMNS if any(c[0] in r for r in rows.values())]
   extra = [c for c in _EXTRA_COLUMNS if any(c[0] in r for r in rows.values())]
-  header = ["arm", "PSNR (dB)", "SSIM", "trainable params", "% of base"] + [c[1] for c in extra]
+  header = (["arm", "PSNR (dB)", "SSIM"] + [c[1] for c in metric] +
+            ["trainable params", "% of base"] + [c[1] for c in extra])
   lines = [f"Protocol: {protocol_text}", "", "| " + " | ".join(header) + " |",
            "|" + "---|" * len(header)]
   for arm, r in rows.items():
-    cells = [arm, f"{r['psnr']:.3f}", f"{r['ssim']:.4f}", f"{r.get('trainable', 0):,}",
-             f"{r.get('trainable_pct', 0.0):.2f}"]
+    cells = [arm, f"{r['psnr']:.3f}", f"{r['ssim']:.4f}"]
+    cells += [fmt.format(r[key]) if key in r else "-" for key, _, fmt in metric]
+    cells += [f"{r.get('trainable', 0):,}", f"{r.get('trainable_pct', 0.0):.2f}"]
     cells += [fmt.format(r[key]) if key in r else "-" for key, _, fmt in extra]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)

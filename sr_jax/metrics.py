@@ -152,6 +152,22 @@ def psnr(pred: jax.Array, gt: jax.Array, crop_border: int = 0,
   return value if batched else value[0]
 
 
+@functools.partial(jax.jit, static_argnames=("crop_border", "y_channel"))
+def rmse(pred: jax.Array, gt: jax.Array, crop_border: int = 0,
+         y_channel: bool = False) -> jax.Array:
+  """Root-mean-square error on the 0..255 scale under the same protocol as `psnr`.
+
+  Per image, RMSE = 255 * 10^(-PSNR / 20); averaged over images the two differ, which is why
+  seed 002's table reports both.
+  """
+  pred, gt, batched = _prepare(pred, gt, crop_border, y_channel)
+  diff = pred - gt
+  if y_channel:
+    diff = _y_linear(diff)
+  value = jnp.sqrt(jnp.mean(diff * diff, axis=(1, 2, 3)))
+  return value if batched else value[0]
+
+
 def _filter_valid(x: jax.Array) -> jax.Array:
   """Separable 11x11 Gaussian 'valid' filtering over axes 1 and 2 of (N, H, W, C)."""
   k = _SSIM_WINDOW

@@ -34,16 +34,26 @@ class TrainState:
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, num_steps: int,
                            peak: float | None = None) -> optax.Schedule:
-  """Constant or cosine (to end_learning_rate) with optional linear warm-up."""
+  """Constant, cosine (to end_learning_rate) or multistep, with optional linear warm-up.
+
+  'multistep' multiplies the rate by `gamma` at each of `milestones` (steps), as PyTorch's
+  MultiStepLR in the ESRGAN recipe (halved at 50k, 100k, 200k, 300k).
+  """
   peak = opt.learning_rate if peak is None else peak
   if opt.schedule == "constant":
     main = optax.constant_schedule(peak)
+  elif opt.schedule == "multistep":
+    steps = [int(m) - opt.warmup_steps for m in opt.milestones]
+    if any(s <= 0 for s in steps) or steps != sorted(set(steps)):
+      raise ValueError(f"config optimizer milestones {tuple(opt.milestones)} must be increasing "
+                       f"steps after the {opt.warmup_steps} warm-up steps.")
+    main = optax.piecewise_constant_schedule(peak, {s: opt.gamma for s in steps})
   elif opt.schedule == "cosine":
     decay = max(num_steps - opt.warmup_steps, 1)
     main = optax.cosine_decay_schedule(peak, decay, alpha=opt.end_learning_rate / peak)
   else:
-    raise ValueError(f"Unknown config.optimizer.schedule {opt.schedule!r}; use 'cosine' or "
-                     "'constant'.")
+    raise ValueError(f"Unknown optimizer schedule {opt.schedule!r}; use 'cosine', 'constant' "
+                     "or 'multistep'.")
   if opt.warmup_steps:
     warm = optax.linear_schedule(0.0, peak, opt.warmup_steps)
     return optax.join_schedules([warm, main], [opt.warmup_steps])

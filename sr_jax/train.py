@@ -25,7 +25,7 @@ from clu import metric_writers, periodic_actions
 from sr_jax import checkpoint, evaluate, jsonfile, lora, sharding, step as step_lib
 from sr_jax.data import pipeline, preview
 from sr_jax.models import registry
-from sr_jax.objectives import pixel
+from sr_jax.objectives import gan, pixel
 
 PyTree = Any
 
@@ -35,9 +35,9 @@ class Run:
   """Everything a training run holds between steps."""
   config: ml_collections.ConfigDict
   workdir: str
-  objective: pixel.PixelObjective
+  objective: pixel.PixelObjective  # Or gan.GanObjective (a subclass).
   mesh: jax.sharding.Mesh
-  state: step_lib.TrainState
+  state: step_lib.TrainState | gan.GanState
   frozen: PyTree
   plan: lora.LoraPlan | None
   meta: dict[str, Any]
@@ -81,10 +81,16 @@ def base_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.job = f"{config.job}/base"
   c.mode = "train"
   c.lora.enabled, c.lora.plan_file, c.colora.enabled = False, "", False
+  c.gan.enabled = False  # A GAN job's base is its PSNR-oriented first stage (ESRGAN's recipe).
+  c.eval.general_set = ""  # The general set scores the transfer, not the base.
   c.data.degradation = c.base.degradation
   c.data.num_train_images = 0  # Few-shot limits are for the fine-tuning task, not the base.
   c.num_steps = config.base.num_steps
   c.optimizer.learning_rate = config.base.learning_rate
+  if config.base.milestones:
+    c.optimizer.milestones = config.base.milestones
+  if config.base.embedded_set:
+    c.data.embedded_set = config.base.embedded_set
   c.base.checkpoint, c.base.num_steps = "", 0
   return c
 
@@ -130,20 +136,79 @@ def lora_plan(config: ml_collections.ConfigDict, base: PyTree) -> lora.LoraPlan:
 def build_run(config: ml_collections.ConfigDict, workdir: str, base: PyTree | None) -> Run:
   """Model, objective, mesh and a fresh (replicated) state; no checkpoint restored yet."""
   model = registry.build_model(config.model)
+  check_scale(model, config)
   mesh = sharding.make_mesh(config.mesh.data)
   sharding.check_batch_size(config.batch_size, mesh)
   rng = jax.random.PRNGKey(config.seed)
   params, plan, labels = initial_params(config, model, base, rng)
   schedule = step_lib.learning_rate_schedule(config.optimizer, config.num_steps)
   tx = lora.partitioned_optimizer(step_lib.make_optimizer(config.optimizer, schedule), labels)
-  objective = pixel.PixelObjective(model, tx, plan, config.loss.kind,
-                                   config.loss.charbonnier_eps, schedule)
   trainable, frozen = lora.split(params, labels)
-  state = step_lib.init_state(trainable, tx, config.seed)
   meta = {"model": registry.architecture(config.model), "config": config.to_json_best_effort(),
           "lora_plan": plan.to_json() if plan else None}
+  if config.gan.enabled:
+    objective, state, frozen = gan_setup(config, model, tx, plan, schedule, trainable, frozen)
+    meta["discriminator"] = {k: config.gan[k] for k in ("discriminator", "d_num_feat")}
+  else:
+    objective = pixel.PixelObjective(model, tx, plan, config.loss.kind,
+                                     config.loss.charbonnier_eps, schedule)
+    state = step_lib.init_state(trainable, tx, config.seed)
   return Run(config, workdir, objective, mesh, sharding.replicate(state, mesh),
              sharding.replicate(frozen, mesh), plan, meta, lora.count(params["base"]))
+
+
+def check_scale(model, config: ml_collections.ConfigDict) -> None:
+  """An SR model's upscaling factor must equal the data's (data.degradation.scale)."""
+  model_scale = int(getattr(model, "scale", 1))
+  data_scale = int(config.data.degradation.scale)
+  if model_scale != data_scale:
+    raise ValueError(
+        f"config.model ({config.model.name} preset {config.model.preset!r}) upscales by "
+        f"{model_scale}, but config.data.degradation.scale={data_scale}. Set "
+        f"--config.data.degradation.scale={model_scale} (and base.degradation.scale) or pick a "
+        f"x{data_scale} preset.")
+
+
+def gan_setup(config, model, tx, plan, schedule, trainable, frozen):
+  """The GAN objective, its state (generator half + discriminator) and frozen tree."""
+  from sr_jax.models import discriminators  # pylint: disable=g-import-not-at-top
+  g = config.gan
+  d_model = discriminators.build_discriminator(g.discriminator, num_feat=g.d_num_feat,
+                                               input_size=config.data.crop_size,
+                                               dtype=registry.DTYPES[config.model.dtype])
+  d_vars = discriminators.init_discriminator(d_model, config.data.crop_size,
+                                             jax.random.PRNGKey(config.seed + 1))
+  d_schedule = step_lib.learning_rate_schedule(g.d_optimizer, config.num_steps)
+  d_tx = step_lib.make_optimizer(g.d_optimizer, d_schedule)
+  perceptual = None
+  if g.perceptual_weight:
+    from sr_jax.objectives import perceptual as perceptual_lib  # pylint: disable=g-import-not-at-top
+    perceptual = perceptual_lib.PerceptualLoss(
+        g.perceptual_network, g.perceptual_checkpoint, parse_weights(g.perceptual_layers),
+        g.perceptual_criterion, g.perceptual_before_activation)
+    logging.info("Perceptual loss: %s.", perceptual.description)
+  objective = gan.GanObjective(model, tx, plan, d_model, d_tx, g, perceptual, config.loss.kind,
+                               schedule, d_schedule)
+  state = gan.init_state(trainable, tx, d_vars, d_tx, config.seed, ema=g.ema_decay > 0)
+  frozen = {"generator": frozen, "perceptual": perceptual.params if perceptual else {}}
+  logging.info("Discriminator %s: %s parameters, trained fully.", g.discriminator,
+               f"{lora.count(d_vars['params']):,}")
+  return objective, state, frozen
+
+
+def parse_weights(entries) -> dict[str, float]:
+  """('conv5_4=1.0', ...) -> {'conv5_4': 1.0}; a malformed entry names the config key."""
+  out = {}
+  for entry in entries:
+    name, sep, value = str(entry).partition("=")
+    try:
+      out[name.strip()] = float(value)
+    except ValueError:
+      sep = ""
+    if not sep:
+      raise ValueError(f"config.gan.perceptual_layers entry {entry!r} must be 'layer=weight', "
+                       "e.g. 'conv5_4=1.0'.")
+  return out
 
 
 def report_trainable(run: Run) -> tuple[int, float]:
@@ -157,14 +222,20 @@ def report_trainable(run: Run) -> tuple[int, float]:
 
 
 def check_finite(pending: list[dict[str, jax.Array]], last_step: int) -> dict[str, float]:
-  """Mean of the steps' metrics; a non-finite loss stops the run before anything is saved."""
+  """Mean of the steps' metrics; a non-finite loss stops the run before anything is saved.
+
+  Every '*loss' metric is checked (a GAN's generator and discriminator losses alike).
+  """
   host = jax.device_get(pending)
-  losses = np.array([m["loss"] for m in host])
-  bad = np.flatnonzero(~np.isfinite(losses))
-  if bad.size:
-    first = last_step - len(host) + 1 + int(bad[0])
+  names = [k for k in host[0] if k == "loss" or k.endswith("_loss")]
+  losses = np.array([[m[k] for k in names] for m in host])
+  bad_steps = np.flatnonzero(~np.isfinite(losses).all(axis=1))
+  if bad_steps.size:
+    i = int(bad_steps[0])
+    first = last_step - len(host) + 1 + i
+    name = names[int(np.flatnonzero(~np.isfinite(losses[i]))[0])]
     raise FloatingPointError(
-        f"Loss became {losses[bad[0]]} at step {first}; stopping without writing a checkpoint "
+        f"{name} became {host[i][name]} at step {first}; stopping without writing a checkpoint "
         "from this state. Lower config.optimizer.learning_rate, set "
         "config.optimizer.grad_clip_norm, or check the data; re-running resumes from the last "
         "good checkpoint.")
@@ -184,7 +255,9 @@ def restore_step(run: Run, mgr, step: int, data_iter=None) -> None:
         "(or plan file), or a new --workdir.")
   if data_iter is not None:
     check_data_workers(saved, run.config.data.num_workers, run.workdir)
-  run.state, run.frozen = checkpoint.restore(mgr, step, run.state, run.frozen, data_iter)
+  saved_frozen = run.objective.saved_frozen(run.frozen)
+  run.state, saved_frozen = checkpoint.restore(mgr, step, run.state, saved_frozen, data_iter)
+  run.frozen = run.objective.with_saved_frozen(run.frozen, saved_frozen)
 
 
 def _plan_summary(plan: dict[str, Any] | None) -> str:
@@ -287,7 +360,8 @@ def train(run: Run, mgr, writer) -> None:
       logging.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in means.items()))
     paused = time.perf_counter()  # Saves and evaluations do not count as step time.
     if saving:
-      checkpoint.save(mgr, step, run.state, run.frozen, data_iter, run.meta)
+      checkpoint.save(mgr, step, run.state, run.objective.saved_frozen(run.frozen), data_iter,
+                      run.meta)
     if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
       evaluate_tuned(run, writer, step)
     if step_fn is not None:
@@ -323,14 +397,22 @@ def _write_json(path: str, value: Any) -> None:
 
 
 def tuned_params(run: Run) -> PyTree:
-  return lora.combine(run.state.trainable, run.frozen)
+  """The model's {'base', 'lora'} as evaluated (a GAN generator's EMA when it keeps one)."""
+  return lora.combine(run.objective.eval_trainable(run.state),
+                      run.objective.generator_frozen(run.frozen))
+
+
+def eval_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return evaluate.options(config.eval, int(config.data.degradation.scale))
 
 
 def evaluate_tuned(run: Run, writer, step: int) -> dict[str, Any]:
   """Evaluates the current parameters on the held-out set and writes metrics and images."""
   config, eval_set = run.config, run.eval_set
-  result = evaluate.evaluate(run.objective.apply, tuned_params(run), eval_set)
-  writer.write_scalars(step, {"eval/psnr": result["psnr"], "eval/ssim": result["ssim"]})
+  result = evaluate.evaluate(run.objective.apply, tuned_params(run), eval_set,
+                             **eval_options(config))
+  writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items()
+                              if isinstance(v, float)})
   for i, (item, out) in enumerate(zip(eval_set, result["outputs"])):
     if i >= config.num_image_summaries:
       break
@@ -341,8 +423,8 @@ def evaluate_tuned(run: Run, writer, step: int) -> dict[str, Any]:
 
 def export(run: Run) -> None:
   """Writes the merged model (export/params) and, for LoRA runs, the adapters (export/adapters)."""
-  trainable = jax.device_get(run.state.trainable)
-  params = lora.combine(trainable, jax.device_get(run.frozen))
+  trainable = jax.device_get(run.objective.eval_trainable(run.state))
+  params = lora.combine(trainable, jax.device_get(run.objective.generator_frozen(run.frozen)))
   merged = lora.merge(params["base"], params["lora"], run.plan)
   export_meta = {"model": run.meta["model"], "job": run.config.job,
                  "step": int(run.state.step)}
@@ -386,7 +468,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   arm = "lora" if run.plan else ("fine-tuned" if base is not None else "trained")
   rows[arm] = _row(evaluate_tuned(run, writer, int(run.state.step)), trainable, pct)
   rows[arm].update(_run_costs(run))
-  write_table(workdir, rows, writer)
+  rows.update(_evaluate_general(run, base, arm, trainable, pct))
+  write_table(workdir, rows, writer, config)
   writer.flush()
   return rows
 
@@ -405,13 +488,41 @@ def _evaluate_input(run: Run) -> dict[str, Any] | None:
   """The degraded input itself as a baseline (restoration only: sizes must match)."""
   if any(item["lq"].shape != item["gt"].shape for item in run.eval_set):
     return None
-  return _row(evaluate.evaluate(lambda params, lq: lq, None, run.eval_set))
+  return _row(evaluate.evaluate(lambda params, lq: lq, None, run.eval_set,
+                               **eval_options(run.config)))
 
 
 def _evaluate_base(run: Run, base: PyTree) -> dict[str, Any]:
   """The base alone (no adapters, no tuned leaves) on the fine-tuning task's held-out images."""
   plain = pixel.PixelObjective(run.objective.model, None, None, run.config.loss.kind)
-  return _row(evaluate.evaluate(plain.apply, {"base": base, "lora": {}}, run.eval_set))
+  return _row(evaluate.evaluate(plain.apply, {"base": base, "lora": {}}, run.eval_set,
+                               **eval_options(run.config)))
+
+
+def general_eval_set(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+  """config.eval.general_set's images, degraded as the task's ('embedded': the photos)."""
+  data = ml_collections.ConfigDict(config.data.to_dict())
+  if config.eval.general_set == "embedded":
+    data.source, data.embedded_set = "embedded", "photos"
+  else:
+    data.source, data.eval_dir = "folder", config.eval.general_set
+  return pipeline.make_eval_set(data, seed=config.seed)
+
+
+def _evaluate_general(run: Run, base: PyTree | None, arm: str, trainable: int,
+                      pct: float) -> dict[str, Any]:
+  """Rows for the base and the tuned model on the general set (what a transfer forgets)."""
+  if not run.config.eval.general_set:
+    return {}
+  eval_set, opts = general_eval_set(run.config), eval_options(run.config)
+  rows = {}
+  if base is not None:
+    plain = pixel.PixelObjective(run.objective.model, None, None, run.config.loss.kind)
+    rows["base @ general set"] = _row(evaluate.evaluate(
+        plain.apply, {"base": base, "lora": {}}, eval_set, **opts))
+  rows[f"{arm} @ general set"] = _row(evaluate.evaluate(
+      run.objective.apply, tuned_params(run), eval_set, **opts), trainable, pct)
+  return rows
 
 
 def _run_costs(run: Run) -> dict[str, float]:
@@ -430,13 +541,15 @@ def _run_costs(run: Run) -> dict[str, float]:
 
 def _row(result: dict[str, Any], trainable: int = 0, pct: float = 0.0) -> dict[str, Any]:
   """One results-table row from an evaluation."""
-  return dict(psnr=result["psnr"], ssim=result["ssim"], trainable=trainable, trainable_pct=pct,
-              per_image=result["per_image"])
+  row = {k: v for k, v in result.items() if isinstance(v, float)}
+  return dict(row, trainable=trainable, trainable_pct=pct, per_image=result["per_image"])
 
 
-def write_table(workdir: str, rows: dict[str, Any], writer) -> None:
+def write_table(workdir: str, rows: dict[str, Any], writer,
+                config: ml_collections.ConfigDict | None = None) -> None:
   """Writes the results table to workdir/results.md, stdout and TensorBoard."""
-  table = evaluate.results_table(rows, evaluate.protocol(0, False))
+  opts = eval_options(config) if config is not None else {"crop_border": 0, "y_channel": False}
+  table = evaluate.results_table(rows, evaluate.protocol(opts["crop_border"], opts["y_channel"]))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.md"), "w") as f:
       f.write(table + "\n")

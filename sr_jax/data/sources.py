@@ -36,6 +36,11 @@ EMBEDDED_TRAIN = (
 )
 # Held out for evaluation: a portrait, a colourful still life and a fine texture.
 EMBEDDED_EVAL = ("astronaut", "coffee", "brick")
+# data.embedded_set: the photographs above, or a second domain for domain-transfer demos
+# (scanned text: a printed page to train on, a different page of text held out).
+EMBEDDED_SETS = {"photos": (EMBEDDED_TRAIN, EMBEDDED_EVAL),
+                 "documents": (("page",), ("text",))}
+_EMBEDDED_NAMES = tuple(n for train, held in EMBEDDED_SETS.values() for n in train + held)
 
 Images = list[tuple[str, np.ndarray]]
 
@@ -71,9 +76,9 @@ def _embedded_uint8(name: str) -> np.ndarray:
 
 def load_embedded(name: str) -> np.ndarray:
   """Returns the scikit-image photograph `name` as float32 HWC RGB in [0, 1]."""
-  if name not in EMBEDDED_TRAIN + EMBEDDED_EVAL:
+  if name not in _EMBEDDED_NAMES:
     raise ValueError(f"Unknown embedded image {name!r}; available: "
-                     f"{sorted(EMBEDDED_TRAIN + EMBEDDED_EVAL)}.")
+                     f"{sorted(_EMBEDDED_NAMES)}.")
   return to_float_rgb(_embedded_uint8(name))
 
 
@@ -198,8 +203,11 @@ def load_images(data_config: Any, split: str) -> Images:
   if data_config.source != "embedded":
     raise ValueError(f"load_images reads the embedded photos, not data.source="
                      f"{data_config.source!r}; use make_source for every source.")
-  names = EMBEDDED_TRAIN if split == "train" else EMBEDDED_EVAL
-  images, where = [(n, load_embedded(n)) for n in names], "embedded scikit-image photos"
+  chosen = data_config.get("embedded_set", "photos")
+  if chosen not in EMBEDDED_SETS:
+    raise ValueError(f"Unknown data.embedded_set {chosen!r}; valid: {sorted(EMBEDDED_SETS)}.")
+  names = EMBEDDED_SETS[chosen][0 if split == "train" else 1]
+  images, where = [(n, load_embedded(n)) for n in names], f"embedded {chosen} (scikit-image)"
   if split == "train":
     images = drop_small_images(images, data_config.crop_size, data_config.small_images, where)
   return images

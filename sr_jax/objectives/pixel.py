@@ -61,6 +61,27 @@ class PixelObjective:
     self.model, self.tx, self.plan = model, tx, plan
     self.loss_kind, self.charbonnier_eps, self.schedule = loss_kind, charbonnier_eps, schedule
 
+  # What the training loop reads. The GAN objective's frozen tree holds more than the model's
+  # frozen half, and it evaluates an EMA; here all four are the plain parts.
+  @staticmethod
+  def saved_frozen(frozen):
+    """The part of the frozen tree a checkpoint holds."""
+    return frozen
+
+  @staticmethod
+  def with_saved_frozen(frozen, saved):
+    return saved
+
+  @staticmethod
+  def generator_frozen(frozen):
+    """The model's frozen half of {'base', 'lora'}."""
+    return frozen
+
+  @staticmethod
+  def eval_trainable(state):
+    """The trainable half that is evaluated and exported."""
+    return state.trainable
+
   def apply(self, params, lq: jax.Array) -> jax.Array:
     merged = lora.merge(params["base"], params.get("lora", {}), self.plan)
     return self.model.apply({"params": merged}, lq)

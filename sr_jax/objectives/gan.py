@@ -1,0 +1,163 @@
+"""The GAN objective: a generator and a discriminator updated in one jitted step.
+
+Each step follows BasicSR's ESRGANModel / SRGANModel:
+1. Generator update. The generator (its trainable half: all of it, or LoRA adapters and tuned
+   leaves) minimises  pixel_weight * pixel loss + perceptual_weight * perceptual loss
+   + gan_weight * adversarial loss,  with the discriminator's parameters as constants (frozen).
+2. The generator's exponential moving average (EMA) is updated; evaluation and export use it.
+3. Discriminator update on the same generated batch (computed before step 1's update, as
+   BasicSR uses `self.output`), with the generator's output as a constant (frozen).
+
+The two networks have separate optimizers and learning-rate schedules (config.optimizer and
+config.gan.d_optimizer). The discriminator is always trained fully; LoRA applies to the
+generator only. Discriminator state (BatchNorm running statistics, spectral-norm vectors, in
+the 'batch_stats' collection) changes only in the discriminator update; the generator update
+runs the discriminator in training mode too (batch statistics) but discards its state changes.
+The real and generated batches go through the discriminator in separate calls, so BatchNorm
+normalises each with its own statistics, as in BasicSR.
+
+The frozen tree passed to the step is {'generator': the generator's frozen half,
+'perceptual': the VGG parameters of the perceptual loss}; only the first is checkpointed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from sr_jax import lora
+from sr_jax.objectives import adversarial, pixel
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class GanState:
+  """The train state of a GAN run (the generator's fields are named as in step.TrainState)."""
+  step: jax.Array
+  trainable: PyTree  # The generator's trainable half {'base', 'lora'}.
+  opt_state: PyTree
+  rng: jax.Array
+  ema: PyTree  # EMA of `trainable` (the same tree), or None when config.gan.ema_decay == 0.
+  d_params: PyTree
+  d_stats: PyTree  # The discriminator's 'batch_stats' collection ({} if it has none).
+  d_opt_state: PyTree
+
+
+def init_state(trainable: PyTree, tx: optax.GradientTransformation, d_variables: PyTree,
+               d_tx: optax.GradientTransformation, seed: int, ema: bool) -> GanState:
+  """A fresh state: the generator's half, the discriminator's variables and both optimizers."""
+  d_params = d_variables["params"]
+  return GanState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                  opt_state=tx.init(trainable), rng=jax.random.PRNGKey(seed),
+                  ema=jax.tree.map(jnp.copy, trainable) if ema else None,
+                  d_params=d_params, d_stats=d_variables.get("batch_stats", {}),
+                  d_opt_state=d_tx.init(d_params))
+
+
+class GanObjective(pixel.PixelObjective):
+  """Generator `model` (with its LoRA plan) against `discriminator`; see the module doc.
+
+  `gan` is config.gan; `perceptual` a sr_jax.objectives.perceptual.PerceptualLoss or None
+  (when gan.perceptual_weight is 0).
+  """
+
+  def __init__(self, model, tx, plan, discriminator: nn.Module, d_tx, gan, perceptual=None,
+               loss_kind: str = "l1", schedule=None, d_schedule=None):
+    super().__init__(model, tx, plan, loss_kind, schedule=schedule)
+    self.discriminator, self.d_tx, self.d_schedule = discriminator, d_tx, d_schedule
+    self.gan, self.perceptual = gan, perceptual
+
+  # -- what the loop reads ------------------------------------------------------------------
+
+  @staticmethod
+  def saved_frozen(frozen: PyTree) -> PyTree:
+    """The part of the frozen tree a checkpoint holds (the perceptual VGG is a constant)."""
+    return frozen["generator"]
+
+  @staticmethod
+  def with_saved_frozen(frozen: PyTree, saved: PyTree) -> PyTree:
+    return dict(frozen, generator=saved)
+
+  @staticmethod
+  def generator_frozen(frozen: PyTree) -> PyTree:
+    return frozen["generator"]
+
+  @staticmethod
+  def eval_trainable(state: GanState) -> PyTree:
+    """The generator weights evaluated and exported: the EMA when there is one."""
+    return state.trainable if state.ema is None else state.ema
+
+  # -- the step -----------------------------------------------------------------------------
+
+  def discriminate(self, d_params: PyTree, d_stats: PyTree,
+                   images: jax.Array) -> tuple[jax.Array, PyTree]:
+    """Logits of the discriminator in training mode, and its updated state."""
+    variables = {"params": d_params}
+    if d_stats:
+      variables["batch_stats"] = d_stats
+      logits, new = self.discriminator.apply(variables, images, train=True,
+                                             mutable=["batch_stats"])
+      return logits, new["batch_stats"]
+    return self.discriminator.apply(variables, images, train=True), d_stats
+
+  def generator_losses(self, trainable, state, frozen, batch):
+    """(total, (generated images, {loss parts})) of the generator update."""
+    gan, gt = self.gan, batch["gt"].astype(jnp.float32)
+    fake = self.apply(lora.combine(trainable, frozen["generator"]), batch["lq"])
+    fake32 = fake.astype(jnp.float32)
+    parts = {"pixel_loss": pixel.pixel_loss(self.loss_kind, fake32, gt)}
+    total = gan.pixel_weight * parts["pixel_loss"]
+    if self.perceptual is not None and gan.perceptual_weight:
+      parts["perceptual_loss"] = self.perceptual(frozen["perceptual"], fake32, gt)
+      total += gan.perceptual_weight * parts["perceptual_loss"]
+    real_logits, _ = self.discriminate(state.d_params, state.d_stats, gt)
+    fake_logits, _ = self.discriminate(state.d_params, state.d_stats, fake)
+    parts["gan_loss"] = adversarial.generator_loss(gan.kind, gan.ragan_average, real_logits,
+                                                   fake_logits)
+    total += gan.gan_weight * parts["gan_loss"]
+    return total, (fake, parts)
+
+  def discriminator_update(self, state: GanState, fake: jax.Array, gt: jax.Array):
+    """One discriminator optimizer step on real `gt` and constant generated `fake` images."""
+    fake = jax.lax.stop_gradient(fake)
+
+    def loss_fn(d_params):
+      real_logits, stats = self.discriminate(d_params, state.d_stats, gt)
+      fake_logits, stats = self.discriminate(d_params, stats, fake)
+      loss, parts = adversarial.discriminator_loss(self.gan.kind, self.gan.ragan_average,
+                                                   real_logits, fake_logits)
+      parts.update(d_real_logit=jnp.mean(real_logits.astype(jnp.float32)),
+                   d_fake_logit=jnp.mean(fake_logits.astype(jnp.float32)))
+      return loss, (stats, parts)
+
+    (loss, (stats, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
+    updates, d_opt_state = self.d_tx.update(grads, state.d_opt_state, state.d_params)
+    d_params = optax.apply_updates(state.d_params, updates)
+    metrics = dict(parts, d_loss=loss, d_grad_norm=optax.tree.norm(grads))
+    return state.replace(d_params=d_params, d_stats=stats, d_opt_state=d_opt_state), metrics
+
+  def update(self, state: GanState, frozen, batch):
+    """Generator step, EMA, then discriminator step; gradients only for each side's own tree."""
+    (loss, (fake, parts)), grads = jax.value_and_grad(
+        self.generator_losses, has_aux=True)(state.trainable, state, frozen, batch)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.trainable)
+    trainable = optax.apply_updates(state.trainable, updates)
+    ema = state.ema
+    if ema is not None:
+      decay = self.gan.ema_decay
+      ema = jax.tree.map(lambda e, t: decay * e + (1.0 - decay) * t, ema, trainable)
+    state = state.replace(trainable=trainable, opt_state=opt_state, ema=ema)
+    state, d_metrics = self.discriminator_update(state, fake, batch["gt"])
+    metrics = dict(parts, **d_metrics, loss=loss, psnr=pixel.batch_psnr(fake, batch["gt"]),
+                   grad_norm=optax.tree.norm(grads))
+    if self.schedule is not None:
+      metrics["learning_rate"] = self.schedule(state.step)
+    if self.d_schedule is not None:
+      metrics["d_learning_rate"] = self.d_schedule(state.step)
+    return state.replace(step=state.step + 1), metrics
