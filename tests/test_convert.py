@@ -42,19 +42,7 @@ MICRO_RESTORMER = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1,
                        LayerNorm_type="WithBias")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_threaded_torch():
-  """PyTorch on one thread: for these tiny models its thread pool only adds overhead (seconds
-  per forward pass on a busy 2-core machine instead of milliseconds)."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    yield
-    return
-  before = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_threaded_torch")
 
 
 def _torch_reference():

@@ -34,18 +34,7 @@ TINY_RRDB = dict(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, num_grow_ch
 TINY_SRRESNET = dict(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_threaded_torch():
-  """PyTorch on one thread: for tiny models its thread pool only adds overhead."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    yield
-    return
-  before = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_threaded_torch")
 
 
 def _ref():

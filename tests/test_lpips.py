@@ -34,16 +34,6 @@ class _Evil:
     return (_record_call, ())
 
 
-@pytest.fixture(scope="module")
-def torch():
-  """PyTorch on one thread (its pool only adds overhead for these small tensors)."""
-  torch = pytest.importorskip("torch")
-  before = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield torch
-  torch.set_num_threads(before)
-
-
 def _photos(size: int = 64) -> np.ndarray:
   """Two real photo crops, (2, size, size, 3) float32 in [0, 1]."""
   crops = [sources.load_embedded("astronaut")[40:40 + size, 180:180 + size],

@@ -24,15 +24,6 @@ VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512,
 
 
 @pytest.fixture(scope="module")
-def torch():
-  torch = pytest.importorskip("torch")
-  before = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield torch
-  torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def photos() -> np.ndarray:
   """Two 32x32 photo crops and a noisy copy of them: (2, 2, 32, 32, 3) float32."""
   clean = np.stack([sources.load_embedded("astronaut")[40:72, 180:212],
