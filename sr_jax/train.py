@@ -23,7 +23,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from sr_jax import checkpoint, evaluate, jsonfile, lora, sharding, step as step_lib
-from sr_jax.data import pipeline, preview
+from sr_jax.data import pipeline, preview, resize
 from sr_jax.models import registry
 from sr_jax.objectives import gan, pixel
 
@@ -460,12 +460,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   finally:
     mgr.close()  # Finishes queued saves of good states even when training stopped on an error.
   rows = {}
-  identity = _evaluate_input(run)
-  if identity is not None:
-    rows["degraded input"] = identity
+  rows.update(_evaluate_input(run))
   if base is not None:
     rows["base"] = _evaluate_base(run, base)
   arm = "lora" if run.plan else ("fine-tuned" if base is not None else "trained")
+  if config.gan.enabled:
+    arm = "GAN + LoRA" if run.plan else "GAN"
   rows[arm] = _row(evaluate_tuned(run, writer, int(run.state.step)), trainable, pct)
   rows[arm].update(_run_costs(run))
   rows.update(_evaluate_general(run, base, arm, trainable, pct))
@@ -484,12 +484,17 @@ def _restore_for_eval(run: Run, mgr) -> None:
   restore_step(run, mgr, step)
 
 
-def _evaluate_input(run: Run) -> dict[str, Any] | None:
-  """The degraded input itself as a baseline (restoration only: sizes must match)."""
-  if any(item["lq"].shape != item["gt"].shape for item in run.eval_set):
-    return None
-  return _row(evaluate.evaluate(lambda params, lq: lq, None, run.eval_set,
-                               **eval_options(run.config)))
+def _evaluate_input(run: Run) -> dict[str, dict[str, Any]]:
+  """The baseline row: the degraded input itself, or for SR its MATLAB-bicubic upscaling."""
+  scale = int(run.config.data.degradation.scale)
+  eval_set, name = run.eval_set, "degraded input"
+  if scale > 1:
+    eval_set = [dict(item, lq=resize.imresize(item["lq"], scale=scale)) for item in eval_set]
+    name = "bicubic"
+  if any(item["lq"].shape != item["gt"].shape for item in eval_set):
+    return {}
+  return {name: _row(evaluate.evaluate(lambda params, lq: lq, None, eval_set,
+                                       **eval_options(run.config)))}
 
 
 def _evaluate_base(run: Run, base: PyTree) -> dict[str, Any]:

@@ -108,8 +108,9 @@ def test_two_stage_lora_gan_run_keeps_the_base_and_resumes(tmp_path):
   workdir = str(tmp_path / "w")
   rows = train.train_and_evaluate(config, workdir)
   base, _ = checkpoint.load_params(os.path.join(workdir, "base", "export", "params"))
-  assert {"base", "lora", "base @ general set", "lora @ general set"} <= set(rows)
-  assert 0 < rows["lora"]["lpips_alex"] < 1 and rows["lora"]["trainable_pct"] < 50
+  assert {"bicubic", "base", "GAN + LoRA", "base @ general set",
+          "GAN + LoRA @ general set"} <= set(rows)
+  assert 0 < rows["GAN + LoRA"]["lpips_alex"] < 1 and rows["GAN + LoRA"]["trainable_pct"] < 50
 
   config.num_steps = 3
   run = train.build_run(config, workdir, jax.device_get(base))
