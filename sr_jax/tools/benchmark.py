@@ -10,6 +10,9 @@ r"""Forward-pass and train-step speed of any registry model, beside the PyTorch 
       --batch 2 --skip_forward --arms lora --steps 1 \
       "--config.lora.rank_overrides=('output/kernel=0',)" \
       "--config.lora.extra_trainable=('.*/bias','.*/scale','.*/temperature','output/kernel')"
+  python -m sr_jax.tools.benchmark --config configs/esrgan.py --config.gan.enabled=False \
+      --config.optimizer.name=adamw --arms full --batch 4 --forward_batch 4 --size 128
+                                       # RRDBNet x4, LR 32x32 -> 128x128, as REFERENCE.md s12
 
 (configs/lora_nafnet.py names NAFNet's 3-channel output conv, 'ending', to train fully instead of
 carrying an adapter; Restormer's is 'output', hence the two LoRA overrides.)
@@ -20,6 +23,10 @@ measured in parts within a time limit:
 - Forward: the model's jitted `model.apply` on a random (`--forward_batch`, `--size`, `--size`,
   C) input with freshly initialised parameters, i.e. plain inference (merged LoRA adapters cost
   nothing extra).
+
+`--size` is the target (HR) side, as `data.crop_size` is in training: a super-resolution model
+(`scale` > 1, e.g. RRDBNet x4) gets inputs of size / scale (`--size 128`: LR 32x32 -> 128x128),
+restoration models inputs of `--size`. The PyTorch reference tables are keyed the same way.
 - Train step, per arm of `--arms`: the job config's own training step (`PixelObjective.update`
   jitted by `step.build_train_step`, with its optimizer and loss) on one random batch of
   `--batch` crops of `--size`: the 'lora' arm as configured (depthwise kernels excluded by the
@@ -55,7 +62,8 @@ config_flags.DEFINE_config_file("config", "configs/lora_nafnet.py", "Job config 
                                 lock_config=True)
 flags.DEFINE_integer("batch", 4, "Global batch size of the train step.")
 flags.DEFINE_integer("forward_batch", 1, "Batch size of the forward pass.")
-flags.DEFINE_integer("size", 128, "Crop (input) height and width.")
+flags.DEFINE_integer("size", 128, "Target crop height and width: the input of restoration "
+                     "models; the HR output of SR models, whose input is size / scale.")
 flags.DEFINE_integer("steps", 5, "Timed steps per arm (after one warm-up step).")
 flags.DEFINE_integer("repeats", 5, "Timed forward passes (after one warm-up pass).")
 flags.DEFINE_list("arms", ["full", "lora"], "Train-step arms to measure: 'full', 'lora'.")
@@ -65,16 +73,20 @@ flags.DEFINE_string("output", "", "Also write the markdown report to this file."
 
 ARMS = ("full", "lora")
 # REFERENCE.md section 12: official PyTorch, 2 CPU cores, float32 (steps: AdamW, L1, all
-# parameters trained), by (model name, preset, batch, size) -> ms.
+# parameters trained), by (model name, preset, batch, size) -> ms. `size` is the target (HR)
+# side, as data.crop_size: an SR model's LR input is size / scale (RRDBNet x4: LR 32 -> 128).
 PYTORCH_STEP_MS: dict[tuple[str, str, int, int], float] = {
     ("nafnet", "sidd_w32", 4, 128): 1661.0,
     ("restormer", "default", 2, 128): 50_000.0,  # "~50 s per step".
+    ("rrdbnet", "x4", 4, 128): 2647.0,  # LR 32x32 -> HR 128x128.
 }
 PYTORCH_FORWARD_MS: dict[tuple[str, str, int, int], float] = {
     ("nafnet", "sidd_w32", 4, 128): 432.0,
     ("restormer", "default", 1, 128): 2300.0,
+    ("rrdbnet", "x4", 4, 128): 821.0,  # LR 32x32 -> HR 128x128.
 }
-DISPLAY_NAMES = {"nafnet": "NAFNet", "restormer": "Restormer"}
+DISPLAY_NAMES = {"nafnet": "NAFNet", "restormer": "Restormer", "rrdbnet": "RRDBNet",
+                 "srresnet": "MSRResNet", "mesrgan": "MESRGAN"}
 
 
 def check_arms(arms: list[str]) -> None:
@@ -86,10 +98,15 @@ def check_arms(arms: list[str]) -> None:
 
 def arm_config(config: ml_collections.ConfigDict, arm: str, batch: int,
                size: int) -> ml_collections.ConfigDict:
-  """A copy of the job config for one arm ('full' or 'lora') at the benchmark's batch and size."""
+  """A copy of the job config for one arm ('full' or 'lora') at the benchmark's batch and size.
+
+  The data's scale follows the model's (the batch is random), so any job config can time an SR
+  model picked with --config.model.name/preset.
+  """
   check_arms([arm])
   c = ml_collections.ConfigDict(config.to_dict())
   c.data.crop_size, c.batch_size = size, batch
+  c.data.degradation.scale = step_timing.model_scale(config.model)
   c.lora.enabled = arm == "lora"
   return c
 
@@ -111,14 +128,17 @@ def with_reference(result: dict[str, Any], table: dict[tuple[str, str, int, int]
 
 def init_params(config: ml_collections.ConfigDict, size: int) -> Any:
   """The model's fresh parameters, initialised once and shared by all measurements."""
-  return step_timing.init_params(config.model, size, seed=config.seed)
+  return step_timing.init_params(config.model, step_timing.input_size(config.model, size),
+                                 seed=config.seed)
 
 
 def measure_forward(config: ml_collections.ConfigDict, params: Any, batch: int, size: int,
                     repeats: int) -> dict[str, Any]:
-  """The forward-pass timing of the config's model, with its PyTorch reference if any."""
-  result = step_timing.measure_forward(config.model, batch, size, repeats, params=params,
-                                       seed=config.seed)
+  """The forward-pass timing of the config's model (inputs of size / scale), with its PyTorch
+  reference if any."""
+  result = step_timing.measure_forward(config.model, batch,
+                                       step_timing.input_size(config.model, size), repeats,
+                                       params=params, seed=config.seed)
   return with_reference(result, PYTORCH_FORWARD_MS, config.model, batch, size)
 
 
@@ -176,7 +196,9 @@ def report(config: ml_collections.ConfigDict, size: int, forward: dict[str, Any]
   """The markdown report: a header, the forward table, the train-step table and notes."""
   model = config.model
   name = DISPLAY_NAMES.get(model.name, model.name)
-  lines = [f"{name} {model.preset}, {size}x{size}, {model.dtype}, {jax.device_count()} x "
+  lr = step_timing.input_size(model, size)
+  sizes = f"{size}x{size}" if lr == size else f"LR {lr}x{lr} -> {size}x{size}"
+  lines = [f"{name} {model.preset}, {sizes}, {model.dtype}, {jax.device_count()} x "
            f"{jax.devices()[0].device_kind}, conv_impl={model.conv_impl}"]
   if forward:
     lines += [""] + forward_section(forward, repeats)

@@ -6,6 +6,10 @@ and the tests can import it alongside their own `--config` flag. Both measuremen
 ahead of time (the compile time is reported apart), make one untimed warm-up call (one-off
 transfers and allocations), then report the median wall time of the timed calls, each ending in
 `jax.block_until_ready` so asynchronous dispatch does not hide the work.
+
+Sizes: a train step's `config.data.crop_size` is the target (HR) crop, as in training, so a
+super-resolution model (`scale` > 1) gets random LR inputs of crop_size / scale
+(`input_size`); a forward pass's `size` is its input side.
 """
 
 from __future__ import annotations
@@ -52,8 +56,39 @@ def compiled_costs(compiled) -> dict[str, float]:
               arg_mb=mem.argument_size_in_bytes / 2**20)
 
 
+def model_scale(model_config: ml_collections.ConfigDict) -> int:
+  """The model's upscaling factor (1 for restoration models, which have no `scale`)."""
+  return int(getattr(registry.build_model(model_config), "scale", 1))
+
+
+def input_size(model_config: ml_collections.ConfigDict, target_size: int) -> int:
+  """The input side for a target (HR) side: target_size / scale, which must divide exactly."""
+  scale = model_scale(model_config)
+  if target_size % scale:
+    raise ValueError(f"Target size {target_size} is not a multiple of {model_config.name} "
+                     f"{model_config.preset}'s scale {scale}.")
+  return target_size // scale
+
+
+def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
+  """A host batch {'lq', 'gt'} of uniform [0, 1) crops: gt data.crop_size, lq crop / scale."""
+  model = registry.build_model(config.model)
+  gt_size = config.data.crop_size
+  lq_size = input_size(config.model, gt_size)
+  # Output channels where the model names them apart (Restormer's dual-pixel input has 6).
+  out_channels = getattr(model, "num_out_ch", getattr(model, "out_channels",
+                                                      model.input_channels))
+  rng = np.random.default_rng(seed)
+  return {"lq": rng.random((config.batch_size, lq_size, lq_size, model.input_channels),
+                           np.float32),
+          "gt": rng.random((config.batch_size, gt_size, gt_size, out_channels), np.float32)}
+
+
 def init_params(model_config: ml_collections.ConfigDict, size: int, seed: int = 0) -> PyTree:
   """Fresh parameters of the model as `train.build_run` makes them, copied to the host.
+
+  `size`: the side of the zero input `model.init` is traced on (any valid input side; the
+  parameters do not depend on it, the init's cost does: pass the input side, not the HR one).
 
   `train.init_base` with the run's own key, so passing them as its `base` gives the same values
   while compiling `model.init` once for all measurements. A host copy: the train step donates
@@ -67,13 +102,12 @@ def measure_step(config: ml_collections.ConfigDict, steps: int,
                  base: PyTree | None = None) -> dict[str, Any]:
   """Times `steps` train steps of `config` (median, after a warm-up) on a random batch.
 
-  `base`: parameters to start from (e.g. `init_params`), or None to initialise them here.
+  The batch is `config.batch_size` target crops of `config.data.crop_size` (inputs divided by
+  the model's scale, see `random_batch`). `base`: parameters to start from (e.g.
+  `init_params`), or None to initialise them here.
   """
   run = train.build_run(config, "/tmp/sr_jax_benchmark", base=base)
-  rng = np.random.default_rng(0)
-  shape = (config.batch_size, config.data.crop_size, config.data.crop_size, 3)
-  local = {"lq": rng.random(shape, np.float32), "gt": rng.random(shape, np.float32)}
-  batch = sharding.global_batch(local, run.mesh)
+  batch = sharding.global_batch(random_batch(config), run.mesh)
   step_fn = step_lib.build_train_step(run.objective.update, run.mesh)
   t0 = time.perf_counter()
   compiled = step_fn.lower(run.state, run.frozen, batch).compile()
