@@ -27,9 +27,9 @@ def tiny_config(lora_enabled: bool = True):
   c.gan.d_num_feat = 4
   c.gan.perceptual_layers = ("conv1_2=1.0",)
   c.gan.gan_weight = 0.1  # Large enough that the adversarial term moves the generator.
-  c.base.num_steps = 2
-  c.num_steps = 2
-  c.log_every = c.checkpoint_every = 1
+  c.base.num_steps = 1
+  c.num_steps = 1
+  c.log_every, c.checkpoint_every = 1, 100  # Saves only at the end: orbax costs seconds.
   c.eval.lpips = ("alex",)
   c.num_image_summaries = 0
   return c
@@ -58,17 +58,18 @@ def test_step_is_generator_update_then_discriminator_update_on_the_old_output(ru
   obj, state, frozen, batch = run.objective, run.state, run.frozen, random_batch()
   new, metrics = jax.jit(obj.update)(state, frozen, batch)
 
-  grads = jax.grad(lambda t: obj.generator_losses(t, state, frozen, batch)[0])(state.trainable)
+  grads = jax.jit(jax.grad(lambda t: obj.generator_losses(t, state, frozen, batch)[0]))(
+      state.trainable)
   updates, _ = obj.tx.update(grads, state.opt_state, state.trainable)
   want_g = optax.apply_updates(state.trainable, updates)
-  fake = obj.apply(lora.combine(state.trainable, frozen["generator"]), batch["lq"])
+  fake = jax.jit(obj.apply)(lora.combine(state.trainable, frozen["generator"]), batch["lq"])
 
   def d_loss(d_params):
     real, stats = obj.discriminate(d_params, state.d_stats, batch["gt"])
     fake_logits, _ = obj.discriminate(d_params, stats, fake)
     return adversarial.discriminator_loss("ragan", "basicsr", real, fake_logits)[0]
 
-  d_grads = jax.grad(d_loss)(state.d_params)
+  d_grads = jax.jit(jax.grad(d_loss))(state.d_params)
   d_updates, _ = obj.d_tx.update(d_grads, state.d_opt_state, state.d_params)
   want_d = optax.apply_updates(state.d_params, d_updates)
   for got, want in ((new.trainable, want_g), (new.d_params, want_d)):
@@ -112,20 +113,20 @@ def test_two_stage_lora_gan_run_keeps_the_base_and_resumes(tmp_path):
           "GAN + LoRA @ general set"} <= set(rows)
   assert 0 < rows["GAN + LoRA"]["lpips_alex"] < 1 and rows["GAN + LoRA"]["trainable_pct"] < 50
 
-  config.num_steps = 3
+  config.num_steps = 2
   run = train.build_run(config, workdir, jax.device_get(base))
   mgr = checkpoint.manager(workdir)
-  train.restore_step(run, mgr, 2)
+  train.restore_step(run, mgr, 1)
   saved_d = jax.device_get(run.state.d_params)
-  assert int(run.state.step) == 2
+  assert int(run.state.step) == 1
   assert leaves_equal(run.frozen["generator"]["base"], lora.split(
       {"base": base, "lora": {}}, lora.labels({"base": base, "lora": {}}, (),
                                                full_finetune=False))[1]["base"])
-  train.train_and_evaluate(config, workdir)  # Resumes at step 2, trains step 3.
+  train.train_and_evaluate(config, workdir)  # Resumes at step 1, trains step 2.
   mgr = checkpoint.manager(workdir)
-  assert mgr.latest_step() == 3
+  assert mgr.latest_step() == 2
   run = train.build_run(config, workdir, jax.device_get(base))
-  train.restore_step(run, mgr, 3)
+  train.restore_step(run, mgr, 2)
   assert not leaves_equal(run.state.d_params, saved_d)
   adapters = lora.flatten(run.state.trainable["lora"])
   assert adapters and any(np.any(np.asarray(v) != 0) for k, v in adapters.items()
