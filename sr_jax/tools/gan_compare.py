@@ -83,9 +83,11 @@ DISPLAY = {"srgan": "SRGAN", "esrgan": "ESRGAN", "mesrgan": "MESRGAN", "bicubic"
 BLOCK_PIECES = ("expand", "depthwise", "project")
 
 # Seed 002, Table 1 (DIV2K-90, x4; forward pass averaged over 100 runs on their GPU, PyTorch).
-# The extracted table lists five lines of three numbers under "Batch size 1 2 4 8 16": one line
-# per batch size, holding SRGAN, ESRGAN, MESRGAN (each column then doubles with the batch).
-# REFERENCE.md section 6 reads the first three lines as models instead.
+# The extracted text lists five lines of three numbers under "Batch size 1 2 4 8 16". Read as
+# the first three lines being SRGAN, ESRGAN, MESRGAN at batches 1, 2, 4 and the last two lines
+# batches 8 and 16 of the three models, every model's time roughly doubles with the batch; the
+# other reading (every line a batch size, as REFERENCE.md section 6 takes it) makes ESRGAN's
+# and MESRGAN's times fall from batch 1 to 2 or 4 to 8. Ambiguous either way: reference only.
 SEED_BATCHES = (1, 2, 4, 8, 16)
 SEED_FORWARD_MS = {"srgan": (26, 50, 134, 279, 561), "esrgan": (33, 62, 126, 266, 534),
                    "mesrgan": (155, 299, 596, 1204, 2402)}
@@ -526,8 +528,8 @@ def quality_section(rows: dict[str, dict[str, Any]], protocol_text: str, scale: 
 def reference_section() -> list[str]:
   """The seed's published numbers, labelled as not comparable with the measurements above."""
   lines = ["## Reference only: seed 002's published numbers (their GPU, PyTorch; NOT this run)",
-           "", "Forward runtime in ms, averaged over 100 runs (read as one line per batch size: "
-           "SRGAN, ESRGAN, MESRGAN):", "",
+           "", "Forward runtime in ms, averaged over 100 runs (the extracted table is ambiguous; "
+           "read so that each model's time grows with the batch, see gan_compare's source):", "",
            "| model | " + " | ".join(f"batch {b}" for b in SEED_BATCHES) + " |",
            "|---|" + "---|" * len(SEED_BATCHES)]
   lines += [f"| {DISPLAY[m]} | " + " | ".join(str(v) for v in ms) + " |"
