@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 
 from sr_jax import metrics
+from sr_jax.data import resize
 
 PyTree = Any
 
@@ -90,6 +91,13 @@ def _perceptual_scores(pred: jax.Array, gt: jax.Array, crop_border: int,
       logging.warning("NIQE skipped for an image: %s", e)
       out["niqe"] = float("nan")
   return out
+
+
+def bicubic_set(eval_set: Sequence[dict[str, Any]], scale: int) -> list[dict[str, Any]]:
+  """The eval set with each LR input replaced by its MATLAB-bicubic upscaling by `scale`: the
+  baseline row of an SR table (evaluate it with an identity `apply_fn`)."""
+  return [dict(item, lq=resize.imresize(np.asarray(item["lq"], np.float32), scale))
+          for item in eval_set]
 
 
 def image_grid(lq: np.ndarray, output: np.ndarray, gt: np.ndarray) -> np.ndarray:

@@ -129,6 +129,17 @@ def _on_grid(x: jax.Array) -> jax.Array:
   return to_uint8_grid(x)
 
 
+def _mse(pred: jax.Array, gt: jax.Array, crop_border: int,
+         y_channel: bool) -> tuple[jax.Array, bool]:
+  """Per-image mean squared error on the uint8 grid (0..255 scale) and whether input was
+  batched: PSNR's and RMSE's common core."""
+  pred, gt, batched = _prepare(pred, gt, crop_border, y_channel)
+  diff = pred - gt  # Integer-valued: exact in float32.
+  if y_channel:
+    diff = _y_linear(diff)
+  return jnp.mean(diff * diff, axis=(1, 2, 3)), batched
+
+
 @functools.partial(jax.jit, static_argnames=("crop_border", "y_channel"))
 def psnr(pred: jax.Array, gt: jax.Array, crop_border: int = 0,
          y_channel: bool = False) -> jax.Array:
@@ -142,11 +153,7 @@ def psnr(pred: jax.Array, gt: jax.Array, crop_border: int = 0,
   Returns:
     A scalar for one image, shape (N,) for a batch.
   """
-  pred, gt, batched = _prepare(pred, gt, crop_border, y_channel)
-  diff = pred - gt  # Integer-valued: exact in float32.
-  if y_channel:
-    diff = _y_linear(diff)
-  mse = jnp.mean(diff * diff, axis=(1, 2, 3))
+  mse, batched = _mse(pred, gt, crop_border, y_channel)
   safe = jnp.where(mse == 0, 1.0, mse)
   value = jnp.where(mse == 0, jnp.inf, 10.0 * jnp.log10(255.0 ** 2 / safe))
   return value if batched else value[0]
@@ -160,11 +167,8 @@ def rmse(pred: jax.Array, gt: jax.Array, crop_border: int = 0,
   Per image, RMSE = 255 * 10^(-PSNR / 20); averaged over images the two differ, which is why
   seed 002's table reports both.
   """
-  pred, gt, batched = _prepare(pred, gt, crop_border, y_channel)
-  diff = pred - gt
-  if y_channel:
-    diff = _y_linear(diff)
-  value = jnp.sqrt(jnp.mean(diff * diff, axis=(1, 2, 3)))
+  mse, batched = _mse(pred, gt, crop_border, y_channel)
+  value = jnp.sqrt(mse)
   return value if batched else value[0]
 
 

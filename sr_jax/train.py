@@ -23,7 +23,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from sr_jax import checkpoint, evaluate, jsonfile, lora, sharding, step as step_lib
-from sr_jax.data import pipeline, preview, resize
+from sr_jax.data import pipeline, preview
 from sr_jax.models import registry
 from sr_jax.objectives import gan, pixel
 
@@ -255,9 +255,9 @@ def restore_step(run: Run, mgr, step: int, data_iter=None) -> None:
         "(or plan file), or a new --workdir.")
   if data_iter is not None:
     check_data_workers(saved, run.config.data.num_workers, run.workdir)
-  saved_frozen = run.objective.saved_frozen(run.frozen)
-  run.state, saved_frozen = checkpoint.restore(mgr, step, run.state, saved_frozen, data_iter)
-  run.frozen = run.objective.with_saved_frozen(run.frozen, saved_frozen)
+  model_frozen = run.objective.model_frozen(run.frozen)
+  run.state, model_frozen = checkpoint.restore(mgr, step, run.state, model_frozen, data_iter)
+  run.frozen = run.objective.with_model_frozen(run.frozen, model_frozen)
 
 
 def _plan_summary(plan: dict[str, Any] | None) -> str:
@@ -360,7 +360,7 @@ def train(run: Run, mgr, writer) -> None:
       logging.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in means.items()))
     paused = time.perf_counter()  # Saves and evaluations do not count as step time.
     if saving:
-      checkpoint.save(mgr, step, run.state, run.objective.saved_frozen(run.frozen), data_iter,
+      checkpoint.save(mgr, step, run.state, run.objective.model_frozen(run.frozen), data_iter,
                       run.meta)
     if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
       evaluate_tuned(run, writer, step)
@@ -399,7 +399,7 @@ def _write_json(path: str, value: Any) -> None:
 def tuned_params(run: Run) -> PyTree:
   """The model's {'base', 'lora'} as evaluated (a GAN generator's EMA when it keeps one)."""
   return lora.combine(run.objective.eval_trainable(run.state),
-                      run.objective.generator_frozen(run.frozen))
+                      run.objective.model_frozen(run.frozen))
 
 
 def eval_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -424,7 +424,7 @@ def evaluate_tuned(run: Run, writer, step: int) -> dict[str, Any]:
 def export(run: Run) -> None:
   """Writes the merged model (export/params) and, for LoRA runs, the adapters (export/adapters)."""
   trainable = jax.device_get(run.objective.eval_trainable(run.state))
-  params = lora.combine(trainable, jax.device_get(run.objective.generator_frozen(run.frozen)))
+  params = lora.combine(trainable, jax.device_get(run.objective.model_frozen(run.frozen)))
   merged = lora.merge(params["base"], params["lora"], run.plan)
   export_meta = {"model": run.meta["model"], "job": run.config.job,
                  "step": int(run.state.step)}
@@ -489,18 +489,19 @@ def _evaluate_input(run: Run) -> dict[str, dict[str, Any]]:
   scale = int(run.config.data.degradation.scale)
   eval_set, name = run.eval_set, "degraded input"
   if scale > 1:
-    eval_set = [dict(item, lq=resize.imresize(item["lq"], scale=scale)) for item in eval_set]
-    name = "bicubic"
+    eval_set, name = evaluate.bicubic_set(eval_set, scale), "bicubic"
   if any(item["lq"].shape != item["gt"].shape for item in eval_set):
     return {}
   return {name: _row(evaluate.evaluate(lambda params, lq: lq, None, eval_set,
                                        **eval_options(run.config)))}
 
 
-def _evaluate_base(run: Run, base: PyTree) -> dict[str, Any]:
-  """The base alone (no adapters, no tuned leaves) on the fine-tuning task's held-out images."""
+def _evaluate_base(run: Run, base: PyTree,
+                   eval_set: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+  """The base alone (no adapters, no tuned leaves) on `eval_set` (default: the task's)."""
   plain = pixel.PixelObjective(run.objective.model, None, None, run.config.loss.kind)
-  return _row(evaluate.evaluate(plain.apply, {"base": base, "lora": {}}, run.eval_set,
+  return _row(evaluate.evaluate(plain.apply, {"base": base, "lora": {}},
+                               run.eval_set if eval_set is None else eval_set,
                                **eval_options(run.config)))
 
 
@@ -519,14 +520,13 @@ def _evaluate_general(run: Run, base: PyTree | None, arm: str, trainable: int,
   """Rows for the base and the tuned model on the general set (what a transfer forgets)."""
   if not run.config.eval.general_set:
     return {}
-  eval_set, opts = general_eval_set(run.config), eval_options(run.config)
+  eval_set = general_eval_set(run.config)
   rows = {}
   if base is not None:
-    plain = pixel.PixelObjective(run.objective.model, None, None, run.config.loss.kind)
-    rows["base @ general set"] = _row(evaluate.evaluate(
-        plain.apply, {"base": base, "lora": {}}, eval_set, **opts))
+    rows["base @ general set"] = _evaluate_base(run, base, eval_set)
   rows[f"{arm} @ general set"] = _row(evaluate.evaluate(
-      run.objective.apply, tuned_params(run), eval_set, **opts), trainable, pct)
+      run.objective.apply, tuned_params(run), eval_set, **eval_options(run.config)),
+      trainable, pct)
   return rows
 
 

@@ -16,6 +16,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from sr_jax.models import discriminators as D
+from sr_jax.models import layers
 
 RNG = jax.random.PRNGKey(0)
 # One tiny module per network, shared by the tests so each jitted function compiles once.
@@ -272,7 +273,7 @@ def test_vgg_256_works_and_wrong_sizes_are_refused():
 
 def test_upsample_matches_torch_bilinear_and_jax_image_resize():
   x = np.random.default_rng(2).normal(size=(2, 5, 7, 3)).astype(np.float32)
-  up = D.upsample_bilinear_x2(x)
+  up = layers.bilinear_upsample(jnp.asarray(x), 2)
   assert up.shape == (2, 10, 14, 3)
   np.testing.assert_allclose(up, jax.image.resize(x, (2, 10, 14, 3), 'bilinear'), atol=1e-6)
   torch = pytest.importorskip('torch')

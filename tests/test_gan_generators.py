@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from sr_jax import adapters, faig, lora
-from sr_jax.models import mesrgan, registry, rrdbnet, srresnet
+from sr_jax.models import layers, mesrgan, registry, rrdbnet, srresnet
 
 
 def _abstract_params(model, shape=(1, 16, 16, 3)):
@@ -292,7 +292,7 @@ def test_srresnet_matches_torch(scale):
 def test_bilinear_upsample_matches_torch(factor):
   torch = pytest.importorskip('torch')
   x = _image((2, 5, 7, 3), seed=factor)
-  got = np.asarray(srresnet.bilinear_upsample(jnp.asarray(x), factor))
+  got = np.asarray(layers.bilinear_upsample(jnp.asarray(x), factor))
   x_t = torch.from_numpy(x.astype(np.float64)).permute(0, 3, 1, 2)
   want = torch.nn.functional.interpolate(x_t, scale_factor=factor, mode='bilinear',
                                          align_corners=False).permute(0, 2, 3, 1).numpy()

@@ -291,3 +291,18 @@ def test_cli_module_exit_code(tmp_path):
                        env=env, timeout=120, check=False)
   assert res.returncode == 2
   assert "is not a directory" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_rmse_is_the_root_of_psnr_mse_per_image():
+  """RMSE and PSNR share the protocol: per image RMSE = 255 * 10^(-PSNR / 20), RGB and Y."""
+  rng = np.random.default_rng(7)
+  pred = rng.uniform(0, 1, (3, 20, 24, 3)).astype(np.float32)
+  gt = np.clip(pred + rng.normal(0, 0.05, pred.shape), 0, 1).astype(np.float32)
+  for y_channel in (False, True):
+    r = np.asarray(metrics.rmse(pred, gt, crop_border=2, y_channel=y_channel))
+    p = np.asarray(metrics.psnr(pred, gt, crop_border=2, y_channel=y_channel))
+    np.testing.assert_allclose(r, 255.0 * 10 ** (-p / 20), rtol=1e-5)
+  # Independent: numpy on the rounded RGB images.
+  p8, g8 = (np.round(x.astype(np.float64) * 255)[:, 2:-2, 2:-2] for x in (pred, gt))
+  np.testing.assert_allclose(np.asarray(metrics.rmse(pred, gt, crop_border=2)),
+                             np.sqrt(((p8 - g8) ** 2).mean(axis=(1, 2, 3))), rtol=1e-5)

@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sr_jax.models.layers import Conv, torch_bias_init, torch_kernel_init
+from sr_jax.models.layers import Conv, bilinear_upsample, torch_bias_init, torch_kernel_init
 
 Array = jax.Array
 Dtype = Any
@@ -188,30 +188,6 @@ class SNConv(nn.Module):
     return y
 
 
-def _upsample_axis_x2(x: Array, axis: int) -> Array:
-  """x2 linear upsampling along one axis with half-pixel centres and clamped borders."""
-  first = lax.slice_in_dim(x, 0, 1, axis=axis)
-  last = lax.slice_in_dim(x, x.shape[axis] - 1, x.shape[axis], axis=axis)
-  prev = jnp.concatenate([first, lax.slice_in_dim(x, 0, x.shape[axis] - 1, axis=axis)], axis)
-  nxt = jnp.concatenate([lax.slice_in_dim(x, 1, x.shape[axis], axis=axis), last], axis)
-  even, odd = 0.75 * x + 0.25 * prev, 0.75 * x + 0.25 * nxt
-  out = jnp.stack([even, odd], axis=axis + 1)
-  shape = list(x.shape)
-  shape[axis] *= 2
-  return out.reshape(shape)
-
-
-def upsample_bilinear_x2(x: Array) -> Array:
-  """NHWC x2 bilinear upsampling = torch F.interpolate(scale_factor=2, mode='bilinear',
-  align_corners=False).
-
-  Output pixel 2i samples the input at i - 1/4 (0.75 x[i] + 0.25 x[i-1]), 2i+1 at i + 1/4;
-  beyond the border torch clamps to the edge pixel. jax.image.resize(..., 'bilinear') gives the
-  same values (tested) but through dense (out, in) weight matrices; these shifted sums are O(n).
-  """
-  return _upsample_axis_x2(_upsample_axis_x2(x, 1), 2)
-
-
 # ----------------------------------------------------------------------------------------------
 # Networks.
 
@@ -312,7 +288,7 @@ class UNetDiscriminatorSN(nn.Module):
     up = x3
     for name, features, skip in (('conv4', 4 * nf, x2), ('conv5', 2 * nf, x1),
                                  ('conv6', nf, x0)):
-      up = self._sn(upsample_bilinear_x2(up), features, 3, 1, name, train)
+      up = self._sn(bilinear_upsample(up, 2), features, 3, 1, name, train)
       if self.skip_connection:
         up = up + skip
     out = self._sn(up, nf, 3, 1, 'conv7', train)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sr_jax.models.layers import Conv, pixel_shuffle
+from sr_jax.models.layers import Conv, bilinear_upsample, pixel_shuffle
 from sr_jax.models.rrdbnet import check_input, scaled_he_normal
 
 Array = jax.Array
@@ -48,32 +48,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     'small': dict(num_in_ch=3, num_out_ch=3, num_feat=32, num_block=4, scale=4),
     'micro': dict(num_in_ch=3, num_out_ch=3, num_feat=16, num_block=1, scale=4),
 }
-
-
-def _linear_taps(size: int, factor: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(lower index, upper index, upper weight) per output sample of an align_corners=False
-  linear upsampling, as PyTorch computes them: source = (out + 0.5) / factor - 0.5, clamped
-  at 0, and the upper neighbour clamped to the last sample."""
-  src = (np.arange(size * factor, dtype=np.float64) + 0.5) / factor - 0.5
-  src = np.maximum(src, 0.0)
-  lower = np.floor(src).astype(np.int32)
-  upper = np.minimum(lower + 1, size - 1)
-  return lower, upper, (src - lower).astype(np.float32)
-
-
-def bilinear_upsample(x: Array, factor: int) -> Array:
-  """Upsamples NHWC by an integer factor as F.interpolate(mode='bilinear', align_corners=False).
-
-  Written as gathers and lerps (not a resampling matrix) so it is exact in float32 on every
-  backend, whatever the matmul precision.
-  """
-  for axis in (1, 2):
-    lower, upper, weight = _linear_taps(x.shape[axis], factor)
-    shape = [1] * x.ndim
-    shape[axis] = weight.size
-    weight = jnp.asarray(weight.reshape(shape), x.dtype)
-    x = jnp.take(x, lower, axis=axis) * (1 - weight) + jnp.take(x, upper, axis=axis) * weight
-  return x
 
 
 class ResidualBlockNoBN(nn.Module):

@@ -76,17 +76,13 @@ class GanObjective(pixel.PixelObjective):
   # -- what the loop reads ------------------------------------------------------------------
 
   @staticmethod
-  def saved_frozen(frozen: PyTree) -> PyTree:
-    """The part of the frozen tree a checkpoint holds (the perceptual VGG is a constant)."""
+  def model_frozen(frozen: PyTree) -> PyTree:
+    """The generator's frozen half: what checkpoints hold (the perceptual VGG is a constant)."""
     return frozen["generator"]
 
   @staticmethod
-  def with_saved_frozen(frozen: PyTree, saved: PyTree) -> PyTree:
-    return dict(frozen, generator=saved)
-
-  @staticmethod
-  def generator_frozen(frozen: PyTree) -> PyTree:
-    return frozen["generator"]
+  def with_model_frozen(frozen: PyTree, model_frozen: PyTree) -> PyTree:
+    return dict(frozen, generator=model_frozen)
 
   @staticmethod
   def eval_trainable(state: GanState) -> PyTree:

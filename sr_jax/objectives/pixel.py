@@ -62,20 +62,17 @@ class PixelObjective:
     self.loss_kind, self.charbonnier_eps, self.schedule = loss_kind, charbonnier_eps, schedule
 
   # What the training loop reads. The GAN objective's frozen tree holds more than the model's
-  # frozen half, and it evaluates an EMA; here all four are the plain parts.
+  # frozen half (the perceptual loss's VGG), and it evaluates an EMA; here both are the plain
+  # parts. The model's frozen half is also exactly what a checkpoint holds.
   @staticmethod
-  def saved_frozen(frozen):
-    """The part of the frozen tree a checkpoint holds."""
+  def model_frozen(frozen):
+    """The model's frozen half of {'base', 'lora'} (what checkpoints hold)."""
     return frozen
 
   @staticmethod
-  def with_saved_frozen(frozen, saved):
-    return saved
-
-  @staticmethod
-  def generator_frozen(frozen):
-    """The model's frozen half of {'base', 'lora'}."""
-    return frozen
+  def with_model_frozen(frozen, model_frozen):
+    """`frozen` with its model half replaced (e.g. by one restored from a checkpoint)."""
+    return model_frozen
 
   @staticmethod
   def eval_trainable(state):

@@ -70,8 +70,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sr_jax import adapters, checkpoint, config_base, evaluate, runtime
-from sr_jax.data import pipeline, resize
+from sr_jax import adapters, checkpoint, config_base, evaluate, lora, runtime
+from sr_jax.data import pipeline
 from sr_jax.models import layers, mesrgan, registry
 from sr_jax.tools import step_timing
 
@@ -288,12 +288,8 @@ def time_module(module: nn.Module, input_shape: Sequence[int], repeats: int,
                 seed: int = 0) -> dict[str, float]:
   """ms (median), GFLOPs and parameter count of a jitted `module.apply` on a random input."""
   params = random_params(module, input_shape, seed)
-  x = np.random.default_rng(seed).random(tuple(input_shape), np.float32)
-  variables, x = jax.device_put(({"params": params}, x))
-  compiled = jax.jit(module.apply).lower(variables, x).compile()
-  ms = step_timing.median_ms(lambda: compiled(variables, x), repeats)
-  count = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params))
-  return dict(ms=ms, gflops=step_timing.compiled_costs(compiled)["gflops"], params=count)
+  r = step_timing.time_apply(module, params, tuple(input_shape), repeats, seed)
+  return dict(ms=r["ms"], gflops=r["gflops"], params=r["params"])
 
 
 def layer_modules(cin: int, cout: int, expansion: int,
@@ -410,12 +406,6 @@ def make_eval_set(eval_dir: str, max_size: int, scale: int,
   return pipeline.make_eval_set(data, seed=seed)
 
 
-def bicubic_set(eval_set: Sequence[dict[str, Any]], scale: int) -> list[dict[str, Any]]:
-  """The eval set with each LR replaced by its MATLAB bicubic upsampling (the baseline)."""
-  return [dict(item, lq=resize.imresize(np.asarray(item["lq"], np.float32), scale))
-          for item in eval_set]
-
-
 def score(apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree,
           eval_set: Sequence[dict[str, Any]], scale: int, y_channel: bool,
           lpips_nets: Sequence[str]) -> dict[str, float]:
@@ -431,14 +421,13 @@ def evaluate_runs(runs: dict[str, str], eval_set: Sequence[dict[str, Any]], scal
   """Quality rows: 'bicubic' first, then each run (label -> means, params, directory)."""
   loaded = {name: load_generator(name, d, scale, impl) for name, d in runs.items()}
   progress(f"quality: bicubic baseline on {len(eval_set)} image(s)")
-  rows = {"bicubic": dict(score(lambda p, x: x, {}, bicubic_set(eval_set, scale), scale,
-                                y_channel, lpips_nets), params=0, run="-")}
+  rows = {"bicubic": dict(score(lambda p, x: x, {}, evaluate.bicubic_set(eval_set, scale),
+                                scale, y_channel, lpips_nets), params=0, run="-")}
   for name, (module, params) in loaded.items():
     progress(f"quality: {DISPLAY[name]} ({runs[name]})")
     apply_fn = lambda p, x, m=module: m.apply({"params": p}, x)
-    count = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params))
     rows[name] = dict(score(apply_fn, params, eval_set, scale, y_channel, lpips_nets),
-                      params=count, run=runs[name])
+                      params=lora.count(params), run=runs[name])
   return rows
 
 

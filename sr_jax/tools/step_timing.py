@@ -137,10 +137,17 @@ def measure_forward(model_config: ml_collections.ConfigDict, batch: int, size: i
   model = registry.build_model(model_config)
   if params is None:
     params = init_params(model_config, size, seed)
-  x = np.random.default_rng(seed).random((batch, size, size, model.input_channels), np.float32)
+  return time_apply(model, params, (batch, size, size, model.input_channels), repeats, seed)
+
+
+def time_apply(module, params: PyTree, input_shape: tuple[int, ...], repeats: int,
+               seed: int = 0) -> dict[str, Any]:
+  """ms (median), compile time, parameter count, GFLOPs and memory of the jitted
+  `module.apply` on a uniform [0, 1) input of `input_shape`."""
+  x = np.random.default_rng(seed).random(input_shape, np.float32)
   variables, x = jax.device_put(({"params": params}, x))
   t0 = time.perf_counter()
-  compiled = jax.jit(model.apply).lower(variables, x).compile()
+  compiled = jax.jit(module.apply).lower(variables, x).compile()
   compile_s = time.perf_counter() - t0
   ms = median_ms(lambda: compiled(variables, x), repeats)
   return dict(ms=ms, compile_s=compile_s, params=lora.count(variables["params"]),
