@@ -108,8 +108,8 @@ def _shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
 def architecture_shapes(arch: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
   """Parameter shapes an architecture implies (traced abstractly: nothing is allocated)."""
   model = model_from_architecture(arch, impl="xla")  # Shapes are impl-independent; traces faster.
-  image = jax.ShapeDtypeStruct((1, 16, 16, model.input_channels), jnp.float32)
-  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), image)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                             *registry.example_inputs(model, 16))
   return _shapes(variables["params"])
 
 

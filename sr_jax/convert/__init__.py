@@ -4,6 +4,7 @@
   python -m sr_jax.convert --arch restormer --src real_denoising.pth --dst bases/restormer_sidd
   python -m sr_jax.convert --arch rrdbnet --src RRDB_ESRGAN_x4.pth --dst bases/esrgan_x4
   python -m sr_jax.convert --arch srresnet --src MSRResNet_x4.pth --dst bases/msrresnet_x4
+  python -m sr_jax.convert --arch sr3 --src I640000_E37_gen.pth --dst bases/sr3_16_128
 
 RRDBNet reads BasicSR's, the newer xinntao (`RRDB_trunk.*`) and the oldest ESRGAN (`model.*`)
 key layouts: a converter's optional `normalize` renames a layout to its canonical key names
@@ -31,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from sr_jax.convert import mapping, nafnet, restormer, rrdbnet, srresnet, state_dict
+from sr_jax.convert import mapping, nafnet, restormer, rrdbnet, sr3, srresnet, state_dict
 
 CONVERTERS: dict[str, types.ModuleType] = {"nafnet": nafnet, "restormer": restormer,
-                                           "rrdbnet": rrdbnet, "srresnet": srresnet}
+                                           "rrdbnet": rrdbnet, "srresnet": srresnet, "sr3": sr3}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,17 +90,21 @@ def _fields(arch: str, state: Mapping[str, Any], preset: str | None,
     raise ValueError(f"Unknown {arch} option(s) {unknown}; the architecture's fields are "
                      f"{list(entry.arch_fields)}.")
   defaults = entry.build(next(iter(entry.presets)))
-  fields.update({k: _checked(k, v, getattr(defaults, k)) for k, v in overrides.items()})
+  any_length = getattr(module, "VARIABLE_LENGTH", ())  # Tuple fields of no fixed length.
+  fields.update({k: _checked(k, v, getattr(defaults, k), k in any_length)
+                 for k, v in overrides.items()})
   return fields, inferred
 
 
-def _checked(field: str, value: Any, default: Any) -> Any:
-  """An override in its field's type, or a ValueError naming the field and the type wanted."""
+def _checked(field: str, value: Any, default: Any, any_length: bool = False) -> Any:
+  """An override in its field's type, or a ValueError naming the field and the type wanted
+  (a tuple field has the default's length unless `any_length`)."""
   value = mapping.coerce(value, default)
   if isinstance(default, tuple):
-    ok = (isinstance(value, tuple) and len(value) == len(default) and
+    ok = (isinstance(value, tuple) and (any_length or len(value) == len(default)) and
           all(isinstance(v, int) and not isinstance(v, bool) for v in value))
-    want = f"a list of {len(default)} integers, e.g. {list(default)}"
+    count = "" if any_length else f"{len(default)} "
+    want = f"a list of {count}integers, e.g. {list(default)}"
   elif isinstance(default, bool):
     ok, want = isinstance(value, bool), "True or False"
   elif isinstance(default, float):

@@ -6,11 +6,15 @@
       --set ffn_expansion_factor=2.66 --key params
   python -m sr_jax.convert --arch rrdbnet --src RRDB_ESRGAN_x4.pth --dst bases/esrgan_x4
   python -m sr_jax.convert --arch srresnet --src MSRResNet_x4.pth --dst bases/msrresnet_x4
+  python -m sr_jax.convert --arch sr3 --src I640000_E37_gen.pth --dst bases/sr3_16_128
+  python -m sr_jax.convert --arch sr3 --src my_gen.pth --dst D --set norm_groups=16
   python -m sr_jax.convert --arch vgg19 --src vgg19-dcbbb36e.pth --dst bases/vgg19
 
 Everything about the architecture is read from the checkpoint; `--preset` and `--set` override
-it (and a mismatch with the file's shapes is then an error naming the keys). `.pth`/`.pt` need
-PyTorch (`pip install torch==2.13.0`); `.safetensors` does not.
+it (and a mismatch with the file's shapes is then an error naming the keys). SR3's norm_groups
+is the exception: no shape shows it, so it comes from a matching preset or defaults to 32 (a
+logged note says which); pass the training config's value with --set norm_groups=N.
+`.pth`/`.pt` need PyTorch (`pip install torch==2.13.0`); `.safetensors` does not.
 """
 
 from __future__ import annotations

@@ -8,10 +8,10 @@ missing keys, unknown keys and shape mismatches are collected and raised togethe
 the key and the shape the architecture expects, so a load is exact or it does not happen.
 
 Layouts: conv kernels are OIHW in PyTorch and HWIO in Flax (a depthwise (C, 1, kh, kw) kernel
-becomes flax's grouped (kh, kw, 1, C) by the same transpose); parameters PyTorch keeps as
-broadcastable (1, C, 1, 1) or (h, 1, 1) tensors (NAFNet's beta/gamma, Restormer's temperature)
-are flat in Flax. PixelShuffle needs no weight permutation: sr_jax's pixel_shuffle reads the
-channels in PyTorch's order.
+becomes flax's grouped (kh, kw, 1, C) by the same transpose); Linear weights (out, in) are
+Dense kernels (in, out); parameters PyTorch keeps as broadcastable (1, C, 1, 1) or (h, 1, 1)
+tensors (NAFNet's beta/gamma, Restormer's temperature) are flat in Flax. PixelShuffle needs no
+weight permutation: sr_jax's pixel_shuffle reads the channels in PyTorch's order.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def torch_shape(path: str, flax_shape: tuple[int, ...], broadcast: Mapping[str, 
   (e.g. {'beta': 4} for NAFNet's (1, C, 1, 1); {'temperature': 3} for Restormer's (h, 1, 1)).
   """
   leaf = path.rsplit("/", 1)[-1]
+  if leaf == "kernel" and len(flax_shape) == 2:  # Dense (in, out) <- Linear (out, in).
+    return tuple(flax_shape[::-1])
   if leaf == "kernel":
     kh, kw, cin, cout = flax_shape
     return (cout, cin, kh, kw)
@@ -56,7 +58,10 @@ def torch_shape(path: str, flax_shape: tuple[int, ...], broadcast: Mapping[str, 
 
 
 def to_flax(path: str, tensor: np.ndarray, flax_shape: tuple[int, ...]) -> np.ndarray:
-  """A PyTorch tensor in the Flax leaf's layout (OIHW -> HWIO; broadcast shapes flattened)."""
+  """A PyTorch tensor in the Flax leaf's layout (OIHW -> HWIO, Linear (out, in) -> Dense
+  (in, out); broadcast shapes flattened)."""
+  if path.endswith("/kernel") and np.ndim(tensor) == 2:
+    return np.ascontiguousarray(np.transpose(tensor), dtype=np.float32)
   if path.endswith("/kernel"):
     return np.ascontiguousarray(np.transpose(tensor, (2, 3, 1, 0)), dtype=np.float32)
   return np.asarray(tensor, np.float32).reshape(flax_shape)
@@ -64,6 +69,8 @@ def to_flax(path: str, tensor: np.ndarray, flax_shape: tuple[int, ...]) -> np.nd
 
 def to_torch(path: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
   """The inverse of `to_flax`: a Flax leaf in the PyTorch tensor's layout."""
+  if path.endswith("/kernel") and np.ndim(array) == 2:
+    return np.ascontiguousarray(np.transpose(array))
   if path.endswith("/kernel"):
     return np.ascontiguousarray(np.transpose(array, (3, 2, 0, 1)))
   return np.asarray(array).reshape(shape)

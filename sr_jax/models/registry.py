@@ -65,9 +65,17 @@ def _mesrgan() -> ModelEntry:
                     _RRDB_FIELDS + ("expansion",), width_field="num_feat")
 
 
+def _sr3() -> ModelEntry:
+  from sr_jax.models import sr3_unet
+  return ModelEntry(sr3_unet.sr3_from_preset, sr3_unet.PRESETS, sr3_unet.DEPTHWISE_KERNELS,
+                    ("in_channel", "out_channel", "inner_channel", "norm_groups",
+                     "channel_mults", "attn_levels", "res_blocks"),
+                    width_field="inner_channel")
+
+
 _ENTRIES: dict[str, Callable[[], ModelEntry]] = {
     "nafnet": _nafnet, "restormer": _restormer, "rrdbnet": _rrdbnet, "srresnet": _srresnet,
-    "mesrgan": _mesrgan}
+    "mesrgan": _mesrgan, "sr3": _sr3}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -77,11 +85,33 @@ def entry(name: str) -> ModelEntry:
   return _ENTRIES[name]()
 
 
+def example_inputs(model: nn.Module, size: int, batch: int = 1) -> tuple[Any, ...]:
+  """Zero inputs of a size x size image that `model.init(rng, *inputs)` accepts: the model's
+  own `example_inputs` when it has one (e.g. SR3's (condition, noisy, noise_level)), else one
+  (batch, size, size, input_channels) image."""
+  if hasattr(model, "example_inputs"):
+    return tuple(model.example_inputs(size, batch))
+  return (jnp.zeros((batch, size, size, model.input_channels), jnp.float32),)
+
+
+def _has_field(e: ModelEntry, field: str) -> bool:
+  """Whether the entry's module type has a dataclass field `field`."""
+  module_type = type(e.build(next(iter(e.presets))))
+  return field in {f.name for f in dataclasses.fields(module_type)}
+
+
 def _overrides(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Non-default architecture overrides from the config (0 / empty means 'keep the preset')."""
+  """Non-default overrides from the config (width 0 / dropout < 0 mean 'keep the preset')."""
   out = {}
+  e = entry(model_config.name)
   if model_config.get("width"):
-    out[entry(model_config.name).width_field] = model_config.width
+    out[e.width_field] = model_config.width
+  dropout = model_config.get("dropout", -1.0)
+  if dropout is not None and dropout >= 0:
+    if not _has_field(e, "dropout"):
+      raise ValueError(f"config.model.dropout={dropout} but the {model_config.name} model has "
+                       "no dropout; leave config.model.dropout at -1.")
+    out["dropout"] = float(dropout)
   return out
 
 
