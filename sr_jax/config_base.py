@@ -107,6 +107,35 @@ def gan_config() -> ml_collections.ConfigDict:
   ))
 
 
+def diffusion_config() -> ml_collections.ConfigDict:
+  """The SR3 diffusion objective and its samplers (sr_jax/objectives/diffusion.py)."""
+  return ml_collections.ConfigDict(dict(
+      enabled=False,
+      # The noise schedule: 'linear' (SR3's common implementation: T=2000, 1e-6 -> 1e-2),
+      # 'cosine' or 'quad'.
+      schedule="linear",
+      num_timesteps=2000,
+      beta_start=1e-6,
+      beta_end=1e-2,
+      loss="l1",  # Epsilon-prediction loss: 'l1' (SR3's choice) or 'l2'.
+      # Train only on timesteps t in [t_min, t_max] (1..num_timesteps; t_max 0 = the last):
+      # partial fine-tuning of the chain. Small t is the data end (least noise).
+      t_min=1,
+      t_max=0,
+      # Sampling after a range-restricted fine-tune: steps outside [t_min, t_max] use the base
+      # model (the chain is fine-tuned only where it was trained); False uses the tuned model
+      # for every step.
+      base_outside_range=True,
+      # Evaluation sampler: 'ddim' or 'ddpm'; sample_steps 0 = every step of the schedule (the
+      # paper's ancestral sampler), fewer = a shortened chain.
+      sampler="ddim",
+      sample_steps=50,
+      eta=0.0,  # DDIM stochasticity (0 = deterministic, 1 = DDPM-like).
+      clip_x0=True,  # Clip the predicted clean image to [-1, 1] at every step.
+      sample_seed=0,  # Sampling noise seed: evaluations are reproducible.
+  ))
+
+
 def eval_config() -> ml_collections.ConfigDict:
   """How held-out images are scored (sr_jax/evaluate.py)."""
   return ml_collections.ConfigDict(dict(
@@ -115,6 +144,9 @@ def eval_config() -> ml_collections.ConfigDict:
       lpips=(),  # LPIPS networks to report: ('alex',), ('alex', 'vgg').
       rmse=False,  # Root-mean-square error on the uint8 scale, same protocol as PSNR.
       niqe=False,  # No-reference NIQE (BasicSR's, lower is better) of the outputs.
+      # SR consistency: MSE between the LR input and the output downscaled the data's way
+      # (MATLAB bicubic), on the [0, 1] scale x 1e5, as SR3 reports it.
+      consistency=False,
       # A second held-out set the base and the tuned model are also scored on (does a domain
       # transfer forget?): 'embedded' (the embedded photos), a folder of clean images, or ''.
       general_set="",
@@ -135,6 +167,7 @@ def base_config() -> ml_collections.ConfigDict:
       width=0,  # NAFNet width or Restormer dim.
       dtype="float32",  # Compute dtype; parameters are always float32.
       conv_impl="auto",  # 'auto' picks the fastest formulation per platform; 'xla' or 'shifted'.
+      dropout=-1.0,  # Dropout rate of models that have one (SR3); -1 = the preset's.
   ))
 
   c.data = ml_collections.ConfigDict(dict(
@@ -217,6 +250,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.optimizer = optimizer_config()
   c.gan = gan_config()
+  c.diffusion = diffusion_config()
   c.eval = eval_config()
 
   c.mesh = ml_collections.ConfigDict(dict(

@@ -34,21 +34,28 @@ def options(eval_config: Any, scale: int) -> dict[str, Any]:
     if net not in ("alex", "vgg"):
       raise ValueError(f"Unknown LPIPS network {net!r} in config.eval.lpips; use 'alex' or "
                        "'vgg'.")
+  consistency_scale = scale if eval_config.get("consistency", False) else 0
+  if consistency_scale == 1:
+    raise ValueError("config.eval.consistency compares the LR input with the downscaled "
+                     "output: it needs a super-resolution job (data.degradation.scale > 1).")
   return dict(crop_border=crop, y_channel=eval_config.y_channel,
               lpips_nets=tuple(eval_config.lpips), rmse=eval_config.rmse,
-              niqe=eval_config.niqe)
+              niqe=eval_config.niqe, consistency_scale=consistency_scale)
 
 
 def evaluate(apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree,
              eval_set: Sequence[dict[str, Any]], *, crop_border: int = 0,
              y_channel: bool = False, lpips_nets: Sequence[str] = (), rmse: bool = False,
-             niqe: bool = False) -> dict[str, Any]:
+             niqe: bool = False, consistency_scale: int = 0) -> dict[str, Any]:
   """Per-image and mean PSNR/SSIM (and the optional metrics) of `apply_fn(params, lq)`.
 
   Images are run one at a time at full resolution (shapes differ, so each new shape
   compiles once). RMSE uses PSNR's protocol; LPIPS (lower is better) compares the
   uint8-rounded RGB images with the same border crop; NIQE (no-reference, lower is better)
   scores the rounded output's Y channel with the same border crop, as BasicSR does.
+  With `consistency_scale` s > 1, 'consistency' is SR3's: the MSE between the LR input and the
+  output downscaled by 1/s with MATLAB's bicubic (how the LR images were made), on the [0, 1]
+  scale and in units of 1e-5, over the whole image.
   """
   run = jax.jit(apply_fn)
   kw = dict(crop_border=crop_border, y_channel=y_channel)
@@ -62,6 +69,9 @@ def evaluate(apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree,
     if rmse:
       row["rmse"] = float(metrics.rmse(pred, gt, **kw)[0])
     row.update(_perceptual_scores(pred, gt, crop_border, lpips_nets, niqe))
+    if consistency_scale:
+      lr = item.get("lr", item["lq"])  # bicubic_set keeps the LR input there.
+      row["consistency"] = consistency(np.asarray(pred[0]), lr, consistency_scale)
     per_image.append(row)
     outputs.append(np.asarray(jnp.clip(pred[0], 0.0, 1.0)))
   keys = [k for k in per_image[0] if k != "name"] if per_image else ["psnr", "ssim"]
@@ -93,11 +103,21 @@ def _perceptual_scores(pred: jax.Array, gt: jax.Array, crop_border: int,
   return out
 
 
+def consistency(output: np.ndarray, lq: np.ndarray, scale: int) -> float:
+  """SR3's consistency of one (H, W, C) output with its LR input: MSE x 1e5 (see `evaluate`)."""
+  down = resize.imresize(np.clip(np.asarray(output, np.float64), 0.0, 1.0), 1.0 / scale)
+  lq = np.asarray(lq, np.float64)
+  if down.shape != lq.shape:
+    raise ValueError(f"The output downscaled by {scale} has shape {down.shape}, the LR input "
+                     f"{lq.shape}: the model's scale and data.degradation.scale differ.")
+  return float(np.mean(np.square(down - lq)) * 1e5)
+
+
 def bicubic_set(eval_set: Sequence[dict[str, Any]], scale: int) -> list[dict[str, Any]]:
   """The eval set with each LR input replaced by its MATLAB-bicubic upscaling by `scale`: the
   baseline row of an SR table (evaluate it with an identity `apply_fn`)."""
-  return [dict(item, lq=resize.imresize(np.asarray(item["lq"], np.float32), scale))
-          for item in eval_set]
+  return [dict(item, lq=resize.imresize(np.asarray(item["lq"], np.float32), scale),
+               lr=item["lq"]) for item in eval_set]
 
 
 def image_grid(lq: np.ndarray, output: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -110,7 +130,8 @@ def image_grid(lq: np.ndarray, output: np.ndarray, gt: np.ndarray) -> np.ndarray
 
 # Optional results-table columns: (row key, header, format).
 _METRIC_COLUMNS = (("lpips_alex", "LPIPS-alex", "{:.4f}"), ("lpips_vgg", "LPIPS-vgg", "{:.4f}"),
-                   ("rmse", "RMSE", "{:.2f}"), ("niqe", "NIQE", "{:.3f}"))
+                   ("rmse", "RMSE", "{:.2f}"), ("niqe", "NIQE", "{:.3f}"),
+                   ("consistency", "consistency (1e-5)", "{:.2f}"))
 _EXTRA_COLUMNS = (("export_mb", "export MiB", "{:.2f}"), ("step_ms", "ms/step", "{:.0f}"),
                   ("step_memory_mb", "step memory MiB", "{:.0f}"))
 

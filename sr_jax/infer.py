@@ -15,6 +15,13 @@ from tile borders for models with a finite receptive field; NAFNet's channel att
 over the whole input, so for NAFNet tiles change the result, less the larger they are: use the
 largest tile that fits). `--tile 0` runs whole images.
 
+SR3 diffusion checkpoints are sampled instead (whole images, no tiles): `--sampler ddim|ddpm`,
+`--steps` (0 = every step of the noise schedule), `--eta`, `--seed`. A run's export records its
+noise schedule and scale; a converted checkpoint of the common implementation needs `--scale`
+(its schedule is that implementation's: linear 1e-6 -> 1e-2 over 2000 steps). An adapter tuned
+on part of the chain (config.diffusion.t_min/t_max) samples the other steps with the base, as
+the run evaluated it.
+
 The library entry points are `load_model` and `restore_images` / `restore_files`.
 """
 
@@ -34,7 +41,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from sr_jax import adapters, metrics, runtime, tiling
+from sr_jax import adapters, checkpoint as checkpoint_lib, metrics, runtime, tiling
 from sr_jax.data import sources
 
 PyTree = Any
@@ -71,6 +78,43 @@ def output_scale(model: nn.Module, params: PyTree, channels: int = 3) -> int:
   if out.shape[1] % size:
     raise ValueError(f"Model output {out.shape} is not an integer multiple of its input {x.shape}.")
   return out.shape[1] // size
+
+
+class DiffusionRestorer:
+  """SR3: each image is super-resolved by sampling (sr_jax.objectives.diffusion), whole."""
+
+  def __init__(self, model: nn.Module, base: PyTree, tuned: PyTree, record: dict[str, Any],
+               sampler: str = "ddim", steps: int = 50, eta: float = 0.0, seed: int = 0,
+               split: bool = False):
+    from sr_jax import config_base  # pylint: disable=g-import-not-at-top
+    from sr_jax.diffusion import samplers, schedule  # pylint: disable=g-import-not-at-top
+    from sr_jax.objectives import diffusion  # pylint: disable=g-import-not-at-top
+    d = config_base.diffusion_config()
+    d.update({k: v for k, v in record.items() if k in d})
+    d.sampler, d.sample_steps, d.eta, d.sample_seed = sampler, steps, eta, seed
+    d.base_outside_range = bool(d.base_outside_range and split)
+    noise = schedule.NoiseSchedule.create(d.schedule, d.num_timesteps, d.beta_start, d.beta_end)
+    self.objective = diffusion.DiffusionObjective(model, None, None, noise, d, record["scale"])
+    self.params = {"base": tuned, "lora": {}}
+    if self.objective.split_sampling:
+      self.params["reference"] = base
+    self.scale, self.multiple, self.channels = int(record["scale"]), 1, model.input_channels
+    self.steps = steps or noise.num_steps
+    self._progress = samplers.progress_logger
+    self._jitted = jax.jit(self.objective.apply)
+
+  def __call__(self, image: np.ndarray) -> np.ndarray:
+    """HWC float32 LR image in [0, 1] -> the sampled HR image (HWC float32 in [0, 1])."""
+    x = jnp.asarray(image, jnp.float32)[None]
+    if self.steps > 100:  # Long chains report their progress (chunked, jitted per chunk).
+      out = self.objective.apply(self.params, x, progress=self._progress("sampling"))
+    else:
+      out = self._jitted(self.params, x)
+    return np.asarray(out[0])
+
+  def num_tiles(self, height: int, width: int) -> int:
+    del height, width
+    return 1
 
 
 class Restorer:
@@ -183,11 +227,38 @@ def plan_outputs(input_path: str, output_path: str) -> list[tuple[pathlib.Path, 
   return [(src, dst)]
 
 
+def diffusion_restorer(checkpoint: str, adapter: str | None, *, dtype: str = "float32",
+                       scale: int = 0, **sampling) -> DiffusionRestorer:
+  """An SR3 checkpoint (and adapter) ready to sample; the scale from its record or `scale`."""
+  base, meta = adapters.load_base(checkpoint)
+  record, tuned = dict(meta.get("diffusion") or {}), base
+  if adapter:
+    loaded = adapters.load_adapter(adapter)
+    adapters.check_compatible(meta, loaded, base)
+    tuned = adapters.apply_adapter(base, loaded)
+    record.update(loaded.meta.get("diffusion") or {})
+  if scale:
+    record["scale"] = scale
+  if not record.get("scale"):
+    raise UsageError(f"{checkpoint} records no SR scale (a converted SR3 checkpoint): pass "
+                     "--scale, e.g. --scale 8 for the 16 -> 128 model.")
+  model = adapters.model_from_architecture(meta["model"], dtype=dtype)
+  return DiffusionRestorer(model, base, tuned, record, split=bool(adapter), **sampling)
+
+
 def run(checkpoint: str, adapter: str | None, input_path: str, output_path: str, *,
-        tile: int = 0, overlap: int = 0, dtype: str = "float32") -> list[dict[str, Any]]:
+        tile: int = 0, overlap: int = 0, dtype: str = "float32", scale: int = 0,
+        sampling: dict[str, Any] | None = None) -> list[dict[str, Any]]:
   """The whole CLI as a function: load, check, restore every input, write PNGs."""
-  model, params = load_model(checkpoint, adapter, dtype=dtype)
-  restorer = Restorer(model, params, tile, overlap)
+  if checkpoint_lib.read_params_meta(checkpoint).get("model", {}).get("name") == "sr3":
+    if tile:
+      raise UsageError("--tile does not apply to SR3: tiles sampled apart would not join; "
+                       "images are sampled whole (--tile 0).")
+    restorer = diffusion_restorer(checkpoint, adapter, dtype=dtype, scale=scale,
+                                  **(sampling or {}))
+  else:
+    model, params = load_model(checkpoint, adapter, dtype=dtype)
+    restorer = Restorer(model, params, tile, overlap)
   pairs = plan_outputs(input_path, output_path)
   logging.info("Restoring %d image(s) with %s%s, %s.", len(pairs), checkpoint,
                f" + adapter {adapter}" if adapter else "",
@@ -206,7 +277,8 @@ def main(argv: Sequence[str]) -> None:
   logging.get_absl_handler().addFilter(quiet)  # Orbax's INFO lines would drown the progress.
   try:
     run(args.checkpoint, args.adapter, args.input, args.output, tile=args.tile,
-        overlap=args.overlap, dtype=args.dtype)
+        overlap=args.overlap, dtype=args.dtype, scale=args.scale,
+        sampling=dict(sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed))
   except (UsageError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -222,6 +294,11 @@ def _define_flags() -> None:
   flags.DEFINE_integer("tile", 0, "Tile size in input pixels; 0 = whole images.")
   flags.DEFINE_integer("overlap", 32, "Pixels shared by neighbouring tiles (< tile / 2).")
   flags.DEFINE_string("dtype", "float32", "Compute dtype: float32, bfloat16 or float16.")
+  flags.DEFINE_string("sampler", "ddim", "SR3 only: 'ddim' or 'ddpm'.")
+  flags.DEFINE_integer("steps", 50, "SR3 only: sampling steps (0 = the whole noise schedule).")
+  flags.DEFINE_float("eta", 0.0, "SR3 only: DDIM stochasticity (0 = deterministic).")
+  flags.DEFINE_integer("seed", 0, "SR3 only: sampling seed.")
+  flags.DEFINE_integer("scale", 0, "SR3 only: upscaling factor when the checkpoint records none.")
   flags.mark_flags_as_required(["checkpoint", "input", "output"])
 
 

@@ -25,7 +25,7 @@ from clu import metric_writers, periodic_actions
 from sr_jax import checkpoint, evaluate, jsonfile, lora, sharding, step as step_lib
 from sr_jax.data import pipeline, preview
 from sr_jax.models import registry
-from sr_jax.objectives import gan, pixel
+from sr_jax.objectives import diffusion, gan, pixel
 
 PyTree = Any
 
@@ -35,7 +35,7 @@ class Run:
   """Everything a training run holds between steps."""
   config: ml_collections.ConfigDict
   workdir: str
-  objective: pixel.PixelObjective  # Or gan.GanObjective (a subclass).
+  objective: pixel.PixelObjective  # Or a subclass: gan.GanObjective, diffusion.DiffusionObjective.
   mesh: jax.sharding.Mesh
   state: step_lib.TrainState | gan.GanState
   frozen: PyTree
@@ -82,6 +82,7 @@ def base_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.mode = "train"
   c.lora.enabled, c.lora.plan_file, c.colora.enabled = False, "", False
   c.gan.enabled = False  # A GAN job's base is its PSNR-oriented first stage (ESRGAN's recipe).
+  c.diffusion.t_min, c.diffusion.t_max = 1, 0  # A diffusion base learns the whole chain.
   c.eval.general_set = ""  # The general set scores the transfer, not the base.
   c.data.degradation = c.base.degradation
   c.data.num_train_images = 0  # Few-shot limits are for the fine-tuning task, not the base.
@@ -96,9 +97,8 @@ def base_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def init_base(model, size: int, rng: jax.Array) -> PyTree:
-  """Freshly initialised parameters of `model` (traced on one zero image of `size` pixels)."""
-  image = jnp.zeros((1, size, size, model.input_channels))
-  return jax.jit(model.init)(rng, image)["params"]
+  """Freshly initialised parameters of `model` (traced on zero inputs of `size` pixels)."""
+  return jax.jit(model.init)(rng, *registry.example_inputs(model, size))["params"]
 
 
 def initial_params(config, model, base: PyTree | None, rng: jax.Array):
@@ -136,7 +136,8 @@ def lora_plan(config: ml_collections.ConfigDict, base: PyTree) -> lora.LoraPlan:
 def build_run(config: ml_collections.ConfigDict, workdir: str, base: PyTree | None) -> Run:
   """Model, objective, mesh and a fresh (replicated) state; no checkpoint restored yet."""
   model = registry.build_model(config.model)
-  check_scale(model, config)
+  if not config.diffusion.enabled:  # SR3's UNet works at the HR size: any data scale fits.
+    check_scale(model, config)
   mesh = sharding.make_mesh(config.mesh.data)
   sharding.check_batch_size(config.batch_size, mesh)
   rng = jax.random.PRNGKey(config.seed)
@@ -146,15 +147,49 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, base: PyTree | No
   trainable, frozen = lora.split(params, labels)
   meta = {"model": registry.architecture(config.model), "config": config.to_json_best_effort(),
           "lora_plan": plan.to_json() if plan else None}
+  if config.gan.enabled and config.diffusion.enabled:
+    raise ValueError("config.gan.enabled and config.diffusion.enabled are both set; a job "
+                     "trains one objective.")
   if config.gan.enabled:
     objective, state, frozen = gan_setup(config, model, tx, plan, schedule, trainable, frozen)
     meta["discriminator"] = {k: config.gan[k] for k in ("discriminator", "d_num_feat")}
+  elif config.diffusion.enabled:
+    objective = diffusion_objective(config, model, tx, plan, schedule)
+    frozen = diffusion.frozen_tree(frozen, params["base"], objective, labels)
+    meta["diffusion"] = diffusion.sampling_record(config.diffusion,
+                                                  int(config.data.degradation.scale))
+    state = step_lib.init_state(trainable, tx, config.seed)
   else:
     objective = pixel.PixelObjective(model, tx, plan, config.loss.kind,
                                      config.loss.charbonnier_eps, schedule)
     state = step_lib.init_state(trainable, tx, config.seed)
   return Run(config, workdir, objective, mesh, sharding.replicate(state, mesh),
              sharding.replicate(frozen, mesh), plan, meta, lora.count(params["base"]))
+
+
+def diffusion_objective(config: ml_collections.ConfigDict, model, tx, plan,
+                        schedule) -> diffusion.DiffusionObjective:
+  """The SR3 objective with config.diffusion's noise schedule, range and sampler."""
+  from sr_jax.diffusion import schedule as schedule_lib  # pylint: disable=g-import-not-at-top
+  d = config.diffusion
+  if not hasattr(model, "example_inputs"):
+    raise ValueError(f"config.diffusion.enabled needs a diffusion model (config.model.name="
+                     f"'sr3'), not {config.model.name!r}.")
+  noise = schedule_lib.NoiseSchedule.create(d.schedule, d.num_timesteps, d.beta_start,
+                                            d.beta_end)
+  objective = diffusion.DiffusionObjective(model, tx, plan, noise, d,
+                                           int(config.data.degradation.scale), schedule)
+  logging.info("SR3: %s schedule, T=%d, %s loss on epsilon, training timesteps [%d, %d]; "
+               "evaluation samples with %s.", d.schedule, noise.num_steps, d.loss,
+               objective.t_min, objective.t_max, sampler_label(config))
+  return objective
+
+
+def sampler_label(config: ml_collections.ConfigDict) -> str:
+  d = config.diffusion
+  steps = d.sample_steps or d.num_timesteps
+  eta = f", eta {d.eta:g}" if d.sampler == "ddim" and d.eta else ""
+  return f"{d.sampler.upper()} {steps} steps{eta}"
 
 
 def check_scale(model, config: ml_collections.ConfigDict) -> None:
@@ -398,8 +433,7 @@ def _write_json(path: str, value: Any) -> None:
 
 def tuned_params(run: Run) -> PyTree:
   """The model's {'base', 'lora'} as evaluated (a GAN generator's EMA when it keeps one)."""
-  return lora.combine(run.objective.eval_trainable(run.state),
-                      run.objective.model_frozen(run.frozen))
+  return run.objective.eval_params(run.state, run.frozen)
 
 
 def eval_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -428,6 +462,8 @@ def export(run: Run) -> None:
   merged = lora.merge(params["base"], params["lora"], run.plan)
   export_meta = {"model": run.meta["model"], "job": run.config.job,
                  "step": int(run.state.step)}
+  if "diffusion" in run.meta:  # What sr_jax.infer needs to sample with the export.
+    export_meta["diffusion"] = run.meta["diffusion"]
   checkpoint.save_params(os.path.join(run.workdir, "export", "params"), merged, export_meta)
   if run.plan is not None:
     tuned_base = lora.flatten(trainable["base"])  # Drops the frozen (MaskedNode) positions.
@@ -466,12 +502,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   arm = "lora" if run.plan else ("fine-tuned" if base is not None else "trained")
   if config.gan.enabled:
     arm = "GAN + LoRA" if run.plan else "GAN"
+  if config.diffusion.enabled:
+    arm = diffusion_arm(run, arm)
   rows[arm] = _row(evaluate_tuned(run, writer, int(run.state.step)), trainable, pct)
   rows[arm].update(_run_costs(run))
   rows.update(_evaluate_general(run, base, arm, trainable, pct))
   write_table(workdir, rows, writer, config)
   writer.flush()
   return rows
+
+
+def diffusion_arm(run: Run, arm: str) -> str:
+  """The SR3 row's name: the fine-tuning mode, its timestep range and the sampler."""
+  objective = run.objective
+  if objective.restricted:
+    arm += f" t in [{objective.t_min}, {objective.t_max}]"
+    if objective.split_sampling:
+      arm += " (base outside)"
+  return f"{arm}, {sampler_label(run.config)}"
 
 
 def _restore_for_eval(run: Run, mgr) -> None:
@@ -499,7 +547,7 @@ def _evaluate_input(run: Run) -> dict[str, dict[str, Any]]:
 def _evaluate_base(run: Run, base: PyTree,
                    eval_set: list[dict[str, Any]] | None = None) -> dict[str, Any]:
   """The base alone (no adapters, no tuned leaves) on `eval_set` (default: the task's)."""
-  plain = pixel.PixelObjective(run.objective.model, None, None, run.config.loss.kind)
+  plain = run.objective.without_adapters()
   return _row(evaluate.evaluate(plain.apply, {"base": base, "lora": {}},
                                run.eval_set if eval_set is None else eval_set,
                                **eval_options(run.config)))

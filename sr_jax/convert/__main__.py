@@ -82,8 +82,9 @@ def main(argv: Sequence[str]) -> None:
   if result.preset:
     print(f"Use it as a base: --config.model.name={FLAGS.arch} "
           f"--config.model.preset={result.preset} --config.base.checkpoint={FLAGS.dst}")
+  sr3 = " --scale 8 --sampler ddim --steps 50" if FLAGS.arch == "sr3" else ""
   print(f"Or restore images: python -m sr_jax.infer --checkpoint {FLAGS.dst} --input IN "
-        "--output OUT")
+        f"--output OUT{sr3}")
 
 
 def convert_vgg19() -> None:

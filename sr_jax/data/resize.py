@@ -62,6 +62,20 @@ def contributions(in_length: int, out_length: int, scale: float,
   return weights, _mirror(indices.astype(np.int64) - 1, in_length)
 
 
+def resize_matrix(in_length: int, out_length: int, scale: float,
+                  antialiasing: bool = True) -> np.ndarray:
+  """The (out_length, in_length) float64 matrix of MATLAB's resize along one axis.
+
+  `matrix @ signal` equals `imresize` along that axis (mirrored taps folded onto the pixels
+  they read), so a jitted model can resize with two matrix products instead of gathers.
+  """
+  weights, indices = contributions(in_length, out_length, scale, antialiasing)
+  matrix = np.zeros((out_length, in_length), np.float64)
+  rows = np.repeat(np.arange(out_length), weights.shape[1])
+  np.add.at(matrix, (rows, indices.reshape(-1)), weights.reshape(-1))
+  return matrix
+
+
 def _resize_axis(img: np.ndarray, axis: int, out_length: int, scale: float,
                  antialiasing: bool) -> np.ndarray:
   """Resizes `img` along `axis` with MATLAB's weights, one kernel tap at a time.

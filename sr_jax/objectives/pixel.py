@@ -6,6 +6,8 @@ the compute dtype of the model.
 
 from __future__ import annotations
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -78,6 +80,16 @@ class PixelObjective:
   def eval_trainable(state):
     """The trainable half that is evaluated and exported."""
     return state.trainable
+
+  def eval_params(self, state, frozen) -> dict:
+    """The parameters `apply` evaluates: {'base', 'lora'} (a GAN generator's EMA)."""
+    return lora.combine(self.eval_trainable(state), self.model_frozen(frozen))
+
+  def without_adapters(self) -> "PixelObjective":
+    """This objective without its LoRA plan: `apply` then runs {'base': ...} alone."""
+    plain = copy.copy(self)
+    plain.plan = None
+    return plain
 
   def apply(self, params, lq: jax.Array) -> jax.Array:
     merged = lora.merge(params["base"], params.get("lora", {}), self.plan)
