@@ -24,14 +24,19 @@ from ml_collections import config_flags
 from sr_jax import runtime
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The fine-tuning run's workdir.")
-flags.DEFINE_string("original", "", "Original domain: 'embedded' (the photos) or a folder of "
-                    "clean images; default config.eval.general_set, else 'embedded'.")
-flags.DEFINE_string("new", "", "New domain: a folder of clean images; default the run's "
-                    "held-out set.")
-config_flags.DEFINE_config_file("config", None, "The fine-tuning run's config.",
-                                lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a program (tests import this module)."""
+  flags.DEFINE_string("workdir", None, "The fine-tuning run's workdir.")
+  flags.DEFINE_string("original", "", "Original domain: 'embedded' (the photos) or a folder of "
+                      "clean images; default config.eval.general_set, else 'embedded'.")
+  flags.DEFINE_string("new", "", "New domain: a folder of clean images; default the run's "
+                      "held-out set.")
+  config_flags.DEFINE_config_file("config", None, "The fine-tuning run's config.",
+                                  lock_config=True)
+  flags.mark_flags_as_required(["config", "workdir"])
+
 
 # (metric, label, higher is better)
 METRICS = (("psnr", "PSNR (dB)", True), ("ssim", "SSIM", True),
@@ -96,4 +101,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -137,6 +137,9 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, base: PyTree | No
   """Model, objective, mesh and a fresh (replicated) state; no checkpoint restored yet."""
   model = registry.build_model(config.model)
   if not config.diffusion.enabled:  # SR3's UNet works at the HR size: any data scale fits.
+    if hasattr(model, "example_inputs"):
+      raise ValueError(f"config.model.name={config.model.name!r} is a diffusion model: set "
+                       "--config.diffusion.enabled=True (see configs/sr3.py).")
     check_scale(model, config)
   mesh = sharding.make_mesh(config.mesh.data)
   sharding.check_batch_size(config.batch_size, mesh)

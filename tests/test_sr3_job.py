@@ -13,8 +13,11 @@ import jax
 import numpy as np
 
 from configs import sr3, sr3_finetune
+import pytest
+
 from sr_jax import adapters, checkpoint, forgetting, infer, lora, metrics, train
 from sr_jax.data import pipeline
+from sr_jax.tools import sr3_sampling
 
 
 def _micro(config):
@@ -83,3 +86,24 @@ def test_lora_on_part_of_the_chain_end_to_end(tmp_path):
   psnr = float(metrics.psnr(out[None], item["gt"][None], crop_border=4)[0])
   assert abs(psnr - rows[arm]["per_image"][0]["psnr"]) < 1e-3
   assert os.path.exists(tmp_path / "results.md")
+
+  # The sampler comparison: the run's own sampler reproduces its row; the full chain runs too.
+  compared = sr3_sampling.compare(base_dir, str(tmp_path / "export" / "adapters"), config,
+                                  sr3_sampling.parse_samplers("ddim:4,ddpm:0"))
+  assert [r["sampler"] for r in compared] == ["DDIM 4 steps", "DDPM 20 steps"]
+  assert compared[0]["psnr"] == pytest.approx(rows[arm]["psnr"], abs=1e-3)
+  assert "| DDPM 20 steps |" in sr3_sampling.table(compared, 1)
+
+
+def test_sampler_list_errors_name_the_flag():
+  assert sr3_sampling.parse_samplers("ddim:50, ddpm:0") == [("ddim", 50), ("ddpm", 0)]
+  for bad in ("ddim", "euler:10", "ddpm:-1", ""):
+    with pytest.raises(ValueError, match="--samplers"):
+      sr3_sampling.parse_samplers(bad)
+
+
+def test_sr3_without_the_diffusion_objective_is_an_error_naming_the_key(tmp_path):
+  config = sr3.get_config("demo")
+  config.diffusion.enabled = False
+  with pytest.raises(ValueError, match="config.diffusion.enabled"):
+    train.build_run(config, str(tmp_path), None)

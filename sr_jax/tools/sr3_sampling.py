@@ -24,15 +24,20 @@ from ml_collections import config_flags
 from sr_jax import runtime
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "SR3 parameter directory (export/params or converted).")
-flags.DEFINE_string("adapter", None, "Optional adapter directory (a run's export/adapters).")
-flags.DEFINE_string("samplers", "ddim:50,ddpm:0", "Comma-separated kind:steps entries.")
-flags.DEFINE_float("eta", 0.0, "DDIM stochasticity.")
-flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_string("output", "", "Also write the markdown table here.")
-config_flags.DEFINE_config_file("config", None, "Config whose data/eval sections to use.",
-                                lock_config=True)
-flags.mark_flags_as_required(["checkpoint", "config"])
+
+
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a program (tests import this module)."""
+  flags.DEFINE_string("checkpoint", None, "SR3 parameter directory (export/params or converted).")
+  flags.DEFINE_string("adapter", None, "Optional adapter directory (a run's export/adapters).")
+  flags.DEFINE_string("samplers", "ddim:50,ddpm:0", "Comma-separated kind:steps entries.")
+  flags.DEFINE_float("eta", 0.0, "DDIM stochasticity.")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.DEFINE_string("output", "", "Also write the markdown table here.")
+  config_flags.DEFINE_config_file("config", None, "Config whose data/eval sections to use.",
+                                  lock_config=True)
+  flags.mark_flags_as_required(["checkpoint", "config"])
+
 
 _COLUMNS = (("psnr", "PSNR (dB)", "{:.3f}"), ("ssim", "SSIM", "{:.4f}"),
             ("lpips_alex", "LPIPS-alex", "{:.4f}"), ("lpips_vgg", "LPIPS-vgg", "{:.4f}"),
@@ -106,4 +111,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
