@@ -103,13 +103,7 @@ class DiffusionObjective(pixel.PixelObjective):
 
   # -- what the loop reads ------------------------------------------------------------------
 
-  @staticmethod
-  def model_frozen(frozen: PyTree) -> PyTree:
-    return frozen["model"]
-
-  @staticmethod
-  def with_model_frozen(frozen: PyTree, model_frozen: PyTree) -> PyTree:
-    return dict(frozen, model=model_frozen)
+  FROZEN_KEY = "model"  # The reference base beside it is the run's base: not checkpointed.
 
   def eval_params(self, state, frozen: PyTree) -> PyTree:
     """{'base', 'lora'} plus, for split sampling, the base the other steps use."""
@@ -181,7 +175,7 @@ class DiffusionObjective(pixel.PixelObjective):
     condition = self.condition(batch["lq"])
 
     def loss_fn(trainable):
-      params = lora.combine(trainable, frozen["model"])
+      params = lora.combine(trainable, self.model_frozen(frozen))
       eps_hat = self.denoise(params, condition, draw["y_t"], jnp.sqrt(draw["gamma"]),
                              dropout_rng=k_dropout)
       return epsilon_loss(self.diffusion.loss, eps_hat, draw["eps"])

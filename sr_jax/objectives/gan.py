@@ -75,14 +75,7 @@ class GanObjective(pixel.PixelObjective):
 
   # -- what the loop reads ------------------------------------------------------------------
 
-  @staticmethod
-  def model_frozen(frozen: PyTree) -> PyTree:
-    """The generator's frozen half: what checkpoints hold (the perceptual VGG is a constant)."""
-    return frozen["generator"]
-
-  @staticmethod
-  def with_model_frozen(frozen: PyTree, model_frozen: PyTree) -> PyTree:
-    return dict(frozen, generator=model_frozen)
+  FROZEN_KEY = "generator"  # The perceptual VGG beside it is a constant, not checkpointed.
 
   @staticmethod
   def eval_trainable(state: GanState) -> PyTree:

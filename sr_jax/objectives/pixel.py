@@ -63,18 +63,20 @@ class PixelObjective:
     self.model, self.tx, self.plan = model, tx, plan
     self.loss_kind, self.charbonnier_eps, self.schedule = loss_kind, charbonnier_eps, schedule
 
-  # What the training loop reads. The GAN objective's frozen tree holds more than the model's
-  # frozen half (the perceptual loss's VGG), and it evaluates an EMA; here both are the plain
-  # parts. The model's frozen half is also exactly what a checkpoint holds.
-  @staticmethod
-  def model_frozen(frozen):
-    """The model's frozen half of {'base', 'lora'} (what checkpoints hold)."""
-    return frozen
+  # What the training loop reads. Other objectives' frozen trees hold more than the model's
+  # frozen half (the GAN's perceptual VGG, a diffusion run's reference base) under other keys;
+  # FROZEN_KEY names the model's half there. It is also exactly what a checkpoint holds.
+  FROZEN_KEY: str | None = None
 
-  @staticmethod
-  def with_model_frozen(frozen, model_frozen):
+  def model_frozen(self, frozen):
+    """The model's frozen half of {'base', 'lora'} (what checkpoints hold)."""
+    return frozen if self.FROZEN_KEY is None else frozen[self.FROZEN_KEY]
+
+  def with_model_frozen(self, frozen, model_frozen):
     """`frozen` with its model half replaced (e.g. by one restored from a checkpoint)."""
-    return model_frozen
+    if self.FROZEN_KEY is None:
+      return model_frozen
+    return dict(frozen, **{self.FROZEN_KEY: model_frozen})
 
   @staticmethod
   def eval_trainable(state):
