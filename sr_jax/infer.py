@@ -227,6 +227,14 @@ def plan_outputs(input_path: str, output_path: str) -> list[tuple[pathlib.Path, 
   return [(src, dst)]
 
 
+def is_diffusion(checkpoint: str) -> bool:
+  """Whether a parameter directory holds an SR3 model (False when unreadable: load_model then
+  reports what is wrong with it)."""
+  if not os.path.exists(os.path.join(checkpoint, "meta.json")):
+    return False
+  return checkpoint_lib.read_params_meta(checkpoint).get("model", {}).get("name") == "sr3"
+
+
 def diffusion_restorer(checkpoint: str, adapter: str | None, *, dtype: str = "float32",
                        scale: int = 0, **sampling) -> DiffusionRestorer:
   """An SR3 checkpoint (and adapter) ready to sample; the scale from its record or `scale`."""
@@ -250,7 +258,7 @@ def run(checkpoint: str, adapter: str | None, input_path: str, output_path: str,
         tile: int = 0, overlap: int = 0, dtype: str = "float32", scale: int = 0,
         sampling: dict[str, Any] | None = None) -> list[dict[str, Any]]:
   """The whole CLI as a function: load, check, restore every input, write PNGs."""
-  if checkpoint_lib.read_params_meta(checkpoint).get("model", {}).get("name") == "sr3":
+  if is_diffusion(checkpoint):
     if tile:
       raise UsageError("--tile does not apply to SR3: tiles sampled apart would not join; "
                        "images are sampled whole (--tile 0).")
