@@ -87,19 +87,18 @@ class DiffusionRestorer:
                sampler: str = "ddim", steps: int = 50, eta: float = 0.0, seed: int = 0,
                split: bool = False):
     from sr_jax import config_base  # pylint: disable=g-import-not-at-top
-    from sr_jax.diffusion import samplers, schedule  # pylint: disable=g-import-not-at-top
+    from sr_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
     from sr_jax.objectives import diffusion  # pylint: disable=g-import-not-at-top
     d = config_base.diffusion_config()
     d.update({k: v for k, v in record.items() if k in d})
     d.sampler, d.sample_steps, d.eta, d.sample_seed = sampler, steps, eta, seed
     d.base_outside_range = bool(d.base_outside_range and split)
-    noise = schedule.NoiseSchedule.create(d.schedule, d.num_timesteps, d.beta_start, d.beta_end)
-    self.objective = diffusion.DiffusionObjective(model, None, None, noise, d, record["scale"])
+    self.objective = diffusion.DiffusionObjective(model, None, None, d, record["scale"])
     self.params = {"base": tuned, "lora": {}}
     if self.objective.split_sampling:
       self.params["reference"] = base
     self.scale, self.multiple, self.channels = int(record["scale"]), 1, model.input_channels
-    self.steps = steps or noise.num_steps
+    self.steps = steps or self.objective.noise.num_steps
     self._progress = samplers.progress_logger
     self._jitted = jax.jit(self.objective.apply)
 

@@ -136,10 +136,8 @@ def lora_plan(config: ml_collections.ConfigDict, base: PyTree) -> lora.LoraPlan:
 def build_run(config: ml_collections.ConfigDict, workdir: str, base: PyTree | None) -> Run:
   """Model, objective, mesh and a fresh (replicated) state; no checkpoint restored yet."""
   model = registry.build_model(config.model)
+  check_objective(model, config)
   if not config.diffusion.enabled:  # SR3's UNet works at the HR size: any data scale fits.
-    if hasattr(model, "example_inputs"):
-      raise ValueError(f"config.model.name={config.model.name!r} is a diffusion model: set "
-                       "--config.diffusion.enabled=True (see configs/sr3.py).")
     check_scale(model, config)
   mesh = sharding.make_mesh(config.mesh.data)
   sharding.check_batch_size(config.batch_size, mesh)
@@ -173,26 +171,25 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, base: PyTree | No
 def diffusion_objective(config: ml_collections.ConfigDict, model, tx, plan,
                         schedule) -> diffusion.DiffusionObjective:
   """The SR3 objective with config.diffusion's noise schedule, range and sampler."""
-  from sr_jax.diffusion import schedule as schedule_lib  # pylint: disable=g-import-not-at-top
   d = config.diffusion
-  if not hasattr(model, "example_inputs"):
-    raise ValueError(f"config.diffusion.enabled needs a diffusion model (config.model.name="
-                     f"'sr3'), not {config.model.name!r}.")
-  noise = schedule_lib.NoiseSchedule.create(d.schedule, d.num_timesteps, d.beta_start,
-                                            d.beta_end)
-  objective = diffusion.DiffusionObjective(model, tx, plan, noise, d,
+  objective = diffusion.DiffusionObjective(model, tx, plan, d,
                                            int(config.data.degradation.scale), schedule)
   logging.info("SR3: %s schedule, T=%d, %s loss on epsilon, training timesteps [%d, %d]; "
-               "evaluation samples with %s.", d.schedule, noise.num_steps, d.loss,
-               objective.t_min, objective.t_max, sampler_label(config))
+               "evaluation samples with %s.", d.schedule, objective.noise.num_steps, d.loss,
+               objective.t_min, objective.t_max, objective.sampler_label)
   return objective
 
 
-def sampler_label(config: ml_collections.ConfigDict) -> str:
-  d = config.diffusion
-  steps = d.sample_steps or d.num_timesteps
-  eta = f", eta {d.eta:g}" if d.sampler == "ddim" and d.eta else ""
-  return f"{d.sampler.upper()} {steps} steps{eta}"
+def check_objective(model, config: ml_collections.ConfigDict) -> None:
+  """A diffusion model (one taking a noisy image and a noise level) needs the diffusion
+  objective, and the diffusion objective needs one."""
+  is_diffusion = hasattr(model, "example_inputs")
+  if is_diffusion and not config.diffusion.enabled:
+    raise ValueError(f"config.model.name={config.model.name!r} is a diffusion model: set "
+                     "--config.diffusion.enabled=True (see configs/sr3.py).")
+  if config.diffusion.enabled and not is_diffusion:
+    raise ValueError(f"config.diffusion.enabled needs a diffusion model (config.model.name="
+                     f"'sr3'), not {config.model.name!r}.")
 
 
 def check_scale(model, config: ml_collections.ConfigDict) -> None:
@@ -522,7 +519,7 @@ def diffusion_arm(run: Run, arm: str) -> str:
     arm += f" t in [{objective.t_min}, {objective.t_max}]"
     if objective.split_sampling:
       arm += " (base outside)"
-  return f"{arm}, {sampler_label(run.config)}"
+  return f"{arm}, {objective.sampler_label}"
 
 
 def _restore_for_eval(run: Run, mgr) -> None:

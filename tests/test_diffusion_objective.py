@@ -14,7 +14,7 @@ import pytest
 
 from sr_jax import config_base, evaluate, forgetting, lora, step as step_lib
 from sr_jax.data import resize
-from sr_jax.diffusion import samplers, schedule as schedule_lib
+from sr_jax.diffusion import samplers
 from sr_jax.models import registry
 from sr_jax.objectives import diffusion
 
@@ -36,10 +36,8 @@ def _model_config() -> ml_collections.ConfigDict:
 
 def _objective(plan=None, tx=None, **overrides):
   d = _diffusion_config(**overrides)
-  noise = schedule_lib.NoiseSchedule.create(d.schedule, d.num_timesteps, d.beta_start,
-                                            d.beta_end)
   model = registry.build_model(_model_config())
-  return diffusion.DiffusionObjective(model, tx, plan, noise, d, scale=4)
+  return diffusion.DiffusionObjective(model, tx, plan, d, scale=4)
 
 
 def _params(objective, seed=0):

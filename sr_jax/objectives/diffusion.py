@@ -91,15 +91,24 @@ class DiffusionObjective(pixel.PixelObjective):
   range-restricted sampling needs one (else {})}; only 'model' is checkpointed.
   """
 
-  def __init__(self, model, tx, plan, noise: schedule_lib.NoiseSchedule,
-               diffusion: ml_collections.ConfigDict, scale: int, schedule=None):
+  def __init__(self, model, tx, plan, diffusion: ml_collections.ConfigDict, scale: int,
+               schedule=None):
     super().__init__(model, tx, plan, "l1", schedule=schedule)
     epsilon_loss(diffusion.loss, jnp.zeros(()), jnp.zeros(()))  # Validates the name early.
+    noise = schedule_lib.NoiseSchedule.create(diffusion.schedule, diffusion.num_timesteps,
+                                              diffusion.beta_start, diffusion.beta_end)
     self.noise, self.diffusion, self.scale = noise, diffusion, int(scale)
     self.t_min, self.t_max = schedule_lib.check_range(noise, diffusion.t_min, diffusion.t_max)
     self.restricted = (self.t_min, self.t_max) != (1, noise.num_steps)
     self.split_sampling = self.restricted and diffusion.base_outside_range
     self.sampler = sampler_config(diffusion)
+
+  @property
+  def sampler_label(self) -> str:
+    """E.g. 'DDIM 50 steps' or 'DDPM 2000 steps' (eta shown when DDIM's is not 0)."""
+    s = self.sampler
+    eta = f", eta {s.eta:g}" if s.kind == "ddim" and s.eta else ""
+    return f"{s.kind.upper()} {s.num_steps or self.noise.num_steps} steps{eta}"
 
   # -- what the loop reads ------------------------------------------------------------------
 

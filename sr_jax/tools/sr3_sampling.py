@@ -92,8 +92,7 @@ def compare(checkpoint: str, adapter: str | None, config, entries: Sequence[tupl
     # Scored as a baseline row is: the outputs stand in for the inputs of an identity model.
     scored = [dict(item, lq=out, lr=item["lq"]) for item, out in zip(eval_set, outputs)]
     result = evaluate.evaluate(lambda params, lq: lq, None, scored, **options)
-    label = f"{kind.upper()} {restorer.steps} steps" + (f", eta {eta:g}" if kind == "ddim"
-                                                        and eta else "")
+    label = restorer.objective.sampler_label
     logging.info("%s: %.2f s per image, PSNR %.3f dB.", label, seconds, result["psnr"])
     rows.append(dict({k: v for k, v in result.items() if isinstance(v, float)},
                      sampler=label, seconds=seconds, steps=restorer.steps))
