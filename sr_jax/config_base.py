@@ -75,6 +75,9 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
       gamma=0.5,
       warmup_steps=0,
       grad_clip_norm=0.0,  # 0 = off. Clips the trainable gradients only.
+      # How optimizer moments are stored between steps: 'float32' or 'bfloat16' (half the
+      # memory; the update is still computed in float32).
+      state_dtype="float32",
   ), **overrides))
 
 
@@ -165,7 +168,9 @@ def base_config() -> ml_collections.ConfigDict:
       preset="sidd_w32",
       # Optional overrides of the preset's fields (0 / empty = keep the preset's value).
       width=0,  # NAFNet width or Restormer dim.
-      dtype="float32",  # Compute dtype; parameters are always float32.
+      # Compute dtype: 'float32' or 'bfloat16' (mixed precision: activations and matmuls in
+      # bfloat16, parameters, gradients, losses and metrics in float32).
+      dtype="float32",
       conv_impl="auto",  # 'auto' picks the fastest formulation per platform; 'xla' or 'shifted'.
       dropout=-1.0,  # Dropout rate of models that have one (SR3); -1 = the preset's.
   ))
@@ -253,8 +258,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.diffusion = diffusion_config()
   c.eval = eval_config()
 
+  # The device mesh (sr_jax/sharding.py); the batch is split over all its devices.
   c.mesh = ml_collections.ConfigDict(dict(
-      data=-1,  # Devices on the 'data' axis; -1 = all.
+      data=-1,  # Devices on the 'data' axis; -1 = all devices / fsdp.
+      # Devices each parameter (and its optimizer moments) is split over (FSDP); 1 = replicated.
+      # For models too large to replicate, e.g. SR3's paper preset: 4 or 8.
+      fsdp=1,
+      fsdp_min_size=2**14,  # Leaves with fewer elements stay replicated under FSDP.
   ))
 
   c.num_steps = 200_000

@@ -60,18 +60,53 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, num_steps: int,
   return main
 
 
+STATE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 def make_optimizer(opt: ml_collections.ConfigDict,
                    schedule: optax.Schedule) -> optax.GradientTransformation:
-  """The optimizer for trainable leaves. Clipping sits here, so it sees only their gradients."""
+  """The optimizer for trainable leaves. Clipping sits here, so it sees only their gradients.
+
+  `opt.state_dtype` 'bfloat16' stores the optimizer's moments in bfloat16 (half the memory of
+  the largest part of a full fine-tune's state); the update itself is computed in float32.
+  """
   if opt.name == "adamw":
     core = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay)
   elif opt.name == "adam":
     core = optax.adam(schedule, b1=opt.b1, b2=opt.b2)
   else:
     raise ValueError(f"Unknown config.optimizer.name {opt.name!r}; use 'adamw' or 'adam'.")
+  state_dtype = opt.get("state_dtype", "float32")
+  if state_dtype not in STATE_DTYPES:
+    raise ValueError(f"Unknown config optimizer state_dtype {state_dtype!r}; use one of "
+                     f"{tuple(STATE_DTYPES)}.")
+  if state_dtype != "float32":
+    core = stored_as(core, STATE_DTYPES[state_dtype])
   if opt.grad_clip_norm:
     return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), core)
   return core
+
+
+def _cast_floats(tree: PyTree, dtype) -> PyTree:
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x, tree)
+
+
+def stored_as(inner: optax.GradientTransformation, dtype) -> optax.GradientTransformation:
+  """`inner` with its floating-point state kept in `dtype` between steps.
+
+  Each update reads the state back as float32, runs `inner` unchanged and stores the new state
+  in `dtype`: only the storage is narrowed, never the arithmetic (optax's own `mu_dtype` covers
+  Adam's first moment only).
+  """
+  def init(params):
+    return _cast_floats(inner.init(params), dtype)
+
+  def update(updates, state, params=None):
+    updates, state = inner.update(updates, _cast_floats(state, jnp.float32), params)
+    return updates, _cast_floats(state, dtype)
+
+  return optax.GradientTransformation(init, update)
 
 
 def init_state(trainable: PyTree, tx: optax.GradientTransformation, seed: int) -> TrainState:
@@ -79,12 +114,17 @@ def init_state(trainable: PyTree, tx: optax.GradientTransformation, seed: int) -
                     opt_state=tx.init(trainable), rng=jax.random.PRNGKey(seed))
 
 
-def build_train_step(update: UpdateFn, mesh: Mesh, *, donate: bool = True) -> Callable:
-  """jit `update` with the state and frozen tree replicated and the batch split on 'data'.
+def build_train_step(update: UpdateFn, mesh: Mesh, *, state_sharding: Any = None,
+                     frozen_sharding: Any = None, donate: bool = True) -> Callable:
+  """jit `update` with the batch split over the mesh and the state and frozen tree laid out
+  as given (one sharding per leaf, `sharding.tree_shardings`; None = replicated).
 
-  The state is donated: its buffers are reused for the new state, halving peak parameter
-  memory. Metrics come back replicated (scalars).
+  The new state keeps the state's layout, so FSDP-split parameters and optimizer moments stay
+  split from step to step. The state is donated: its buffers are reused for the new state,
+  halving peak parameter memory. Metrics come back replicated (scalars).
   """
   rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-  return jax.jit(update, in_shardings=(rep, rep, data), out_shardings=(rep, rep),
-                 donate_argnums=(0,) if donate else ())
+  state_sharding = rep if state_sharding is None else state_sharding
+  frozen_sharding = rep if frozen_sharding is None else frozen_sharding
+  return jax.jit(update, in_shardings=(state_sharding, frozen_sharding, data),
+                 out_shardings=(state_sharding, rep), donate_argnums=(0,) if donate else ())

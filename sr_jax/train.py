@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from sr_jax import checkpoint, evaluate, jsonfile, lora, sharding, step as step_lib
+from sr_jax import checkpoint, evaluate, jsonfile, lora, paths, sharding, step as step_lib
 from sr_jax.data import pipeline, preview
 from sr_jax.models import registry
 from sr_jax.objectives import diffusion, gan, pixel
@@ -42,8 +42,18 @@ class Run:
   plan: lora.LoraPlan | None
   meta: dict[str, Any]
   num_base_params: int
+  # One NamedSharding per leaf of `state` / `frozen` (sharding.tree_shardings): replicated, or
+  # split along the mesh's 'fsdp' axis.
+  state_sharding: Any = None
+  frozen_sharding: Any = None
   timing: dict[str, float] = dataclasses.field(default_factory=dict)
   _eval_set: list[dict[str, Any]] | None = None
+
+  def train_step(self):
+    """The objective's update jitted over the mesh with this run's state and frozen layouts."""
+    return step_lib.build_train_step(self.objective.update, self.mesh,
+                                     state_sharding=self.state_sharding,
+                                     frozen_sharding=self.frozen_sharding)
 
   @property
   def eval_set(self) -> list[dict[str, Any]]:
@@ -65,7 +75,7 @@ def prepare_base(config: ml_collections.ConfigDict, workdir: str) -> PyTree | No
     return None
   base_dir = os.path.join(workdir, "base")
   export_dir = os.path.join(base_dir, "export", "params")
-  if os.path.exists(os.path.join(export_dir, "meta.json")):
+  if paths.exists(os.path.join(export_dir, "meta.json")):
     meta = checkpoint.read_params_meta(export_dir)  # Its tensors are read only if it fits.
     if meta.get("step") == config.base.num_steps and meta.get("model") == arch:
       logging.info("Using the base pre-trained earlier in %s.", base_dir)
@@ -124,8 +134,7 @@ def lora_plan(config: ml_collections.ConfigDict, base: PyTree) -> lora.LoraPlan:
                           alpha=config.lora.alpha, exclude=exclude,
                           rank_overrides=config.lora.rank_overrides)
   try:
-    with open(config.lora.plan_file) as f:
-      plan = lora.LoraPlan.from_json(json.load(f))
+    plan = lora.LoraPlan.from_json(jsonfile.read(config.lora.plan_file))
   except (OSError, ValueError, KeyError) as e:
     raise ValueError(f"config.lora.plan_file={config.lora.plan_file!r} is not a readable LoRA "
                      f"plan (JSON with 'ranks' and 'alphas' by kernel path): {e}") from e
@@ -139,7 +148,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, base: PyTree | No
   check_objective(model, config)
   if not config.diffusion.enabled:  # SR3's UNet works at the HR size: any data scale fits.
     check_scale(model, config)
-  mesh = sharding.make_mesh(config.mesh.data)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   sharding.check_batch_size(config.batch_size, mesh)
   rng = jax.random.PRNGKey(config.seed)
   params, plan, labels = initial_params(config, model, base, rng)
@@ -164,8 +173,25 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, base: PyTree | No
     objective = pixel.PixelObjective(model, tx, plan, config.loss.kind,
                                      config.loss.charbonnier_eps, schedule)
     state = step_lib.init_state(trainable, tx, config.seed)
-  return Run(config, workdir, objective, mesh, sharding.replicate(state, mesh),
-             sharding.replicate(frozen, mesh), plan, meta, lora.count(params["base"]))
+  state_sharding = sharding.tree_shardings(state, mesh, config.mesh.fsdp_min_size)
+  frozen_sharding = sharding.tree_shardings(frozen, mesh, config.mesh.fsdp_min_size)
+  if config.mesh.fsdp > 1:
+    log_fsdp(state, state_sharding, mesh)
+  return Run(config, workdir, objective, mesh, sharding.place(state, state_sharding),
+             sharding.place(frozen, frozen_sharding), plan, meta, lora.count(params["base"]),
+             state_sharding, frozen_sharding)
+
+
+def log_fsdp(state: PyTree, shardings: PyTree, mesh: jax.sharding.Mesh) -> None:
+  """Says how much of the train state (parameters and optimizer moments) FSDP splits."""
+  leaves = jax.tree.leaves(state)
+  specs = jax.tree.leaves(shardings,
+                          is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
+  split = sum(int(np.size(x)) for x, s in zip(leaves, specs) if not s.is_fully_replicated)
+  total = max(sum(int(np.size(x)) for x in leaves), 1)
+  logging.info("FSDP: %.1f%% of the train state (parameters and optimizer moments) split %d "
+               "ways over the 'fsdp' axis, the rest replicated; mesh %s.", 100 * split / total,
+               mesh.shape[sharding.FSDP], dict(mesh.shape))
 
 
 def diffusion_objective(config: ml_collections.ConfigDict, model, tx, plan,
@@ -414,8 +440,7 @@ def train(run: Run, mgr, writer) -> None:
 
 def compile_step(run: Run, batch: PyTree):
   """The jitted step compiled for this batch's shapes; records its memory in run.timing."""
-  lowered = step_lib.build_train_step(run.objective.update, run.mesh).lower(
-      run.state, run.frozen, batch)
+  lowered = run.train_step().lower(run.state, run.frozen, batch)
   compiled = lowered.compile()
   memory = compiled.memory_analysis()
   if memory is not None:
@@ -433,7 +458,7 @@ def _write_json(path: str, value: Any) -> None:
 
 def tuned_params(run: Run) -> PyTree:
   """The model's {'base', 'lora'} as evaluated (a GAN generator's EMA when it keeps one)."""
-  return run.objective.eval_params(run.state, run.frozen)
+  return sharding.gather(run.objective.eval_params(run.state, run.frozen), run.mesh)
 
 
 def eval_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -457,8 +482,9 @@ def evaluate_tuned(run: Run, writer, step: int) -> dict[str, Any]:
 
 def export(run: Run) -> None:
   """Writes the merged model (export/params) and, for LoRA runs, the adapters (export/adapters)."""
-  trainable = jax.device_get(run.objective.eval_trainable(run.state))
-  params = lora.combine(trainable, jax.device_get(run.objective.model_frozen(run.frozen)))
+  trainable = jax.device_get(sharding.gather(run.objective.eval_trainable(run.state), run.mesh))
+  params = lora.combine(trainable, jax.device_get(
+      sharding.gather(run.objective.model_frozen(run.frozen), run.mesh)))
   merged = lora.merge(params["base"], params["lora"], run.plan)
   export_meta = {"model": run.meta["model"], "job": run.config.job,
                  "step": int(run.state.step)}
@@ -477,7 +503,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains (or resumes), exports and evaluates; returns {arm: metrics}. See module doc."""
   if config.mode not in ("train", "eval"):
     raise ValueError(f"Unknown config.mode {config.mode!r}; use 'train' or 'eval'.")
-  workdir = os.path.abspath(workdir)
+  workdir = paths.absolute(workdir)
   base = prepare_base(config, workdir)
   # A host copy: restored arrays may already carry the mesh's sharding, and the training state
   # built from them is donated to the step, which would delete the base evaluated at the end.
@@ -582,12 +608,11 @@ def _run_costs(run: Run) -> dict[str, float]:
   """Step time and memory (this run's, or timing.json's) and the size of what it exports."""
   costs = {}
   path = os.path.join(run.workdir, "timing.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      costs = json.load(f)
+  if paths.exists(path):
+    costs = jsonfile.read(path)
   costs.update(run.timing)
   exported = os.path.join(run.workdir, "export", "adapters" if run.plan else "params")
-  if os.path.isdir(exported):
+  if paths.exists(exported):
     costs["export_mb"] = checkpoint.directory_size(exported) / 2**20
   return costs
 
@@ -604,9 +629,8 @@ def write_table(workdir: str, rows: dict[str, Any], writer,
   opts = eval_options(config) if config is not None else {"crop_border": 0, "y_channel": False}
   table = evaluate.results_table(rows, evaluate.protocol(opts["crop_border"], opts["y_channel"]))
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-      f.write(table + "\n")
-  print(table, flush=True)
+    paths.write_text(os.path.join(workdir, "results.md"), table + "\n")
+    print(table, flush=True)
   writer.write_texts(0, {"results": table})
 
 

@@ -74,15 +74,15 @@ def test_resume_equals_uninterrupted_and_eval_mode(tmp_path):
   assert evaluated["trained"]["psnr"] == pytest.approx(rows["trained"]["psnr"], abs=1e-6)
 
 
-def _losses_and_params(num_devices, batches):
-  c = micro_config(**{"mesh.data": num_devices, "lora.enabled": True})
+def _losses_and_params(num_devices, batches, **overrides):
+  c = micro_config(**{"mesh.data": num_devices, "lora.enabled": True, **overrides})
   run = train.build_run(c, "/tmp/unused", base=None)
-  step_fn = train.step_lib.build_train_step(run.objective.update, run.mesh)
+  step_fn = run.train_step()
   state, losses = run.state, []
   for batch in batches:
     state, metrics = step_fn(state, run.frozen, sharding.global_batch(batch, run.mesh))
     losses.append(float(metrics["loss"]))
-  return losses, jax.device_get(state.trainable)
+  return losses, jax.device_get(sharding.gather(state.trainable, run.mesh)), state
 
 
 def test_one_device_equals_eight_devices():
@@ -90,12 +90,33 @@ def test_one_device_equals_eight_devices():
   c = micro_config()
   data = iter(pipeline.make_train_dataset(c.data, seed=0, batch_size=c.batch_size))
   batches = [next(data) for _ in range(3)]
-  losses1, params1 = _losses_and_params(1, batches)
-  losses8, params8 = _losses_and_params(8, batches)
+  losses1, params1, _ = _losses_and_params(1, batches)
+  losses8, params8, _ = _losses_and_params(8, batches)
   np.testing.assert_allclose(losses1, losses8, rtol=1e-5)
   assert losses1[0] != losses1[-1]  # Training actually moved.
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
                params1, params8)
+
+
+@pytest.mark.parametrize("data,fsdp", [(2, 4), (-1, 8)])
+def test_fsdp_equals_replicated(data, fsdp):
+  """Parameters and optimizer moments split over 'fsdp' train to the same numbers as
+  replicated ones, and really are split (each device holds 1/fsdp of a split leaf)."""
+  c = micro_config()
+  it = iter(pipeline.make_train_dataset(c.data, seed=0, batch_size=c.batch_size))
+  batches = [next(it) for _ in range(3)]
+  losses1, params1, _ = _losses_and_params(
+      1, batches, **{"lora.enabled": False})
+  lossesf, paramsf, state = _losses_and_params(
+      data, batches, **{"lora.enabled": False, "mesh.fsdp": fsdp, "mesh.fsdp_min_size": 1})
+  np.testing.assert_allclose(losses1, lossesf, rtol=1e-5)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
+               params1, paramsf)
+  kernel = state.trainable["base"]["encoders_0_0"]["conv1"]["kernel"]  # (1, 1, 8, 16)
+  assert kernel.sharding.spec == sharding.P(None, None, None, sharding.FSDP)
+  assert kernel.addressable_shards[0].data.shape == (1, 1, 8, 16 // fsdp)
+  mu_kernels = [x for x in jax.tree.leaves(state.opt_state) if x.shape == kernel.shape]
+  assert mu_kernels and all(m.sharding.spec == kernel.sharding.spec for m in mu_kernels)
 
 
 def test_nan_loss_stops_without_checkpointing_the_bad_state(tmp_path):

@@ -199,10 +199,10 @@ def _run_chunked(run: Callable, args: tuple, ts: np.ndarray, coef: StepCoefficie
 
 
 def _check_mesh_batch(batch: int, mesh: Mesh) -> None:
-  n = mesh.shape[sharding.DATA]
+  n = sharding.batch_devices(mesh)
   if batch % n:
-    raise ValueError(f"Sampling a batch of {batch} images on a mesh needs a multiple of the "
-                     f"{n} devices on its '{sharding.DATA}' axis.")
+    raise ValueError(f"Sampling a batch of {batch} images on a mesh needs a multiple of its "
+                     f"{n} devices.")
 
 
 def sample(denoise: Denoiser, params: PyTree, condition: jax.Array, schedule: NoiseSchedule,
@@ -213,7 +213,7 @@ def sample(denoise: Denoiser, params: PyTree, condition: jax.Array, schedule: No
 
   With progress=None and chunk_size=0 this is pure (one scan): call it inside jax.jit. Else it
   runs a host loop over jitted chunks of `chunk_size` steps (default with progress: 1/20 of
-  the chain), calling progress(done, total) after each. `mesh` splits the batch on 'data'.
+  the chain), calling progress(done, total) after each. `mesh` splits the batch over its devices.
   """
   ts, coef = step_table(schedule, config)
   shape = tuple(condition.shape[:-1]) + (out_channels,)
