@@ -12,7 +12,6 @@ and the LoRA plan), each with a `meta.json` naming the architecture.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -21,7 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from sr_jax import jsonfile
+from sr_jax import jsonfile, paths
 
 PyTree = Any
 ITEMS = ("state", "data_iter", "meta")
@@ -45,7 +44,7 @@ def manager(run_dir: str, keep: int = 3) -> ocp.CheckpointManager:
   """The run's checkpoint manager (created on first use)."""
   use_whole_small_arrays()
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(run_dir), "checkpoints"),
+  return ocp.CheckpointManager(os.path.join(paths.absolute(run_dir), "checkpoints"),
                                options=options, item_names=ITEMS)
 
 
@@ -95,18 +94,17 @@ def _write_meta(directory: str, meta: dict[str, Any]) -> None:
 def read_params_meta(directory: str, what: str = "params") -> dict[str, Any]:
   """The meta.json of a directory written by `save_params` (architecture, job, step, ...)."""
   path = os.path.join(directory, "meta.json")
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise FileNotFoundError(
         f"{directory} is not an sr_jax {what} directory (no meta.json). Pass a directory "
         f"written by sr_jax (a run's export/{what}, or `python -m sr_jax.convert`).")
-  with open(path) as f:
-    return json.load(f)
+  return jsonfile.read(path)
 
 
 def save_params(directory: str, params: PyTree, meta: dict[str, Any]) -> None:
   """Writes a full parameter tree and its meta (architecture) to `directory`."""
-  directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
+  directory = paths.absolute(directory)
+  paths.makedirs(directory)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(directory, "params"), params, force=True)
   _write_meta(directory, meta)
@@ -115,7 +113,7 @@ def save_params(directory: str, params: PyTree, meta: dict[str, Any]) -> None:
 
 def load_params(directory: str) -> tuple[PyTree, dict[str, Any]]:
   """Reads a tree written by `save_params` (onto the host's default device)."""
-  directory = os.path.abspath(directory)
+  directory = paths.absolute(directory)
   meta = read_params_meta(directory, "params")
   with ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(os.path.join(directory, "params"))
@@ -141,5 +139,4 @@ def load_adapters(directory: str) -> tuple[PyTree, PyTree, dict[str, Any]]:
 
 def directory_size(directory: str) -> int:
   """Bytes on disk under `directory` (the adapter file size users ask about)."""
-  return sum(os.path.getsize(os.path.join(root, f))
-             for root, _, files in os.walk(directory) for f in files)
+  return paths.directory_size(directory)

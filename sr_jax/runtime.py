@@ -16,7 +16,10 @@ class _QuietLibraries(py_logging.Filter):
 
 
 def setup() -> None:
-  """Keeps TensorFlow (used only by CLU's TensorBoard writer) off GPUs/TPUs, quiets logs."""
+  """Keeps TensorFlow (used only by CLU's TensorBoard writer) off GPUs/TPUs, quiets logs.
+
+  Call after `distributed.initialize` (querying devices starts JAX's backend).
+  """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   try:
     import tensorflow as tf
@@ -25,7 +28,8 @@ def setup() -> None:
   except (ImportError, RuntimeError, ValueError):  # No TF, or devices already initialised.
     pass
   import jax
-  logging.set_verbosity(logging.INFO)
+  # In a multi-process run only process 0 reports; the others log warnings and errors.
+  logging.set_verbosity(logging.INFO if jax.process_index() == 0 else logging.WARNING)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   logging.info("JAX %s on %d %s device(s), process %d of %d.", jax.__version__,
                jax.device_count(), jax.default_backend(), jax.process_index(),
