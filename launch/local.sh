@@ -5,7 +5,7 @@
 # Usage: launch/local.sh N python -m sr_jax.main --config configs/lora_nafnet.py:demo --workdir W
 #        DRY_RUN=1 launch/local.sh 8 ...   # print the command instead of running it
 #
-# Multi-GPU (Slurm) and TPU VM launchers are planned alongside multi-host support.
+# At scale: launch/gpu.sh (a GPU host, or many through Slurm) and launch/tpu_vm.sh (Cloud TPU VMs).
 set -euo pipefail
 if [[ $# -lt 2 || ! "$1" =~ ^[0-9]+$ ]]; then
   sed -n '2,8p' "$0"; exit 2
