@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from sr_jax import checkpoint, colora, faig, plots, train
+from sr_jax import checkpoint, colora, faig, jsonfile, paths, plots, train
 from sr_jax.data import pipeline
 from sr_jax.models import registry
 
@@ -44,7 +44,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   unknown = [a for a in config.colora.arms if a not in ARMS]
   if unknown or not config.colora.arms:
     raise ValueError(f"Unknown colora.arms {unknown}; choose from {list(ARMS)}.")
-  workdir = os.path.abspath(workdir)
+  workdir = paths.absolute(workdir)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   base_dir, base = base_stage(config, workdir)
   tuned_dir = probe_stage(config, workdir, base_dir)
@@ -110,13 +110,13 @@ def faig_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: str, b
                tuned_dir: str, writer) -> list[faig.LayerScore]:
   """Per-leaf FAIG between the base and the probe on the task's crops (cached in faig/)."""
   out = os.path.join(workdir, "faig")
-  os.makedirs(out, exist_ok=True)
+  paths.makedirs(out)
   path = os.path.join(out, "scores.json")
   settings = json.loads(json.dumps({
       "base": base_dir, "tuned": tuned_dir, "tuned_meta": _export_meta(tuned_dir),
       "steps": config.colora.faig_steps, "images": config.colora.faig_images,
       "seed": config.seed, "data": config.data.to_dict(), "model": config.model.to_dict()}))
-  if os.path.exists(path):
+  if paths.exists(path):
     scores, meta = faig.load_scores(path)
     if meta.get("settings") == settings:
       logging.info("Using the FAIG scores computed earlier in %s.", path)
@@ -206,11 +206,9 @@ def allocation_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: 
     return ""
   path = os.path.join(workdir, "faig", f"allocation_{arm}.json")
   settings = _allocation_settings(config, arm, base_dir, scores)
-  if os.path.exists(path):
-    with open(path) as f:
-      if json.load(f).get("settings") == settings:
-        logging.info("Using the %s allocation made earlier in %s.", ARMS[arm], path)
-        return path
+  if paths.exists(path) and jsonfile.read(path).get("settings") == settings:
+    logging.info("Using the %s allocation made earlier in %s.", ARMS[arm], path)
+    return path
   if config.colora.score not in ("mean", "total"):
     raise ValueError(f"colora.score must be 'mean' or 'total', got {config.colora.score!r}.")
   means = {s.path: getattr(s, config.colora.score) for s in scores}

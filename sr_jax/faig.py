@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -35,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sr_jax import jsonfile, lora
+from sr_jax import jsonfile, lora, paths
 
 PyTree = Any
 PARAM_GROUPS = ("conv", "depthwise", "bias", "norm", "beta_gamma", "temperature")
@@ -238,14 +237,13 @@ def save_scores(path: str, scores: Sequence[LayerScore], meta: dict[str, Any]) -
   """
   doc = {"format": _FORMAT, "meta": meta, "layers": [dataclasses.asdict(s) for s in scores],
          "groups": group_scores(scores), "blocks": block_scores(scores)}
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  paths.makedirs(os.path.dirname(paths.absolute(path)))
   jsonfile.write(path, doc, indent=2, default=_json_default)
 
 
 def load_scores(path: str) -> tuple[list[LayerScore], dict[str, Any]]:
   """(layer scores, meta) as written by `save_scores`."""
-  with open(path) as f:
-    doc = json.load(f)
+  doc = jsonfile.read(path)
   if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
     raise ValueError(f"{path} is not a FAIG scores file written by sr_jax.faig.save_scores.")
   scores = [LayerScore(str(d["path"]), str(d["group"]), int(d["size"]), float(d["total"]),

@@ -9,6 +9,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from etils import epath
 from PIL import Image, ImageDraw, ImageFont
 
 _BAR, _GAP, _LABEL_W, _PLOT_W, _MARGIN = 12, 3, 230, 420, 8
@@ -55,4 +56,5 @@ def _bar_lengths(values: Sequence[float], log: bool) -> list[float]:
 
 
 def save_png(path: str, image: np.ndarray) -> None:
-  Image.fromarray(image).save(path)
+  with epath.Path(path).open("wb") as f:  # Local or gs://.
+    Image.fromarray(image).save(f, format="PNG")

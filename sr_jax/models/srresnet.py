@@ -24,7 +24,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sr_jax.models.layers import Conv, bilinear_upsample, pixel_shuffle
 from sr_jax.models.rrdbnet import check_input, scaled_he_normal
