@@ -71,59 +71,16 @@ flags.DEFINE_bool("skip_forward", False, "Do not measure the forward pass.")
 flags.DEFINE_bool("skip_step", False, "Do not measure the train step.")
 flags.DEFINE_string("output", "", "Also write the markdown report to this file.")
 
-ARMS = ("full", "lora")
-# REFERENCE.md section 12: official PyTorch, 2 CPU cores, float32 (steps: AdamW, L1, all
-# parameters trained), by (model name, preset, batch, size) -> ms. `size` is the target (HR)
-# side, as data.crop_size: an SR model's LR input is size / scale (RRDBNet x4: LR 32 -> 128).
-PYTORCH_STEP_MS: dict[tuple[str, str, int, int], float] = {
-    ("nafnet", "sidd_w32", 4, 128): 1661.0,
-    ("restormer", "default", 2, 128): 50_000.0,  # "~50 s per step".
-    ("rrdbnet", "x4", 4, 128): 2647.0,  # LR 32x32 -> HR 128x128.
-}
-PYTORCH_FORWARD_MS: dict[tuple[str, str, int, int], float] = {
-    ("nafnet", "sidd_w32", 4, 128): 432.0,
-    ("restormer", "default", 1, 128): 2300.0,
-    ("rrdbnet", "x4", 4, 128): 821.0,  # LR 32x32 -> HR 128x128.
-}
-DISPLAY_NAMES = {"nafnet": "NAFNet", "restormer": "Restormer", "rrdbnet": "RRDBNet",
-                 "srresnet": "MSRResNet", "mesrgan": "MESRGAN"}
-
-
-def check_arms(arms: list[str]) -> None:
-  """Unknown arm names are an error before any (slow) measurement starts."""
-  unknown = [a for a in arms if a not in ARMS]
-  if unknown or not arms:
-    raise ValueError(f"--arms={','.join(arms)}: choose one or more of {ARMS}.")
-
-
-def arm_config(config: ml_collections.ConfigDict, arm: str, batch: int,
-               size: int) -> ml_collections.ConfigDict:
-  """A copy of the job config for one arm ('full' or 'lora') at the benchmark's batch and size.
-
-  The data's scale follows the model's (the batch is random), so any job config can time an SR
-  model picked with --config.model.name/preset.
-  """
-  check_arms([arm])
-  c = ml_collections.ConfigDict(config.to_dict())
-  c.data.crop_size, c.batch_size = size, batch
-  c.data.degradation.scale = step_timing.model_scale(config.model)
-  c.lora.enabled = arm == "lora"
-  return c
-
-
-def with_reference(result: dict[str, Any], table: dict[tuple[str, str, int, int], float],
-                   model_config: ml_collections.ConfigDict, batch: int,
-                   size: int) -> dict[str, Any]:
-  """`result` plus the PyTorch time for the same (model, preset, batch, size) and both ratios.
-
-  The three added keys are None where the table has no such entry, or where
-  `config.model.width` changes the preset's architecture.
-  """
-  ref = None if model_config.get("width") else table.get(
-      (model_config.name, model_config.preset, batch, size))
-  return dict(result, batch=batch, pytorch_ms=ref,
-              speedup=ref / result["ms"] if ref else None,
-              time_ratio=result["ms"] / ref if ref else None)
+# The flag-free pieces live in step_timing, so that other commands (sr_jax.tools.perf_report)
+# can import them beside their own flags; these names keep this module's interface.
+ARMS = step_timing.ARMS
+PYTORCH_STEP_MS = step_timing.PYTORCH_STEP_MS
+PYTORCH_FORWARD_MS = step_timing.PYTORCH_FORWARD_MS
+DISPLAY_NAMES = step_timing.DISPLAY_NAMES
+check_arms = step_timing.check_arms
+arm_config = step_timing.arm_config
+with_reference = step_timing.with_reference
+_num = step_timing.format_number
 
 
 def init_params(config: ml_collections.ConfigDict, size: int) -> Any:
@@ -148,11 +105,6 @@ def measure_steps(config: ml_collections.ConfigDict, params: Any, arms: list[str
   return [with_reference(
       step_timing.measure_step(arm_config(config, arm, batch, size), steps, base=params),
       PYTORCH_STEP_MS, config.model, batch, size) for arm in arms]
-
-
-def _num(x: float) -> str:
-  """Whole numbers from 100 up, three significant digits below (micro models take ~1 ms)."""
-  return f"{x:,.0f}" if abs(x) >= 100 else f"{x:#.3g}"
 
 
 def _vs(r: dict[str, Any]) -> str:

@@ -1,15 +1,19 @@
 """Times a job config's compiled train step and its model's forward pass: the shared core of
 the benchmark commands.
 
-Kept free of absl flags so every command (sr_jax.tools.benchmark, sr_jax.tools.data_benchmark)
-and the tests can import it alongside their own `--config` flag. Both measurements compile
+Kept free of absl flags so every command (sr_jax.tools.benchmark, sr_jax.tools.data_benchmark,
+sr_jax.tools.perf_report) and the tests can import it alongside their own flags; hence the
+commands' shared pieces are here too: the PyTorch reference times of REFERENCE.md section 12,
+the per-arm ('full', 'lora') job configs and the number format. Both measurements compile
 ahead of time (the compile time is reported apart), make one untimed warm-up call (one-off
 transfers and allocations), then report the median wall time of the timed calls, each ending in
 `jax.block_until_ready` so asynchronous dispatch does not hide the work.
 
 Sizes: a train step's `config.data.crop_size` is the target (HR) crop, as in training, so a
 super-resolution model (`scale` > 1) gets random LR inputs of crop_size / scale
-(`input_size`); a forward pass's `size` is its input side.
+(`input_size`); a forward pass's `size` is its input side. A diffusion model (SR3) has no
+`scale`: its UNet works at the HR size on (condition, noisy, noise level), so it is initialised
+at the HR side and its LR inputs are crop_size / `config.data.degradation.scale` (`data_scale`).
 """
 
 from __future__ import annotations
@@ -24,12 +28,76 @@ import ml_collections
 import numpy as np
 
 from sr_jax import lora, sharding
-from sr_jax import step as step_lib
 from sr_jax import train
 from sr_jax.models import registry
 
 PyTree = Any
 
+
+# -- the benchmark commands' shared tables and arm configs ------------------------------------
+
+ARMS = ("full", "lora")
+# REFERENCE.md section 12: official PyTorch, 2 CPU cores, float32 (steps: AdamW, L1, all
+# parameters trained), by (model name, preset, batch, size) -> ms. `size` is the target (HR)
+# side, as data.crop_size: an SR model's LR input is size / scale (RRDBNet x4: LR 32 -> 128).
+PYTORCH_STEP_MS: dict[tuple[str, str, int, int], float] = {
+    ("nafnet", "sidd_w32", 4, 128): 1661.0,
+    ("restormer", "default", 2, 128): 50_000.0,  # "~50 s per step".
+    ("rrdbnet", "x4", 4, 128): 2647.0,  # LR 32x32 -> HR 128x128.
+}
+PYTORCH_FORWARD_MS: dict[tuple[str, str, int, int], float] = {
+    ("nafnet", "sidd_w32", 4, 128): 432.0,
+    ("restormer", "default", 1, 128): 2300.0,
+    ("rrdbnet", "x4", 4, 128): 821.0,  # LR 32x32 -> HR 128x128.
+}
+DISPLAY_NAMES = {"nafnet": "NAFNet", "restormer": "Restormer", "rrdbnet": "RRDBNet",
+                 "srresnet": "MSRResNet", "mesrgan": "MESRGAN", "sr3": "SR3"}
+
+
+def check_arms(arms: list[str]) -> None:
+  """Unknown arm names are an error before any (slow) measurement starts."""
+  unknown = [a for a in arms if a not in ARMS]
+  if unknown or not arms:
+    raise ValueError(f"--arms={','.join(arms)}: choose one or more of {ARMS}.")
+
+
+def arm_config(config: ml_collections.ConfigDict, arm: str, batch: int,
+               size: int) -> ml_collections.ConfigDict:
+  """A copy of the job config for one arm ('full' or 'lora') at the benchmark's batch and size.
+
+  The data's scale follows the model's (the batch is random), so any job config can time an SR
+  model picked with --config.model.name/preset; a diffusion job (SR3, no model scale) keeps its
+  data scale.
+  """
+  check_arms([arm])
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.data.crop_size, c.batch_size = size, batch
+  c.data.degradation.scale = data_scale(config)
+  c.lora.enabled = arm == "lora"
+  return c
+
+
+def with_reference(result: dict[str, Any], table: dict[tuple[str, str, int, int], float],
+                   model_config: ml_collections.ConfigDict, batch: int,
+                   size: int) -> dict[str, Any]:
+  """`result` plus the PyTorch time for the same (model, preset, batch, size) and both ratios.
+
+  The three added keys are None where the table has no such entry, or where
+  `config.model.width` changes the preset's architecture.
+  """
+  ref = None if model_config.get("width") else table.get(
+      (model_config.name, model_config.preset, batch, size))
+  return dict(result, batch=batch, pytorch_ms=ref,
+              speedup=ref / result["ms"] if ref else None,
+              time_ratio=result["ms"] / ref if ref else None)
+
+
+def format_number(x: float) -> str:
+  """Whole numbers from 100 up, three significant digits below (micro models take ~1 ms)."""
+  return f"{x:,.0f}" if abs(x) >= 100 else f"{x:#.3g}"
+
+
+# -- measurements -------------------------------------------------------------------------
 
 def median_ms(call: Callable[[], Any], repeats: int) -> float:
   """Median wall time in ms of `repeats` calls of `call`, after one untimed warm-up call.
@@ -70,16 +138,36 @@ def input_size(model_config: ml_collections.ConfigDict, target_size: int) -> int
   return target_size // scale
 
 
+def data_scale(config: ml_collections.ConfigDict) -> int:
+  """The LR -> HR factor of a job's data: the model's `scale`, or for the diffusion objective
+  (whose UNet works at the HR size, so any factor fits) `config.data.degradation.scale`."""
+  if config.diffusion.enabled:
+    return int(config.data.degradation.scale)
+  return model_scale(config.model)
+
+
+def lq_size(config: ml_collections.ConfigDict) -> int:
+  """The side of a train step's random LR input: data.crop_size / `data_scale`."""
+  if not config.diffusion.enabled:
+    return input_size(config.model, config.data.crop_size)
+  scale = data_scale(config)
+  if config.data.crop_size % scale:
+    raise ValueError(f"config.data.crop_size={config.data.crop_size} is not a multiple of "
+                     f"config.data.degradation.scale={scale}.")
+  return config.data.crop_size // scale
+
+
 def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
-  """A host batch {'lq', 'gt'} of uniform [0, 1) crops: gt data.crop_size, lq crop / scale."""
+  """A host batch {'lq', 'gt'} of uniform [0, 1) crops: gt data.crop_size, lq `lq_size`."""
   model = registry.build_model(config.model)
   gt_size = config.data.crop_size
-  lq_size = input_size(config.model, gt_size)
-  # Output channels where the model names them apart (Restormer's dual-pixel input has 6).
-  out_channels = getattr(model, "num_out_ch", getattr(model, "out_channels",
-                                                      model.input_channels))
+  lq_side = lq_size(config)
+  # Output channels where the model names them apart (Restormer's dual-pixel input has 6; SR3
+  # conditions on 3 channels and predicts `out_channel`).
+  out_channels = getattr(model, "num_out_ch", getattr(model, "out_channels", getattr(
+      model, "out_channel", model.input_channels)))
   rng = np.random.default_rng(seed)
-  return {"lq": rng.random((config.batch_size, lq_size, lq_size, model.input_channels),
+  return {"lq": rng.random((config.batch_size, lq_side, lq_side, model.input_channels),
                            np.float32),
           "gt": rng.random((config.batch_size, gt_size, gt_size, out_channels), np.float32)}
 
@@ -89,6 +177,8 @@ def init_params(model_config: ml_collections.ConfigDict, size: int, seed: int = 
 
   `size`: the side of the zero input `model.init` is traced on (any valid input side; the
   parameters do not depend on it, the init's cost does: pass the input side, not the HR one).
+  A diffusion model is traced on its own `example_inputs` (condition, noisy image, noise
+  level) of `size`, the HR side it works at; `input_size` gives that side for it too (scale 1).
 
   `train.init_base` with the run's own key, so passing them as its `base` gives the same values
   while compiling `model.init` once for all measurements. A host copy: the train step donates
@@ -98,17 +188,26 @@ def init_params(model_config: ml_collections.ConfigDict, size: int, seed: int = 
   return jax.device_get(train.init_base(model, size, jax.random.PRNGKey(seed)))
 
 
+def arm_label(config: ml_collections.ConfigDict) -> str:
+  """How a train-step row names its arm: 'LoRA r=8' or 'full fine-tuning'."""
+  return f"LoRA r={config.lora.rank}" if config.lora.enabled else "full fine-tuning"
+
+
 def measure_step(config: ml_collections.ConfigDict, steps: int,
                  base: PyTree | None = None) -> dict[str, Any]:
   """Times `steps` train steps of `config` (median, after a warm-up) on a random batch.
 
   The batch is `config.batch_size` target crops of `config.data.crop_size` (inputs divided by
-  the model's scale, see `random_batch`). `base`: parameters to start from (e.g.
-  `init_params`), or None to initialise them here.
+  the data's scale, see `random_batch`). `base`: parameters to start from (e.g.
+  `init_params`), or None to initialise them here. Works for every objective `train.build_run`
+  builds from the config (pixel; diffusion when config.diffusion.enabled).
+
+  `gflops`, `temp_mb` and `arg_mb` are XLA's figures for one device's partition of the step;
+  `devices` is the size of the mesh it runs on (the batch is split over it).
   """
   run = train.build_run(config, "/tmp/sr_jax_benchmark", base=base)
   batch = sharding.global_batch(random_batch(config), run.mesh)
-  step_fn = step_lib.build_train_step(run.objective.update, run.mesh)
+  step_fn = run.train_step()  # The run's own layouts (replicated, or FSDP-split state).
   t0 = time.perf_counter()
   compiled = step_fn.lower(run.state, run.frozen, batch).compile()
   compile_s = time.perf_counter() - t0
@@ -121,8 +220,8 @@ def measure_step(config: ml_collections.ConfigDict, steps: int,
     return metrics["loss"]
 
   ms = median_ms(one_step, steps)
-  return dict(arm=f"LoRA r={config.lora.rank}" if config.lora.enabled else "full fine-tuning",
-              ms=ms, compile_s=compile_s, trainable=trainable,
+  return dict(arm=arm_label(config), ms=ms, compile_s=compile_s, trainable=trainable,
+              devices=run.mesh.size,
               pct=100 * trainable / run.num_base_params, **compiled_costs(compiled))
 
 
