@@ -104,3 +104,44 @@ def test_urls_stay_urls_and_local_files_are_written_atomically(tmp_path):
   paths.write_text(str(target), "hello")
   assert target.read_text() == "hello" and not (tmp_path / "sub" / "x.txt.tmp").exists()
   assert paths.directory_size(str(tmp_path)) == 5
+
+
+def _train_steps(config, batches):
+  """Losses and the gathered final state of a few steps of `config`'s objective."""
+  from sr_jax import train  # pylint: disable=g-import-not-at-top
+  run = train.build_run(config, "/tmp/unused", base=None)
+  step_fn, state, losses = run.train_step(), run.state, []
+  for batch in batches:
+    state, metrics = step_fn(state, run.frozen, sharding.global_batch(batch, run.mesh))
+    losses.append(float(metrics["loss"]))
+  return losses, jax.device_get(sharding.gather(state, run.mesh))
+
+
+@pytest.mark.parametrize("objective", ["gan", "diffusion"])
+def test_fsdp_equals_replicated_for_the_gan_and_diffusion_objectives(objective):
+  """The GAN state (generator, EMA, discriminator and its batch stats) and the diffusion
+  state split over 'fsdp' train to the same numbers as replicated ones."""
+  rng = np.random.default_rng(0)
+  if objective == "gan":
+    from configs import esrgan_lora  # pylint: disable=g-import-not-at-top
+    c = esrgan_lora.get_config("demo")
+    c.lora.enabled, c.model.preset, c.data.crop_size = False, "micro", 32
+    c.gan.discriminator, c.gan.d_num_feat = "unet_sn", 4
+    c.gan.perceptual_layers = ("conv1_2=1.0",)
+    lq, gt = (8, 8, 8, 3), (8, 32, 32, 3)
+  else:
+    from configs import sr3  # pylint: disable=g-import-not-at-top
+    c = sr3.get_config("demo")
+    c.model.preset, c.model.conv_impl, c.data.crop_size = "micro", "xla", 16
+    c.diffusion.num_timesteps = 20
+    lq, gt = (8, 4, 4, 3), (8, 16, 16, 3)
+  c.batch_size = 8
+  batches = [{"lq": rng.random(lq, np.float32), "gt": rng.random(gt, np.float32)}
+             for _ in range(2)]
+  c.mesh.fsdp = 1
+  losses1, state1 = _train_steps(c, batches)
+  c.mesh.fsdp, c.mesh.fsdp_min_size = 4, 1
+  losses4, state4 = _train_steps(c, batches)
+  np.testing.assert_allclose(losses4, losses1, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               state4, state1)
