@@ -38,15 +38,8 @@ set -euo pipefail
 usage() { awk 'NR == 1 {next} /^#/ {sub(/^# ?/, ""); print; next} {exit}' "$0"; }
 die_usage() { echo "gpu.sh: $*" >&2; usage >&2; exit 2; }
 
-# The arguments as one line of shell words: plain words as they are, others single-quoted.
-quote() {
-  local out="" a q="'\\''"
-  for a in "$@"; do
-    if [[ -n "$a" && "$a" != *[!A-Za-z0-9_./:=@%+,-]* ]]; then out+=" $a"
-    else out+=" '${a//\'/$q}'"; fi
-  done
-  echo "${out# }"
-}
+# quote: shell-quotes its arguments into one line (launch/common.sh).
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 dry_run=${DRY_RUN:-}; mode=""; nodes=""; gpus=""; srun_args=(); args=()
 while [[ $# -gt 0 ]]; do

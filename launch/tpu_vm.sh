@@ -49,15 +49,8 @@ usage() { awk 'NR == 1 {next} /^#/ {sub(/^# ?/, ""); print; next} {exit}' "$0"; 
 die_usage() { echo "tpu_vm.sh: $*" >&2; usage >&2; exit 2; }
 
 dry_run=${DRY_RUN:-}
-# The arguments as one line of shell words: plain words as they are, others single-quoted.
-quote() {
-  local out="" a q="'\\''"
-  for a in "$@"; do
-    if [[ -n "$a" && "$a" != *[!A-Za-z0-9_./:=@%+,-]* ]]; then out+=" $a"
-    else out+=" '${a//\'/$q}'"; fi
-  done
-  echo "${out# }"
-}
+# quote: shell-quotes its arguments into one line (launch/common.sh).
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 # Prints a command, shell-quoted, in a dry run; runs it otherwise.
 run() {
   if [[ -n "$dry_run" ]]; then quote "$@"; else "$@"; fi
