@@ -114,11 +114,6 @@ def place(tree: Any, shardings: Any) -> Any:
   return jax.device_put(tree, shardings)
 
 
-def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Places a host or device tree replicated on every device of the mesh."""
-  return jax.device_put(tree, replicated(mesh))
-
-
 def gather(tree: Any, mesh: Mesh) -> Any:
   """`tree` replicated on the mesh, however it was split: what evaluation and export read.
 

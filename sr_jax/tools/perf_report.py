@@ -57,6 +57,7 @@ from absl import logging
 
 from configs import colora_restormer, esrgan, esrgan_lora, lora_nafnet, sr3, sr3_finetune
 from sr_jax import runtime
+from sr_jax import step as step_lib
 from sr_jax.models import registry
 from sr_jax.tools import step_timing
 
@@ -467,7 +468,7 @@ def _define_flags() -> None:
                        "all. The batch must divide evenly over them.")
   flags.DEFINE_integer("fsdp", 1, "Devices each parameter and its optimizer moments are split "
                        "over (config.mesh.fsdp); 1 = replicated.")
-  flags.DEFINE_enum("state_dtype", "float32", ("float32", "bfloat16"),
+  flags.DEFINE_enum("state_dtype", "float32", tuple(step_lib.STATE_DTYPES),
                     "Optimizer moments' storage dtype (config.optimizer.state_dtype).")
   flags.DEFINE_string("output", "", "Also write the markdown report to this file.")
 
