@@ -1,4 +1,4 @@
-r"""CoLoRA on NAFNet (seed 001): a PROD base adapted to a task it never saw, ~7% of parameters.
+r"""CoLoRA on NAFNet (Park et al. 2024): a PROD base adapted to an unseen task, ~7% of parameters.
 
 The job: pre-train (or load) a PROD base -> a short full fine-tune ("probe") on the task ->
 FAIG contributions of every layer between the base and the probe -> LoRA ranks per layer from
@@ -36,7 +36,7 @@ from sr_jax import config_base as common
 
 
 def haze_colora_job(config: ml_collections.ConfigDict) -> None:
-  """Seed 001's CoLoRA job on the dehazing task, for any backbone (colora_restormer uses it)."""
+  """The CoLoRA job on the dehazing task, for any backbone (colora_restormer uses it)."""
   # The new task: haze (atmospheric scattering), which PROD never applied.
   config.data.degradation.kind = "chain"
   config.data.degradation.ops = ("haze",)
@@ -78,6 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = common.parse_variants(arg, allowed=("demo", "demo_ablation"))
   config = common.base_config()
   config.job = "colora_nafnet"
+  config.objective = "pixel"
   config.model.name = "nafnet"
   config.model.preset = "sidd_w32"
   haze_colora_job(config)

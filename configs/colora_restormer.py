@@ -1,4 +1,4 @@
-r"""CoLoRA on Restormer (seed 001's transformer backbone): the same job as colora_nafnet.py.
+r"""CoLoRA on Restormer (the CoLoRA paper's transformer backbone): the job of colora_nafnet.py.
 
 The job: a base (a converted official Restormer, or PROD pre-training here) -> a short full
 fine-tune ("probe") on the task -> FAIG contributions of every layer -> LoRA ranks per layer
@@ -43,6 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = common.parse_variants(arg, allowed=("demo", "demo_ablation"))
   config = common.base_config()
   config.job = "colora_restormer"
+  config.objective = "pixel"
   config.model.name = "restormer"
   config.model.preset = "default"
   colora_nafnet.haze_colora_job(config)  # The same task, stages and budget as NAFNet's.

@@ -3,7 +3,7 @@ r"""ESRGAN x4 (RRDBNet generator, VGG-style discriminator, relativistic GAN), tr
 Stage 1 trains the generator alone with L1 (the PSNR-oriented "RRDB-PSNR" model) in
 WORKDIR/base; stage 2 starts the GAN from it: pixel L1 (1e-2) + perceptual (1) + relativistic
 average GAN (5e-3), Adam, learning rates halved at 50k/100k/200k/300k, generator EMA 0.999
-(Wang et al. 2018; BasicSR's train_ESRGAN_x4 recipe, REFERENCE.md section 4).
+(Wang et al. 2018; BasicSR's train_ESRGAN_x4 recipe).
 
 Paper scale (DF2K crops, bicubic LR made on the fly; Set14 as the held-out set):
 
@@ -57,7 +57,7 @@ def sr_gan_job(config: ml_collections.ConfigDict, generator: str, preset: str) -
   config.optimizer = common.optimizer_config(
       name="adam", learning_rate=1e-4, b2=0.999, schedule="multistep",
       milestones=(50_000, 100_000, 200_000, 300_000))
-  config.gan.enabled = True
+  config.objective = "gan"
   config.gan.discriminator = "vgg"
   config.gan.kind = "ragan"
   config.gan.pixel_weight = 1e-2

@@ -1,4 +1,4 @@
-r"""ESRGAN domain transfer with LoRA (seed 000): adapt a pre-trained ESRGAN to a new domain.
+r"""ESRGAN domain transfer with LoRA: adapt a pre-trained ESRGAN to a new domain.
 
 The generator's weights stay frozen; LoRA adapters of rank 4 on every generator conv (the
 3-channel output conv allows at most rank 3) are trained with the full ESRGAN GAN objective

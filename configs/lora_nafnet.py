@@ -29,6 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = common.parse_variants(arg, allowed=("demo",))
   config = common.base_config()
   config.job = "lora_nafnet"
+  config.objective = "pixel"
 
   config.model.name = "nafnet"
   config.model.preset = "sidd_w32"

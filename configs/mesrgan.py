@@ -1,4 +1,4 @@
-r"""MESRGAN x4 (seed 002): ESRGAN with MobileNetV2 inverted-residual blocks in its dense blocks.
+r"""MESRGAN x4 (Eriksson and Löf): ESRGAN with MobileNetV2 inverted-residual dense blocks.
 
 Each 3x3 conv of RRDBNet's residual dense blocks becomes 1x1 expand (t = 6) -> LeakyReLU ->
 3x3 depthwise -> LeakyReLU -> linear 1x1 projection (sr_jax/models/mesrgan.py); everything

@@ -1,6 +1,6 @@
 r"""PROD pre-training of NAFNet: a base that has seen many degradations in random order.
 
-Seed 001's PROD: each training crop is degraded by a random subset (1 to 3) of {Gaussian blur
+PROD (Park, Kim and Chun, ECCV 2024): each training crop is degraded by a random subset (1 to 3) of {Gaussian blur
 (isotropic or anisotropic), motion blur, Gaussian noise, JPEG, rain} applied in a random order,
 and the network learns to restore the clean crop. The result is the base that fine-tuning jobs
 (LoRA, CoLoRA) adapt to new tasks; haze, low light and Poisson noise are left out of the set on
@@ -33,7 +33,7 @@ import ml_collections
 
 from sr_jax import config_base as common
 
-# PROD's degradation set (seed 001) and its per-sample count.
+# PROD's degradation set (Park et al. 2024) and its per-sample count.
 PROD_OPS = ("gaussian_blur", "motion_blur", "gaussian_noise", "jpeg", "rain")
 
 
@@ -57,6 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = common.parse_variants(arg, allowed=("demo",))
   config = common.base_config()
   config.job = "prod_nafnet"
+  config.objective = "pixel"
   config.model.name = "nafnet"
   config.model.preset = "sidd_w32"
   prod_degradation(config.data.degradation)

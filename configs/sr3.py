@@ -1,6 +1,6 @@
 r"""SR3 16 -> 128 (x8) diffusion super-resolution, trained from scratch.
 
-Saharia et al. 2021 with the common PyTorch implementation's UNet (REFERENCE.md section 7;
+Saharia et al. 2021 with the common PyTorch implementation's UNet (Janspiry's
 `sr3_16_128`: 64 channels, multipliers 1-2-4-8-8, two residual blocks per level, attention at
 16x16, dropout 0.2, 97.8M parameters) and noise schedule (linear betas 1e-6 -> 1e-2 over
 T = 2000). The LR face is upscaled with MATLAB's bicubic and concatenated to the noisy image;
@@ -40,7 +40,7 @@ def sr3_job(config: ml_collections.ConfigDict) -> None:
   config.num_steps = 1_000_000
   config.optimizer = common.optimizer_config(name="adam", learning_rate=1e-4, b2=0.999,
                                              schedule="constant", warmup_steps=10_000)
-  config.diffusion.enabled = True
+  config.objective = "diffusion"
   config.diffusion.schedule = "linear"
   config.diffusion.num_timesteps = 2000
   config.diffusion.beta_start = 1e-6

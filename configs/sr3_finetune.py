@@ -1,6 +1,6 @@
 r"""SR3 fine-tuning on a new domain with few images and steps: full, LoRA or part of the chain.
 
-Seed 003's questions, as one job per arm: does an SR3 trained on one domain (faces) adapt to a
+The questions of Yin's limited-fine-tuning study of SR3, as one job per arm: does an SR3 trained on one domain (faces) adapt to a
 new one (e.g. anime faces) with N images (`--config.data.num_train_images=N`) and S steps
 (`--config.num_steps=S`); must every timestep be fine-tuned, or only the data end of the
 chain (variant `range`: training timesteps [1, 500] of 2000, and the base model samples the

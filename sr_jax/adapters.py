@@ -32,7 +32,7 @@ Shapes = Mapping[str, tuple[int, ...]]
 
 @dataclasses.dataclass(frozen=True)
 class Adapter:
-  """One task's adapter as written by train.export: LoRA factors, tuned base leaves, plan.
+  """One task's adapter as written by loop.export: LoRA factors, tuned base leaves, plan.
 
   `source` (the directory it came from, if any) only makes error messages name the file.
   """
@@ -84,21 +84,11 @@ def load_adapter(directory: str | os.PathLike) -> Adapter:
 
 def model_from_architecture(arch: Mapping[str, Any], *, dtype: str = "float32",
                             impl: str = "auto") -> nn.Module:
-  """The Flax module of a recorded architecture (meta.json's 'model', see registry.architecture).
-
-  Checkpoints record the fields that define the parameter tree, not a preset name, so the
-  module is built from the entry's first preset with every recorded field overriding it.
-  """
-  if "name" not in arch:
-    raise ValueError(f"Recorded architecture {dict(arch)} has no model 'name'.")
-  entry = registry.entry(arch["name"])
-  missing = [f for f in entry.arch_fields if f not in arch]
-  if missing:
-    raise ValueError(f"Recorded {arch['name']} architecture lacks {missing} (has {sorted(arch)}).")
+  """The Flax module of a recorded architecture (meta.json's 'model', see registry.architecture)
+  in compute `dtype` ('float32', 'bfloat16' or 'float16') with conv formulation `impl`."""
   if dtype not in registry.DTYPES:
     raise ValueError(f"Unknown dtype {dtype!r}; use one of {sorted(registry.DTYPES)}.")
-  fields = {f: tuple(arch[f]) if isinstance(arch[f], list) else arch[f] for f in entry.arch_fields}
-  return entry.build(next(iter(entry.presets)), dtype=registry.DTYPES[dtype], impl=impl, **fields)
+  return registry.from_architecture(dict(arch), dtype=registry.DTYPES[dtype], impl=impl)
 
 
 def _shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:

@@ -1,8 +1,9 @@
 r"""Contribution-based LoRA (CoLoRA): per-layer ranks from FAIG scores under a parameter budget.
 
-The paper (seed 001) sets each layer's share of learnable parameters from its FAIG contribution
-and totals about 7% of NAFNet; its exact formula is not published (REFERENCE.md section 9).
-This is our design:
+The CoLoRA paper (Park, Kim and Chun, "Contribution-based Low-Rank Adaptation with Pre-training
+Model for Real Image Restoration", ECCV 2024) sets each layer's share of learnable parameters
+from its FAIG contribution and totals about 7% of NAFNet; it does not publish its exact
+formula. This is our design:
 
   candidates  every kernel LoRA targets (config.lora.targets), except depthwise convs, which
               are frozen or tuned fully (colora.depthwise); kernel i costs k_i = fan_in + fan_out

@@ -1,4 +1,4 @@
-"""The CoLoRA job (seed 001): base -> probe -> FAIG -> ranks -> fine-tuning arms -> one table.
+"""The CoLoRA job (Park, Kim and Chun, ECCV 2024): base -> probe -> FAIG -> ranks -> arms -> table.
 
 `run(config, workdir)` reads top to bottom in the order the job happens; every stage leaves its
 result in the workdir and is skipped when re-run, so an interrupted job resumes where it
@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from sr_jax import checkpoint, colora, faig, jsonfile, paths, plots, train
+from sr_jax import checkpoint, colora, faig, jsonfile, paths, plots, report, train
 from sr_jax.data import pipeline
 from sr_jax.models import registry
 
@@ -58,7 +58,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if shared in arm_rows:
         rows.setdefault(shared, arm_rows[shared])
     rows[ARMS[arm]] = arm_rows[list(arm_rows)[-1]]
-  train.write_table(workdir, rows, writer)
+  report.write_table(workdir, rows, writer)
   writer.flush()
   return rows
 
@@ -79,7 +79,7 @@ def base_stage(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, Py
   if not config.base.checkpoint and config.base.num_steps <= 0:
     raise ValueError("CoLoRA adapts a base: set config.base.checkpoint (e.g. a PROD run's "
                      "export/params) or config.base.num_steps > 0 to pre-train one here.")
-  base = train.prepare_base(config, workdir)  # Checks the architecture; pre-trains if needed.
+  base = train.base_stage(config, workdir)  # Checks the architecture; pre-trains if needed.
   return config.base.checkpoint or os.path.join(workdir, "base", "export", "params"), base
 
 
@@ -143,7 +143,7 @@ def faig_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: str, b
                                   "cost_in_gradient_passes_with_compile":
                                       cost * config.colora.faig_steps,
                                   "groups": faig.group_scores(scores)})
-  _plot_faig(scores, out, writer)
+  _plot_faig(scores, out, writer, registry.entry(config.model.name).block_order)
   return scores
 
 
@@ -168,28 +168,9 @@ def _grad_step_seconds(apply_fn, params: PyTree, batch: dict[str, np.ndarray],
   return (time.perf_counter() - t0) * chunks
 
 
-_STAGE_ORDER = ("intro", "encoders", "downs", "middle_blks", "ups", "decoders", "ending")
-
-
-def network_order(block: str) -> tuple:
-  """Sort key putting NAFNet's blocks in data-flow order: intro, encoders_0_*, downs_0, ...
-
-  Encoder level i runs before downs_i; decoder level i after ups_i. Unknown names go last.
-  """
-  stage = next((s for s in _STAGE_ORDER if block == s or block.startswith(s + "_")), None)
-  numbers = tuple(int(n) for n in block[len(stage or ""):].split("_") if n.isdigit())
-  level = numbers[0] if numbers else 0
-  if stage in ("encoders", "downs"):
-    return (1, level, 0 if stage == "encoders" else 1, numbers)
-  if stage in ("ups", "decoders"):
-    return (3, level, 0 if stage == "ups" else 1, numbers)
-  rank = {"intro": 0, "middle_blks": 2, "ending": 4}.get(stage, 5)
-  return (rank, 0, 0, numbers, block)
-
-
-def _plot_faig(scores: list[faig.LayerScore], out: str, writer) -> None:
+def _plot_faig(scores: list[faig.LayerScore], out: str, writer, block_order) -> None:
   blocks = faig.block_scores(scores)
-  blocks = {name: blocks[name] for name in sorted(blocks, key=network_order)}
+  blocks = {name: blocks[name] for name in sorted(blocks, key=block_order)}
   image = plots.bar_chart(list(blocks), [b["mean"] for b in blocks.values()],
                           "FAIG per block (mean per parameter, log scale)", log=True)
   plots.save_png(os.path.join(out, "faig_blocks.png"), image)

@@ -82,9 +82,9 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def gan_config() -> ml_collections.ConfigDict:
-  """The GAN objective (sr_jax/objectives/gan.py); config.model is the generator."""
+  """The GAN objective (config.objective='gan', sr_jax/objectives/gan.py); config.model is
+  the generator."""
   return ml_collections.ConfigDict(dict(
-      enabled=False,
       # 'vgg' (ESRGAN's VGG-style, BatchNorm; input = data.crop_size, 128 or 256) or 'unet_sn'
       # (Real-ESRGAN's U-Net with spectral norm, per-pixel logits).
       discriminator="vgg",
@@ -111,9 +111,9 @@ def gan_config() -> ml_collections.ConfigDict:
 
 
 def diffusion_config() -> ml_collections.ConfigDict:
-  """The SR3 diffusion objective and its samplers (sr_jax/objectives/diffusion.py)."""
+  """The SR3 diffusion objective (config.objective='diffusion', sr_jax/objectives/diffusion.py)
+  and its samplers."""
   return ml_collections.ConfigDict(dict(
-      enabled=False,
       # The noise schedule: 'linear' (SR3's common implementation: T=2000, 1e-6 -> 1e-2),
       # 'cosine' or 'quad'.
       schedule="linear",
@@ -162,6 +162,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.job = ""
   c.mode = "train"  # 'train' (resumes; evaluates at the end) or 'eval' (latest checkpoint).
   c.seed = 0
+  # What training optimises (sr_jax/objectives): 'pixel' (config.loss on one model's output),
+  # 'gan' (config.gan: generator and discriminator) or 'diffusion' (config.diffusion: SR3).
+  # Every job config sets it.
+  c.objective = ""
 
   c.model = ml_collections.ConfigDict(dict(
       name="nafnet",

@@ -141,9 +141,8 @@ def _attribution(base: PyTree, tuned: PyTree, lq_chunks: jax.Array, gt_chunks: j
                  apply_fn: Callable[[PyTree, jax.Array], jax.Array], steps: int) -> PyTree:
   """The whole integral in one program: a loop over the M path points, each over the chunks.
 
-  `fori_loop` rather than `scan` over a range: on the 2-core CPU VM (NAFNet-tiny, 8 images of
-  64x64) the scan version measured ~15% slower than M separate jitted value_and_grad calls,
-  this one ~7% faster.
+  `fori_loop` rather than `scan` over a range: the scan version ran slower than M separate
+  jitted value_and_grad calls on a CPU, this one faster (docs/speed.md).
   """
   delta = jax.tree.map(jnp.subtract, base, tuned)
   add = functools.partial(jax.tree.map, jnp.add)

@@ -43,6 +43,8 @@ from PIL import Image
 
 from sr_jax import adapters, checkpoint as checkpoint_lib, metrics, runtime, tiling
 from sr_jax.data import sources
+from sr_jax.diffusion import samplers, sr3
+from sr_jax.models import registry
 
 PyTree = Any
 
@@ -63,11 +65,11 @@ def load_model(checkpoint_dir: str, adapter_dir: str | None = None, *, dtype: st
 
 
 def downsampling(model: nn.Module) -> int:
-  """The factor input sizes should be multiples of (the model's `size_multiple`, else 1).
+  """The factor input sizes should be multiples of (the model's size multiple).
 
   NAFNet and Restormer pad other sizes internally, but padding at every tile's edge would show.
   """
-  return int(getattr(model, "size_multiple", 1))
+  return registry.facts(registry.name_of(model), model).size_multiple
 
 
 def output_scale(model: nn.Module, params: PyTree, channels: int = 3) -> int:
@@ -81,32 +83,26 @@ def output_scale(model: nn.Module, params: PyTree, channels: int = 3) -> int:
 
 
 class DiffusionRestorer:
-  """SR3: each image is super-resolved by sampling (sr_jax.objectives.diffusion), whole."""
+  """SR3: each image is super-resolved by sampling (sr_jax.diffusion.sr3), whole."""
 
   def __init__(self, model: nn.Module, base: PyTree, tuned: PyTree, record: dict[str, Any],
                sampler: str = "ddim", steps: int = 50, eta: float = 0.0, seed: int = 0,
                split: bool = False):
-    from sr_jax import config_base  # pylint: disable=g-import-not-at-top
-    from sr_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
-    from sr_jax.objectives import diffusion  # pylint: disable=g-import-not-at-top
-    d = config_base.diffusion_config()
-    d.update({k: v for k, v in record.items() if k in d})
-    d.sampler, d.sample_steps, d.eta, d.sample_seed = sampler, steps, eta, seed
-    d.base_outside_range = bool(d.base_outside_range and split)
-    self.objective = diffusion.DiffusionObjective(model, None, None, d, record["scale"])
+    sampler_config = samplers.SamplerConfig(kind=sampler, num_steps=steps, eta=eta)
+    self.sr3 = sr3.SR3.from_record(model, record, sampler_config, split=split, seed=seed)
     self.params = {"base": tuned, "lora": {}}
-    if self.objective.split_sampling:
+    if self.sr3.split_sampling:
       self.params["reference"] = base
-    self.scale, self.multiple, self.channels = int(record["scale"]), 1, model.input_channels
-    self.steps = steps or self.objective.noise.num_steps
-    self._progress = samplers.progress_logger
-    self._jitted = jax.jit(self.objective.apply)
+    self.scale, self.multiple = self.sr3.scale, 1
+    self.channels = registry.facts("sr3", model).in_channels
+    self.steps = steps or self.sr3.noise.num_steps
+    self._jitted = jax.jit(self.sr3.sample)
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
     """HWC float32 LR image in [0, 1] -> the sampled HR image (HWC float32 in [0, 1])."""
     x = jnp.asarray(image, jnp.float32)[None]
     if self.steps > 100:  # Long chains report their progress (chunked, jitted per chunk).
-      out = self.objective.apply(self.params, x, progress=self._progress("sampling"))
+      out = self.sr3.sample(self.params, x, progress=samplers.progress_logger("sampling"))
     else:
       out = self._jitted(self.params, x)
     return np.asarray(out[0])
@@ -123,7 +119,7 @@ class Restorer:
     self.model, self.params, self.tile, self.overlap = model, params, tile, overlap
     self.multiple = downsampling(model)
     tiling.check_tiling(tile, overlap, self.multiple)  # Flag errors before any image is read.
-    self.channels = int(getattr(model, "input_channels", 3))
+    self.channels = registry.facts(registry.name_of(model), model).in_channels
     if self.channels not in (1, 3):
       raise ValueError(f"The model takes {self.channels}-channel inputs (e.g. Restormer's "
                        "dual-pixel pairs); sr_jax.infer reads single RGB or grayscale images.")
@@ -231,7 +227,11 @@ def is_diffusion(checkpoint: str) -> bool:
   reports what is wrong with it)."""
   if not os.path.exists(os.path.join(checkpoint, "meta.json")):
     return False
-  return checkpoint_lib.read_params_meta(checkpoint).get("model", {}).get("name") == "sr3"
+  name = checkpoint_lib.read_params_meta(checkpoint).get("model", {}).get("name")
+  try:
+    return registry.entry(name).kind == "diffusion"
+  except ValueError:
+    return False  # An unknown model: load_model names the problem.
 
 
 def diffusion_restorer(checkpoint: str, adapter: str | None, *, dtype: str = "float32",
@@ -249,6 +249,7 @@ def diffusion_restorer(checkpoint: str, adapter: str | None, *, dtype: str = "fl
   if not record.get("scale"):
     raise UsageError(f"{checkpoint} records no SR scale (a converted SR3 checkpoint): pass "
                      "--scale, e.g. --scale 8 for the 16 -> 128 model.")
+  record = dict(sr3.COMMON_SCHEDULE, **record)  # A converted checkpoint records no schedule.
   model = adapters.model_from_architecture(meta["model"], dtype=dtype)
   return DiffusionRestorer(model, base, tuned, record, split=bool(adapter), **sampling)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import lora_nafnet
-from sr_jax import lora, train
+from sr_jax import lora, run_setup
 from sr_jax.models import registry
 from sr_jax.tools import benchmark
 
@@ -52,7 +52,7 @@ def expected_trainable(config):
   base = param_shapes(config)
   adapters = {}
   if config.lora.enabled:
-    plan = train.lora_plan(config, base)
+    plan = run_setup.lora_plan(config, base)
     adapters = jax.eval_shape(functools.partial(lora.init_adapters, plan=plan),
                               jax.random.PRNGKey(1), base)
   params = {"base": base, "lora": adapters}
@@ -93,7 +93,7 @@ def test_forward_and_steps_report(name, monkeypatch):
 
 
 def test_reference_table_and_arms():
-  """The REFERENCE.md s12 keys, and bad --arms values rejected before any measurement."""
+  """The PyTorch reference keys, and bad --arms values rejected before any measurement."""
   nafnet = micro_config("nafnet").model
   nafnet.preset = "sidd_w32"
   r = benchmark.with_reference({"ms": 830.5}, benchmark.PYTORCH_STEP_MS, nafnet, 4, 128)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import colora_nafnet
-from sr_jax import colora, colora_job, lora, train
+from sr_jax import colora, colora_job, lora, run_setup
 
 
 def colora_cfg(**overrides):
@@ -90,7 +90,7 @@ def test_plan_file_round_trip_and_errors(tmp_path):
   a.save(path, lora_scale=2.0)
   config = colora_nafnet.get_config("demo")
   config.lora.plan_file = path
-  plan = train.lora_plan(config, base)
+  plan = run_setup.lora_plan(config, base)
   assert dict(plan.ranks) == {p: r for p, r in a.ranks.items() if r > 0}
   assert all(plan.scale(p) == 2.0 for p in plan.paths)
   saved = json.loads(open(path).read())
@@ -98,11 +98,11 @@ def test_plan_file_round_trip_and_errors(tmp_path):
   saved["ranks"]["l0/kernel"] = 99
   open(path, "w").write(json.dumps(saved))
   with pytest.raises(ValueError, match=r"rank 99 for l0/kernel.*\[1, 8\]"):
-    train.lora_plan(config, base)
+    run_setup.lora_plan(config, base)
   saved["ranks"] = {"nowhere/kernel": 1}
   open(path, "w").write(json.dumps(saved))
   with pytest.raises(ValueError, match="'nowhere/kernel' is not a kernel of this model"):
-    train.lora_plan(config, base)
+    run_setup.lora_plan(config, base)
 
 
 def micro_colora(**overrides):

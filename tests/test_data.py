@@ -12,8 +12,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from sr_jax.data import degradations
-from sr_jax.data import ops
+from sr_jax.data import degradations, kernels, op_ranges
 from sr_jax.data import pipeline
 from sr_jax.data import sources
 
@@ -170,7 +169,7 @@ def test_image_source_is_random_access_and_read_only():
 
 
 def spec(kind, noise=(0.0, 0.0), blur=(0.0, 0.0), size=15, scale=4):
-  ranges = ops.OpRanges(noise_sigma=noise, blur_sigma=blur, blur_kernel_size=size,
+  ranges = op_ranges.OpRanges(noise_sigma=noise, blur_sigma=blur, blur_kernel_size=size,
                         motion_length=(3.0, 3.0))
   return degradations.DegradationSpec(kind, scale=scale if kind == "bicubic" else 1,
                                       ranges=ranges)
@@ -194,7 +193,7 @@ def test_noise_sigma_is_drawn_from_the_range():
 
 
 def test_gaussian_kernel_is_normalized_and_symmetric():
-  kernel = ops.gaussian_kernel1d(1.5, 15)
+  kernel = kernels.gaussian_kernel1d(1.5, 15)
   assert kernel.shape == (15,) and abs(kernel.sum() - 1.0) < 1e-6
   np.testing.assert_allclose(kernel, kernel[::-1])
   assert kernel.argmax() == 7
@@ -203,7 +202,7 @@ def test_gaussian_kernel_is_normalized_and_symmetric():
 
 def test_blur_keeps_constant_mean_and_reduces_variance():
   constant = np.full((33, 40, 3), 0.3, np.float32)
-  blurred = ops.gaussian_blur(constant, 2.0, 15)
+  blurred = kernels.gaussian_blur(constant, 2.0, 15)
   np.testing.assert_allclose(blurred, constant, atol=1e-6)
   noise = np.random.default_rng(0).random((64, 64, 3)).astype(np.float32)
   blurred = degradations.degrade(noise, np.random.default_rng(0), spec("blur", blur=(1.5, 1.5)))
@@ -215,13 +214,13 @@ def test_blur_keeps_constant_mean_and_reduces_variance():
 def test_blur_is_separable_gaussian_with_reflect_borders():
   impulse = np.zeros((21, 21, 1), np.float32)
   impulse[10, 10] = 1.0
-  kernel = ops.gaussian_kernel1d(1.0, 7)
-  out = ops.gaussian_blur(impulse, 1.0, 7)[..., 0]
+  kernel = kernels.gaussian_kernel1d(1.0, 7)
+  out = kernels.gaussian_blur(impulse, 1.0, 7)[..., 0]
   np.testing.assert_allclose(out[7:14, 7:14], np.outer(kernel, kernel), atol=1e-7)
   edge = np.zeros((9, 9, 1), np.float32)
   edge[0] = 1.0  # Reflect padding (edge not repeated) mirrors row 0 about itself.
-  out = ops.gaussian_blur(edge, 1.0, 3)[..., 0]
-  k = ops.gaussian_kernel1d(1.0, 3)
+  out = kernels.gaussian_blur(edge, 1.0, 3)[..., 0]
+  k = kernels.gaussian_kernel1d(1.0, 3)
   np.testing.assert_allclose(out[0], k[1], rtol=1e-6)
   np.testing.assert_allclose(out[1], k[0], rtol=1e-6)
 
@@ -396,7 +395,7 @@ def test_worker_processes_give_the_same_batches(image_dir):
 
 
 def test_data_modules_do_not_import_jax():
-  """Workers are spawned and must stay numpy-only (DESIGN.md decision 6)."""
+  """Workers are spawned and must stay numpy-only (they must not touch JAX)."""
   code = ("import sys; import sr_jax.data.sources, sr_jax.data.degradations; "
           "assert 'jax' not in sys.modules, 'jax imported'")
   subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -14,7 +14,7 @@ import pytest
 
 from sr_jax import config_base, evaluate, forgetting, lora, step as step_lib
 from sr_jax.data import resize
-from sr_jax.diffusion import samplers
+from sr_jax.diffusion import samplers, sr3
 from sr_jax.models import registry
 from sr_jax.objectives import diffusion
 
@@ -23,7 +23,7 @@ T = 20
 
 def _diffusion_config(**overrides) -> ml_collections.ConfigDict:
   d = config_base.diffusion_config()
-  d.enabled, d.num_timesteps, d.beta_start, d.beta_end = True, T, 1e-3, 0.2
+  d.num_timesteps, d.beta_start, d.beta_end = T, 1e-3, 0.2
   d.sampler, d.sample_steps = "ddim", 4
   d.update(overrides)
   return d
@@ -48,11 +48,11 @@ def _params(objective, seed=0):
 def test_bicubic_resize_equals_matlab_imresize():
   rng = np.random.default_rng(0)
   images = rng.random((2, 9, 7, 3)).astype(np.float32)
-  up = np.asarray(jax.jit(lambda x: diffusion.bicubic_resize(x, 4))(images))
+  up = np.asarray(jax.jit(lambda x: sr3.bicubic_resize(x, 4))(images))
   for i in range(2):
     np.testing.assert_allclose(up[i], resize.imresize(images[i].astype(np.float64), 4),
                                atol=2e-6)
-  down = np.asarray(diffusion.bicubic_resize(up, 0.25))
+  down = np.asarray(sr3.bicubic_resize(up, 0.25))
   np.testing.assert_allclose(down[0], resize.imresize(up[0].astype(np.float64), 0.25),
                              atol=2e-6)
 

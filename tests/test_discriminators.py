@@ -194,7 +194,7 @@ def test_vgg_full_size_parameter_count():
   for size in (128, 256):
     params = _abstract_variables(D.VGGStyleDiscriminator(input_size=size), size, size)['params']
     assert _count(params) == _vgg_count_formula(3, 64, size)
-  # REFERENCE.md section 4: "~14.5M params" for input 128.
+  # ESRGAN's VGG-style discriminator: "~14.5M params" for input 128.
   assert _vgg_count_formula(3, 64, 128) == 14_499_401
   pytest.importorskip('torch')
   reference = sum(p.numel() for p in _torch_vgg(3, 64, 128).parameters())

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from sr_jax import faig, lora
-from sr_jax.models import nafnet, registry
+from sr_jax.models import registry
 
 STEPS = 3
 
@@ -58,7 +58,7 @@ def test_linear_model_matches_float64_closed_form():
 @pytest.fixture(scope="module")
 def micro():
   """NAFNet-micro, a base tree, a tuned tree differing in every leaf, and 16x16 images."""
-  model = nafnet.nafnet_from_preset("micro")
+  model = registry.build_preset('nafnet', "micro")
   base = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
   leaves, treedef = jax.tree.flatten(base)
   keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))

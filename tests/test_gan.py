@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from configs import esrgan_lora
-from sr_jax import checkpoint, interpolate, lora, train
+from sr_jax import checkpoint, interpolate, lora, resume, run_setup, train
 from sr_jax.objectives import adversarial
 
 
@@ -49,7 +49,7 @@ def leaves_equal(a, b) -> bool:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-  return train.build_run(tiny_config(lora_enabled=False), str(tmp_path_factory.mktemp("r")), None)
+  return run_setup.build_run(tiny_config(lora_enabled=False), str(tmp_path_factory.mktemp("r")), None)
 
 
 def test_step_is_generator_update_then_discriminator_update_on_the_old_output(run):
@@ -62,7 +62,7 @@ def test_step_is_generator_update_then_discriminator_update_on_the_old_output(ru
       state.trainable)
   updates, _ = obj.tx.update(grads, state.opt_state, state.trainable)
   want_g = optax.apply_updates(state.trainable, updates)
-  fake = jax.jit(obj.apply)(lora.combine(state.trainable, frozen["generator"]), batch["lq"])
+  fake = jax.jit(obj.apply)(lora.combine(state.trainable, frozen["model"]), batch["lq"])
 
   def d_loss(d_params):
     real, stats = obj.discriminate(d_params, state.d_stats, batch["gt"])
@@ -114,24 +114,24 @@ def test_two_stage_lora_gan_run_keeps_the_base_and_resumes(tmp_path):
   assert 0 < rows["GAN + LoRA"]["lpips_alex"] < 1 and rows["GAN + LoRA"]["trainable_pct"] < 50
 
   config.num_steps = 2
-  run = train.build_run(config, workdir, jax.device_get(base))
+  run = run_setup.build_run(config, workdir, jax.device_get(base))
   mgr = checkpoint.manager(workdir)
-  train.restore_step(run, mgr, 1)
+  resume.restore_step(run, mgr, 1)
   saved_d = jax.device_get(run.state.d_params)
   assert int(run.state.step) == 1
-  assert leaves_equal(run.frozen["generator"]["base"], lora.split(
+  assert leaves_equal(run.frozen["model"]["base"], lora.split(
       {"base": base, "lora": {}}, lora.labels({"base": base, "lora": {}}, (),
                                                full_finetune=False))[1]["base"])
   train.train_and_evaluate(config, workdir)  # Resumes at step 1, trains step 2.
   mgr = checkpoint.manager(workdir)
   assert mgr.latest_step() == 2
-  run = train.build_run(config, workdir, jax.device_get(base))
-  train.restore_step(run, mgr, 2)
+  run = run_setup.build_run(config, workdir, jax.device_get(base))
+  resume.restore_step(run, mgr, 2)
   assert not leaves_equal(run.state.d_params, saved_d)
   adapters = lora.flatten(run.state.trainable["lora"])
   assert adapters and any(np.any(np.asarray(v) != 0) for k, v in adapters.items()
                           if k.endswith("/b"))
-  for path, value in lora.flatten(run.frozen["generator"]["base"]).items():
+  for path, value in lora.flatten(run.frozen["model"]["base"]).items():
     if not isinstance(value, optax.MaskedNode):
       np.testing.assert_array_equal(np.asarray(value), np.asarray(lora.flatten(base)[path]))
 
@@ -140,7 +140,7 @@ def test_scale_mismatch_is_a_clear_error(tmp_path):
   config = tiny_config()
   config.data.degradation.scale = 2
   with pytest.raises(ValueError, match="degradation.scale=2"):
-    train.build_run(config, str(tmp_path), None)
+    run_setup.build_run(config, str(tmp_path), None)
 
 
 def test_interpolation_blends_every_tensor_and_checks_architectures(tmp_path):

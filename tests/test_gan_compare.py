@@ -18,7 +18,7 @@ from configs import esrgan as esrgan_config
 from sr_jax import checkpoint, evaluate
 from sr_jax.data import resize
 from sr_jax.models import mesrgan, registry, rrdbnet, srresnet
-from sr_jax.tools import benchmark, gan_compare, step_timing
+from sr_jax.tools import benchmark, gan_compare, gan_study, step_timing
 
 LR, BATCHES, SCALE = 8, (1, 2), 4
 MODELS = ("srgan", "esrgan", "mesrgan")
@@ -58,7 +58,7 @@ def inverted_residual(t):
 
 
 def test_closed_forms_match_published_counts():
-  """The closed forms used below reproduce the published x4 counts (REFERENCE.md s4, s5)."""
+  """The closed forms used below reproduce the published x4 parameter counts."""
   assert srresnet_count(srresnet.PRESETS["x4"]) == 1_517_571
   assert rrdb_count(rrdbnet.PRESETS["x4"], lambda cin, cout: conv(3, cin, cout)) == 16_697_987
 
@@ -67,7 +67,7 @@ def test_closed_forms_match_published_counts():
 def runtime_rows():
   opts = gan_compare.make_options(preset="micro", batches=[str(b) for b in BATCHES],
                                   lr_size=LR, repeats=1)
-  return gan_compare.measure_runtime(opts.presets, opts.batches, LR, 1, opts.impls)
+  return gan_study.measure_runtime(opts.presets, opts.batches, LR, 1, opts.impls)
 
 
 def test_runtime_rows_counts_and_linear_flops(runtime_rows):
@@ -95,7 +95,7 @@ def test_mesrgan_costs_more_than_esrgan_by_the_block_arithmetic(runtime_rows):
     m, e = rows[("mesrgan", b)], rows[("esrgan", b)]
     assert m["params"] > e["params"] and m["gflops"] > e["gflops"]
     assert 1.0 <= (m["gflops"] - e["gflops"]) * 1e9 / (2 * macs * b) <= 1.35
-  ratios = gan_compare.mesrgan_vs_esrgan(runtime_rows)
+  ratios = gan_study.mesrgan_vs_esrgan(runtime_rows)
   assert [r["batch"] for r in ratios] == list(BATCHES)
   for r in ratios:
     m, e = rows[("mesrgan", r["batch"])], rows[("esrgan", r["batch"])]
@@ -106,7 +106,7 @@ def test_mesrgan_costs_more_than_esrgan_by_the_block_arithmetic(runtime_rows):
 def test_report_sections(runtime_rows):
   text = "\n".join(gan_compare.header(["--preset", "micro"]) +
                    gan_compare.runtime_section(runtime_rows, 1) +
-                   gan_compare.ratio_section(gan_compare.mesrgan_vs_esrgan(runtime_rows)) +
+                   gan_compare.ratio_section(gan_study.mesrgan_vs_esrgan(runtime_rows)) +
                    gan_compare.reference_section())
   assert jax.__version__ in text and jax.default_backend() in text
   assert "`python -m sr_jax.tools.gan_compare --preset micro`" in text
@@ -117,16 +117,16 @@ def test_report_sections(runtime_rows):
 def test_identical_programs_are_measured_once():
   """SRGAN/ESRGAN have no 1x1 or depthwise convs: 'shifted' lowers to the 'xla' program."""
   for name, same in (("esrgan", True), ("mesrgan", False)):
-    module = registry.build_model(gan_compare.model_config(name, "micro", "xla"))
-    params = gan_compare.random_params(module, (1, LR, LR, 3))
-    impls = gan_compare.distinct_impls(name, "micro", ["xla", "shifted"], LR, params)
+    module = registry.build_model(gan_study.model_config(name, "micro", "xla"))
+    params = gan_study.random_params(module, (1, LR, LR, 3))
+    impls = gan_study.distinct_impls(name, "micro", ["xla", "shifted"], LR, params)
     assert impls == {"xla": "xla", "shifted": "xla" if same else "shifted"}
 
 
 def test_breakdown_flops_match_layer_arithmetic():
   """Per dense-block layer: the 3x3 conv, expand and project cost 2 x their multiply-adds
   (+ bias adds); the block costs more than its three convs (activations, residual)."""
-  rows = gan_compare.measure_breakdown("micro", LR, 1, "shifted", repeats=1)
+  rows = gan_study.measure_breakdown("micro", LR, 1, "shifted", repeats=1)
   pixels = LR * LR
   taps = (3 * LR - 2) ** 2  # XLA counts the (pixel, tap) pairs inside the zero padding only.
   assert [(r["cin"], r["cout"]) for r in rows] == rdb_layers(mesrgan.PRESETS["micro"])
@@ -137,11 +137,11 @@ def test_breakdown_flops_match_layer_arithmetic():
               "project": pixels * (2 * hidden * cout + cout)}
     for part, flops in expect.items():
       assert r[part]["gflops"] * 1e9 == pytest.approx(flops, rel=1e-3), part
-    pieces = sum(r[p]["gflops"] for p in gan_compare.BLOCK_PIECES)
+    pieces = sum(r[p]["gflops"] for p in gan_study.BLOCK_PIECES)
     assert pieces < r["block"]["gflops"] and r["depthwise"]["gflops"] > 0
     assert r["block"]["params"] == inverted_residual(6)(cin, cout)
-    assert all(r[p]["ms"] > 0 for p in ("dense 3x3", "block") + gan_compare.BLOCK_PIECES)
-  verdict = gan_compare.breakdown_verdict(rows)
+    assert all(r[p]["ms"] > 0 for p in ("dense 3x3", "block") + gan_study.BLOCK_PIECES)
+  verdict = gan_study.breakdown_verdict(rows)
   assert "impl=shifted" in verdict and "the largest is" in verdict
 
 
@@ -155,9 +155,9 @@ def numpy_psnr_y(pred, gt, crop):
 
 def save_run(root, name, preset="micro"):
   """An untrained generator saved as a run's export/params, as training writes it."""
-  config = gan_compare.model_config(name, preset, "auto")
+  config = gan_study.model_config(name, preset, "auto")
   module = registry.build_model(config)
-  params = gan_compare.random_params(module, (1, LR, LR, 3), seed=3)
+  params = gan_study.random_params(module, (1, LR, LR, 3), seed=3)
   checkpoint.save_params(os.path.join(root, "export", "params"), params,
                          {"model": registry.architecture(config)})
   return module, params
@@ -169,8 +169,8 @@ def test_quality_rows_match_independent_metrics(tmp_path):
   module, params = save_run(str(tmp_path / "esrgan"), "esrgan")
   opts = gan_compare.make_options(preset="micro", runs=[f"esrgan={tmp_path / 'esrgan'}"],
                                   eval_max_size=48, skip_runtime=True, skip_breakdown=True)
-  eval_set = gan_compare.make_eval_set("", 48, SCALE)
-  rows = gan_compare.evaluate_runs(opts.runs, eval_set, SCALE, True, ("alex",))
+  eval_set = gan_study.make_eval_set("", 48, SCALE)
+  rows = gan_study.evaluate_runs(opts.runs, eval_set, SCALE, True, ("alex",))
   assert list(rows) == ["bicubic", "esrgan"] and len(eval_set) == 3
   apply = jax.jit(lambda x: module.apply({"params": params}, x))
   for item in eval_set:
@@ -228,10 +228,10 @@ def test_errors_name_the_flag(tmp_path):
   with pytest.raises(ValueError, match="--runs esrgan=.*'nafnet'.*not one of"):
     gan_compare.make_options(preset="micro", runs=[f"esrgan={other}"])
   rrdb = write_meta(tmp_path / "rrdb" / "export" / "params",
-                    gan_compare.model_config("esrgan", "micro", "auto"))
+                    gan_study.model_config("esrgan", "micro", "auto"))
   with pytest.raises(ValueError, match="--runs srgan=.*rrdbnet"):
     gan_compare.make_options(preset="micro", runs=[f"srgan={tmp_path / 'rrdb'}"])
-  x2 = write_meta(tmp_path / "x2", gan_compare.model_config("esrgan", "x2", "auto"))
+  x2 = write_meta(tmp_path / "x2", gan_study.model_config("esrgan", "x2", "auto"))
   with pytest.raises(ValueError, match="--scale"):
     gan_compare.make_options(preset="micro", runs=[f"esrgan={x2}"])
 
@@ -240,14 +240,14 @@ def test_sr_train_step_benchmark(monkeypatch):
   """benchmark.py on RRDBNet: the step gets LR crop/scale inputs and HR targets; the s12 keys
   use the HR side."""
   c = esrgan_config.get_config("demo")
-  c.model.preset, c.gan.enabled, c.mesh.data = "micro", False, 1
+  c.model.preset, c.objective, c.mesh.data = "micro", "pixel", 1
   c.data.degradation.scale = 1  # arm_config must set the model's own scale.
   arm = benchmark.arm_config(c, "full", 2, 32)
   assert arm.data.degradation.scale == 4
   batch = step_timing.random_batch(arm)
   assert batch["lq"].shape == (2, 8, 8, 3) and batch["gt"].shape == (2, 32, 32, 3)
   monkeypatch.setitem(benchmark.PYTORCH_STEP_MS, ("rrdbnet", "micro", 2, 32), 1000.0)
-  params = gan_compare.random_params(registry.build_model(c.model), (1, 8, 8, 3))
+  params = gan_study.random_params(registry.build_model(c.model), (1, 8, 8, 3))
   (row,) = benchmark.measure_steps(c, params, ["full"], 2, 32, steps=1)
   assert row["ms"] > 0 and row["pytorch_ms"] == 1000.0
   assert "RRDBNet micro, LR 8x8 -> 32x32" in benchmark.report(c, 32, None, [row], 0, 1)

@@ -1,4 +1,4 @@
-"""Tests for the GAN generators RRDBNet (ESRGAN), MSRResNet (SRGAN) and MESRGAN (seed 002).
+"""Tests for the GAN generators RRDBNet (ESRGAN), MSRResNet (SRGAN) and MESRGAN.
 
 Parameter counts against the published numbers (or a closed form), the dense and
 inverted-residual blocks against float64 NumPy, whole networks against PyTorch functional
@@ -19,6 +19,10 @@ import pytest
 
 from sr_jax import adapters, faig, lora
 from sr_jax.models import layers, mesrgan, registry, rrdbnet, srresnet
+
+build_mesrgan = functools.partial(registry.build_preset, 'mesrgan')
+build_rrdbnet = functools.partial(registry.build_preset, 'rrdbnet')
+build_srresnet = functools.partial(registry.build_preset, 'srresnet')
 
 
 def _abstract_params(model, shape=(1, 16, 16, 3)):
@@ -76,33 +80,33 @@ def _mesrgan_count(nf, nb, g, t, channels=3):
 
 
 def test_published_parameter_counts():
-  # ESRGAN's RRDB_ESRGAN_x4 and BasicSR's MSRResNet_x4 (REFERENCE.md sections 4 and 5).
-  assert _count(rrdbnet.rrdbnet_from_preset('x4', impl='xla')) == 16_697_987
-  assert _count(srresnet.srresnet_from_preset('x4', impl='xla')) == 1_517_571
+  # ESRGAN's RRDB_ESRGAN_x4 and BasicSR's MSRResNet_x4 (their published parameter counts).
+  assert _count(registry.build_preset('rrdbnet', 'x4', impl='xla')) == 16_697_987
+  assert _count(registry.build_preset('srresnet', 'x4', impl='xla')) == 1_517_571
   # x2 pixel-unshuffles the input (conv_first takes 12 channels); x3 has no conv_up2.
   # (Counted on one-block trunks: the layouts differ outside the body only.)
   count = lambda build, preset: _count(build(preset, num_block=1))
-  x4 = count(rrdbnet.rrdbnet_from_preset, 'x4')
-  assert count(rrdbnet.rrdbnet_from_preset, 'x2') == x4 + 9 * 64 * 9
-  assert count(rrdbnet.rrdbnet_from_preset, 'x3') == x4 - _conv3_params(64, 64)
-  x4, up = count(srresnet.srresnet_from_preset, 'x4'), _conv3_params(64, 256)
-  assert count(srresnet.srresnet_from_preset, 'x2') == x4 - up
-  assert count(srresnet.srresnet_from_preset, 'x3') == x4 - 2 * up + _conv3_params(64, 576)
+  x4 = count(build_rrdbnet, 'x4')
+  assert count(build_rrdbnet, 'x2') == x4 + 9 * 64 * 9
+  assert count(build_rrdbnet, 'x3') == x4 - _conv3_params(64, 64)
+  x4, up = count(build_srresnet, 'x4'), _conv3_params(64, 256)
+  assert count(build_srresnet, 'x2') == x4 - up
+  assert count(build_srresnet, 'x3') == x4 - 2 * up + _conv3_params(64, 576)
 
 
 def test_mesrgan_parameter_count_closed_form():
-  assert _count(mesrgan.mesrgan_from_preset('x4', impl='xla')) == _mesrgan_count(64, 23, 32, 6)
+  assert _count(registry.build_preset('mesrgan', 'x4', impl='xla')) == _mesrgan_count(64, 23, 32, 6)
   assert _mesrgan_count(64, 23, 32, 6) == 52_255_619  # 3.1x ESRGAN's 16,697,987.
-  assert _count(mesrgan.mesrgan_from_preset('micro', expansion=3)) == _mesrgan_count(16, 1, 8, 3)
+  assert _count(registry.build_preset('mesrgan', 'micro', expansion=3)) == _mesrgan_count(16, 1, 8, 3)
 
 
 def test_parameter_names_follow_the_converter_contract():
-  paths = set(lora.flatten(_abstract_params(rrdbnet.rrdbnet_from_preset('micro'))))
+  paths = set(lora.flatten(_abstract_params(registry.build_preset('rrdbnet', 'micro'))))
   assert {'conv_first/kernel', 'body_0/rdb3/conv5/bias', 'conv_body/kernel', 'conv_up1/kernel',
           'conv_up2/kernel', 'conv_hr/bias', 'conv_last/kernel'} <= paths
-  paths = set(lora.flatten(_abstract_params(mesrgan.mesrgan_from_preset('micro'))))
+  paths = set(lora.flatten(_abstract_params(registry.build_preset('mesrgan', 'micro'))))
   assert {f'body_0/rdb2/conv4/{m}/kernel' for m in ('expand', 'depthwise', 'project')} <= paths
-  paths = set(lora.flatten(_abstract_params(srresnet.srresnet_from_preset('micro'))))
+  paths = set(lora.flatten(_abstract_params(registry.build_preset('srresnet', 'micro'))))
   assert {'body_0/conv1/kernel', 'body_0/conv2/bias', 'upconv1/kernel', 'upconv2/kernel'} <= paths
 
 
@@ -111,7 +115,7 @@ def test_parameter_names_follow_the_converter_contract():
 
 
 @pytest.mark.parametrize('scale', [1, 2, 3, 4])
-@pytest.mark.parametrize('build', [rrdbnet.rrdbnet_from_preset, mesrgan.mesrgan_from_preset])
+@pytest.mark.parametrize('build', [build_rrdbnet, build_mesrgan])
 def test_output_shapes(build, scale):
   model = build('micro', scale=scale)
   assert model.size_multiple == {1: 4, 2: 2}.get(scale, 1)
@@ -126,7 +130,7 @@ def test_output_shapes(build, scale):
 
 @pytest.mark.parametrize('scale', [2, 3, 4])
 def test_srresnet_output_shapes(scale):
-  model = srresnet.srresnet_from_preset('micro', scale=scale)
+  model = registry.build_preset('srresnet', 'micro', scale=scale)
   assert model.size_multiple == 1 and model.scale == scale
   x = jax.ShapeDtypeStruct((1, 5, 7, 3), jnp.float32)
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)['params']
@@ -140,19 +144,19 @@ def _init_error(model, shape):
 
 def test_input_errors_name_the_problem_and_the_fix():
   with pytest.raises(ValueError, match=r'scale 2 pixel-unshuffles .* multiples of 2 .*7x8.*Pad'):
-    _init_error(rrdbnet.rrdbnet_from_preset('micro', scale=2), (1, 7, 8, 3))
+    _init_error(registry.build_preset('rrdbnet', 'micro', scale=2), (1, 7, 8, 3))
   with pytest.raises(ValueError, match=r'multiples of 4'):
-    _init_error(mesrgan.mesrgan_from_preset('micro', scale=1), (1, 8, 6, 3))
+    _init_error(registry.build_preset('mesrgan', 'micro', scale=1), (1, 8, 6, 3))
   with pytest.raises(ValueError, match=r'supports scale \(1, 2, 3, 4\), got scale=5'):
-    _init_error(rrdbnet.rrdbnet_from_preset('micro', scale=5), (1, 8, 8, 3))
+    _init_error(registry.build_preset('rrdbnet', 'micro', scale=5), (1, 8, 8, 3))
   with pytest.raises(ValueError, match=r'supports scale \(2, 3, 4\), got scale=1'):
-    _init_error(srresnet.srresnet_from_preset('micro', scale=1), (1, 8, 8, 3))
+    _init_error(registry.build_preset('srresnet', 'micro', scale=1), (1, 8, 8, 3))
   with pytest.raises(ValueError, match=r'3 channels \(num_in_ch\), got shape \(1, 8, 8, 4\)'):
-    _init_error(rrdbnet.rrdbnet_from_preset('micro'), (1, 8, 8, 4))
+    _init_error(registry.build_preset('rrdbnet', 'micro'), (1, 8, 8, 4))
   with pytest.raises(ValueError, match=r'expansion must be a positive integer'):
-    _init_error(mesrgan.mesrgan_from_preset('micro', expansion=0), (1, 8, 8, 3))
+    _init_error(registry.build_preset('mesrgan', 'micro', expansion=0), (1, 8, 8, 3))
   with pytest.raises(ValueError, match=r"Unknown RRDBNet preset 'x8'; available"):
-    rrdbnet.rrdbnet_from_preset('x8')
+    registry.build_preset('rrdbnet', 'x8')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,7 +323,7 @@ def _torch_default_std(k):
 
 
 def test_rrdbnet_init_scales_dense_block_convs_only():
-  flat = lora.flatten(_init(rrdbnet.rrdbnet_from_preset('micro'), (1, 4, 4, 3)))
+  flat = lora.flatten(_init(registry.build_preset('rrdbnet', 'micro'), (1, 4, 4, 3)))
   rdb = [v for p, v in flat.items() if p.startswith('body_') and p.endswith('kernel')]
   trunk = [v for p, v in flat.items() if not p.startswith('body_') and p.endswith('kernel')]
   # RDB convs: He-normal x 0.1, i.e. 0.1 * sqrt(6) = 0.245 of PyTorch's default std.
@@ -333,7 +337,7 @@ def test_rrdbnet_init_scales_dense_block_convs_only():
 
 
 def test_srresnet_init_scales_every_conv():
-  flat = lora.flatten(_init(srresnet.srresnet_from_preset('micro', num_block=4), (1, 4, 4, 3)))
+  flat = lora.flatten(_init(registry.build_preset('srresnet', 'micro', num_block=4), (1, 4, 4, 3)))
   kernels = [v for p, v in flat.items() if p.endswith('kernel')]
   assert _normalised_std(kernels, _he_std) == pytest.approx(0.1, rel=0.03)
   assert all(not np.any(v) for p, v in flat.items() if p.endswith('bias'))
@@ -365,11 +369,11 @@ def _micro_output(build, impl='shifted', dtype=jnp.float32):
 def test_conv_impls_agree():
   # 'shifted' changes MESRGAN's 1x1 (matmul) and depthwise (shifted sums) convs; dense 3x3
   # convs, all RRDBNet and MSRResNet have, use lax.conv under every impl (layers.Conv).
-  xla, shifted = (_micro_output(mesrgan.mesrgan_from_preset, impl) for impl in ('xla', 'shifted'))
+  xla, shifted = (_micro_output(build_mesrgan, impl) for impl in ('xla', 'shifted'))
   np.testing.assert_allclose(xla, shifted, rtol=1e-5, atol=1e-5 * np.abs(xla).max())
 
 
-@pytest.mark.parametrize('build', [mesrgan.mesrgan_from_preset, srresnet.srresnet_from_preset])
+@pytest.mark.parametrize('build', [build_mesrgan, build_srresnet])
 def test_bfloat16_compute_keeps_float32_params(build):
   declared = _abstract_params(build('micro', dtype=jnp.bfloat16), (1, 8, 6, 3))
   assert {leaf.dtype for leaf in jax.tree.leaves(declared)} == {jnp.dtype(jnp.float32)}

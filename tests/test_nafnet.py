@@ -14,6 +14,7 @@ import pytest
 from flax import traverse_util
 
 from sr_jax.models import nafnet
+from sr_jax.models import registry
 
 PUBLISHED_MILLIONS = {'sidd_w32': 29.16, 'sidd_w64': 115.98, 'gopro_w32': 17.11,
                       'gopro_w64': 67.89}
@@ -91,7 +92,7 @@ def _torch_to_flax_value(value):
 
 
 def _flax_shapes(preset, **overrides):
-  model = nafnet.nafnet_from_preset(preset, **overrides)
+  model = registry.build_preset('nafnet', preset, **overrides)
   abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
   return {k: (v.shape, v.dtype) for k, v in
           traverse_util.flatten_dict(abstract['params'], sep='/').items()}
@@ -148,12 +149,12 @@ def test_depthwise_regex_names_exactly_the_depthwise_kernels():
 
 
 def test_presets_and_overrides():
-  model = nafnet.nafnet_from_preset('gopro_w64', impl='xla', width=8)
+  model = registry.build_preset('nafnet', 'gopro_w64', impl='xla', width=8)
   assert model.enc_blk_nums == (1, 1, 1, 28) and model.width == 8 and model.impl == 'xla'
   assert {'sidd_w32', 'sidd_w64', 'gopro_w32', 'gopro_w64', 'tiny', 'micro'} <= set(
       nafnet.PRESETS)
   with pytest.raises(ValueError, match='sidd_w32'):
-    nafnet.nafnet_from_preset('sidd_w16')
+    registry.build_preset('nafnet', 'sidd_w16')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,7 +258,7 @@ def test_forward_matches_numpy_official(impl):
   sd = _random_state_dict(cfg)
   x = np.random.default_rng(1).uniform(0, 1, (2, 13, 18, 3))  # not a multiple of 4: pads
   expected = _np_nafnet(sd, cfg, x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
-  model = nafnet.nafnet_from_preset('micro', impl=impl)
+  model = registry.build_preset('nafnet', 'micro', impl=impl)
   y = _apply(model, _to_flax_params(sd), jnp.asarray(x, jnp.float32))
   assert y.shape == x.shape and y.dtype == jnp.float32
   assert np.abs(expected - x).mean() > 0.1  # the network does something
@@ -270,7 +271,7 @@ def test_forward_matches_numpy_official(impl):
 
 def _tiny_params(seed=0):
   """Initialised tiny-preset params with beta/gamma made non-zero so blocks contribute."""
-  model = nafnet.nafnet_from_preset('tiny')
+  model = registry.build_preset('nafnet', 'tiny')
   params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 16, 16, 3)))['params']
   def perturb(path, leaf):
     if path[-1].key in ('beta', 'gamma'):
@@ -292,7 +293,7 @@ def test_shifted_and_xla_impls_agree_forward_and_gradient():
   params, x = _tiny_params(), _image((2, 24, 40, 3))
   outputs, grads = {}, {}
   for impl in ('xla', 'shifted'):
-    model = nafnet.nafnet_from_preset('tiny', impl=impl)
+    model = registry.build_preset('nafnet', 'tiny', impl=impl)
     loss = lambda p, m=model: jnp.mean(m.apply({'params': p}, x) ** 2)
     outputs[impl], grads[impl] = jax.jit(jax.value_and_grad(loss))(params)
   np.testing.assert_allclose(outputs['shifted'], outputs['xla'], rtol=1e-5)
@@ -302,7 +303,7 @@ def test_shifted_and_xla_impls_agree_forward_and_gradient():
 
 def test_any_size_is_zero_padded_and_cropped():
   """Output keeps odd sizes and equals the model on the bottom/right zero-padded input."""
-  model, params = nafnet.nafnet_from_preset('tiny'), _tiny_params()
+  model, params = registry.build_preset('nafnet', 'tiny'), _tiny_params()
   x = _image((1, 17, 23, 3))
   y = _apply(model, params, x)
   assert y.shape == x.shape
@@ -313,7 +314,7 @@ def test_any_size_is_zero_padded_and_cropped():
 
 def test_zero_ending_makes_the_network_the_identity():
   """output = ending(features) + input, so a zero ending conv returns the input exactly."""
-  model, params = nafnet.nafnet_from_preset('tiny'), _tiny_params()
+  model, params = registry.build_preset('nafnet', 'tiny'), _tiny_params()
   params['ending'] = jax.tree.map(jnp.zeros_like, params['ending'])
   x = _image((2, 16, 20, 3))
   np.testing.assert_array_equal(_apply(model, params, x), x)
@@ -329,7 +330,7 @@ def test_fresh_block_is_identity_and_beta_gamma_start_at_zero():
 
 def test_blocks_without_residual_scales_reduce_to_linear_unet():
   """With beta = gamma = 0 every block is the identity, so the network is affine in x."""
-  model = nafnet.nafnet_from_preset('micro')
+  model = registry.build_preset('nafnet', 'micro')
   params = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 8, 8, 3)))['params']
   f = jax.jit(lambda x: model.apply({'params': params}, x))
   a, b = _image((1, 8, 12, 3), 4), _image((1, 8, 12, 3), 5)
@@ -338,8 +339,8 @@ def test_blocks_without_residual_scales_reduce_to_linear_unet():
 
 def test_bfloat16_runs_with_float32_params_and_output():
   params, x = _tiny_params(), _image((1, 16, 16, 3))
-  y32 = _apply(nafnet.nafnet_from_preset('tiny'), params, x)
-  model = nafnet.nafnet_from_preset('tiny', dtype=jnp.bfloat16)
+  y32 = _apply(registry.build_preset('nafnet', 'tiny'), params, x)
+  model = registry.build_preset('nafnet', 'tiny', dtype=jnp.bfloat16)
   abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(abstract))
   y16 = _apply(model, params, x)

@@ -18,7 +18,7 @@ from PIL import Image
 import pytest
 
 from sr_jax import config_base
-from sr_jax.data import ops
+from sr_jax.data import kernels, op_ranges, ops, resize
 from sr_jax.data.resize import imresize
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def test_op_contract(name):
   img = smooth_image((48, 40, 3))
   img.setflags(write=False)
   original = img.copy()
-  params = ops.OPS[name].draw(np.random.default_rng(3), ops.OpRanges())
+  params = ops.OPS[name].draw(np.random.default_rng(3), op_ranges.OpRanges())
   out = ops.apply_op(name, img, np.random.default_rng(7), params)
   again = ops.apply_op(name, img, np.random.default_rng(7), params)
   assert out.dtype == np.float32 and out.shape == img.shape
@@ -108,7 +108,7 @@ def test_op_contract(name):
 
 
 def test_draws_lie_inside_ranges():
-  ranges = ops.OpRanges(blur_anisotropic_prob=0.5, noise_gray_prob=0.5)
+  ranges = op_ranges.OpRanges(blur_anisotropic_prob=0.5, noise_gray_prob=0.5)
   rng = np.random.default_rng(0)
   fields = {  # (op, param) -> range it must lie in.
       ("gaussian_blur", "sigma_x"): ranges.blur_sigma,
@@ -143,9 +143,9 @@ def test_draws_lie_inside_ranges():
 
 def test_blur_draw_isotropic_and_anisotropic():
   rng = np.random.default_rng(1)
-  iso = [ops.OPS["gaussian_blur"].draw(rng, ops.OpRanges()) for _ in range(50)]
+  iso = [ops.OPS["gaussian_blur"].draw(rng, op_ranges.OpRanges()) for _ in range(50)]
   assert all(p["sigma_x"] == p["sigma_y"] and p["theta"] == 0.0 for p in iso)
-  mixed = [ops.OPS["gaussian_blur"].draw(rng, ops.OpRanges(blur_anisotropic_prob=0.5))
+  mixed = [ops.OPS["gaussian_blur"].draw(rng, op_ranges.OpRanges(blur_anisotropic_prob=0.5))
            for _ in range(400)]
   aniso = np.mean([p["sigma_x"] != p["sigma_y"] for p in mixed])
   assert 0.4 < aniso < 0.6
@@ -153,16 +153,16 @@ def test_blur_draw_isotropic_and_anisotropic():
 
 def test_gray_noise_draw_probability():
   rng = np.random.default_rng(2)
-  draws = [ops.OPS["gaussian_noise"].draw(rng, ops.OpRanges(noise_gray_prob=0.3))["gray"]
+  draws = [ops.OPS["gaussian_noise"].draw(rng, op_ranges.OpRanges(noise_gray_prob=0.3))["gray"]
            for _ in range(1000)]
   assert 0.25 < np.mean(draws) < 0.35
-  never = [ops.OPS["gaussian_noise"].draw(rng, ops.OpRanges())["gray"] for _ in range(100)]
+  never = [ops.OPS["gaussian_noise"].draw(rng, op_ranges.OpRanges())["gray"] for _ in range(100)]
   assert not any(never)
 
 
 def test_poisson_peak_is_log_uniform():
   rng = np.random.default_rng(0)
-  ranges = ops.OpRanges(poisson_peak=(10.0, 10000.0))
+  ranges = op_ranges.OpRanges(poisson_peak=(10.0, 10000.0))
   peaks = np.array([ops.OPS["poisson_noise"].draw(rng, ranges)["peak"] for _ in range(4000)])
   # Log-uniform: median = geometric mean (316); a uniform draw would have a median of ~5000.
   assert np.median(peaks) == pytest.approx(math.sqrt(10.0 * 10000.0), rel=0.1)
@@ -172,7 +172,7 @@ def test_poisson_peak_is_log_uniform():
 
 def test_jpeg_quality_draw_is_inclusive():
   rng = np.random.default_rng(0)
-  qualities = {ops.OPS["jpeg"].draw(rng, ops.OpRanges(jpeg_quality=(50, 52)))["quality"]
+  qualities = {ops.OPS["jpeg"].draw(rng, op_ranges.OpRanges(jpeg_quality=(50, 52)))["quality"]
                for _ in range(200)}
   assert qualities == {50, 51, 52}
 
@@ -184,17 +184,17 @@ def test_gaussian_helpers_match_reference():
   """The helpers degradations.py shares: truncated normalised Gaussian, reflect borders."""
   x = np.arange(-6, 7, dtype=np.float64)
   k1 = np.exp(-x ** 2 / (2 * 2.0 ** 2))
-  np.testing.assert_allclose(ops.gaussian_kernel1d(2.0, 13), k1 / k1.sum(), rtol=1e-6)
+  np.testing.assert_allclose(kernels.gaussian_kernel1d(2.0, 13), k1 / k1.sum(), rtol=1e-6)
   img = smooth_image((30, 26, 3))
-  k = ops.gaussian_kernel1d(1.3, 9).astype(np.float64)
-  np.testing.assert_allclose(ops.gaussian_blur(img, 1.3, 9),
+  k = kernels.gaussian_kernel1d(1.3, 9).astype(np.float64)
+  np.testing.assert_allclose(kernels.gaussian_blur(img, 1.3, 9),
                              direct_correlate(img, np.outer(k, k)), atol=1e-6)
-  unchanged = ops.gaussian_blur(img, 0.0, 9)
+  unchanged = kernels.gaussian_blur(img, 0.0, 9)
   np.testing.assert_array_equal(unchanged, img)
   assert not np.shares_memory(unchanged, img)
   noise = np.random.default_rng(5).standard_normal(img.shape, dtype=np.float32)
   np.testing.assert_array_equal(
-      ops.add_gaussian_noise(img, 12.0, np.random.default_rng(5)),
+      kernels.add_gaussian_noise(img, 12.0, np.random.default_rng(5)),
       np.clip(img + noise * np.float32(12.0 / 255.0), 0.0, 1.0))
 
 
@@ -202,7 +202,7 @@ def test_isotropic_path_is_separable_gaussian_blur():
   img = textured()
   out = ops.apply_op("gaussian_blur", img, np.random.default_rng(0),
                      dict(sigma_x=1.7, sigma_y=1.7, theta=0.0, kernel_size=21))
-  separable = ops.gaussian_blur(img, 1.7, 21)
+  separable = kernels.gaussian_blur(img, 1.7, 21)
   np.testing.assert_array_equal(out, np.clip(separable, 0.0, 1.0))
   np.testing.assert_allclose(out, separable, atol=1e-6)
 
@@ -224,7 +224,7 @@ def test_blur_removes_high_frequencies_and_keeps_constants(name, params):
 
 def test_anisotropic_kernel_moments():
   sx, sy, theta = 3.0, 1.2, 30.0
-  kernel = ops.anisotropic_gaussian_kernel(sx, sy, theta, 31)
+  kernel = kernels.anisotropic_gaussian_kernel(sx, sy, theta, 31)
   assert kernel.sum() == pytest.approx(1.0)
   cov = kernel_covariance(kernel)
   c, s = math.cos(math.radians(theta)), math.sin(math.radians(theta))
@@ -233,8 +233,8 @@ def test_anisotropic_kernel_moments():
   assert v @ cov @ v == pytest.approx(sy ** 2, rel=0.02)
   assert u @ cov @ v == pytest.approx(0.0, abs=0.02)
   # Equal sigmas: the outer product of the 1D kernel.
-  iso = ops.anisotropic_gaussian_kernel(1.5, 1.5, 70.0, 11)
-  k1 = ops.gaussian_kernel1d(1.5, 11).astype(np.float64)
+  iso = kernels.anisotropic_gaussian_kernel(1.5, 1.5, 70.0, 11)
+  k1 = kernels.gaussian_kernel1d(1.5, 11).astype(np.float64)
   np.testing.assert_allclose(iso, np.outer(k1, k1), atol=1e-7)
 
 
@@ -242,7 +242,7 @@ def test_anisotropic_blur_matches_direct_correlation():
   img = textured((20, 17, 3), seed=4)
   params = dict(sigma_x=2.0, sigma_y=0.7, theta=40.0, kernel_size=7)
   out = ops.apply_op("gaussian_blur", img, np.random.default_rng(0), params)
-  kernel = ops.anisotropic_gaussian_kernel(2.0, 0.7, 40.0, 7)
+  kernel = kernels.anisotropic_gaussian_kernel(2.0, 0.7, 40.0, 7)
   np.testing.assert_allclose(out, direct_correlate(img, kernel), atol=1e-5)
 
 
@@ -250,14 +250,14 @@ def test_correlate2d_orientation_with_asymmetric_kernel():
   """A lopsided kernel catches a flipped (convolution instead of correlation) implementation."""
   img = textured((19, 23, 2), seed=6)
   kernel = np.random.default_rng(1).random((3, 5))
-  np.testing.assert_allclose(ops.correlate2d(img, kernel), direct_correlate(img, kernel),
+  np.testing.assert_allclose(kernels.correlate2d(img, kernel), direct_correlate(img, kernel),
                              atol=1e-5)
 
 
 @pytest.mark.parametrize("angle", [0.0, 30.0, 90.0, 135.0, 170.0])
 def test_motion_kernel_normalised_and_along_angle(angle):
   length = 15.0
-  kernel = ops.motion_kernel(length, angle, 21)
+  kernel = kernels.motion_kernel(length, angle, 21)
   assert kernel.sum() == pytest.approx(1.0)
   assert np.all(kernel >= 0)
   eigvals, eigvecs = np.linalg.eigh(kernel_covariance(kernel))
@@ -269,17 +269,17 @@ def test_motion_kernel_normalised_and_along_angle(angle):
 
 
 def test_motion_kernel_horizontal_covers_length_pixels():
-  kernel = ops.motion_kernel(5.0, 0.0, 7)
+  kernel = kernels.motion_kernel(5.0, 0.0, 7)
   np.testing.assert_allclose(kernel[[0, 1, 2, 4, 5, 6]], 0.0)
   row = kernel[3]
   assert row[0] == 0 and row[6] == 0 and np.all(row[1:6] > 0)
   np.testing.assert_allclose(row[2:5], row[2], rtol=1e-9)
-  np.testing.assert_array_equal(ops.motion_kernel(1.0, 45.0, 5)[2, 2], 1.0)
+  np.testing.assert_array_equal(kernels.motion_kernel(1.0, 45.0, 5)[2, 2], 1.0)
 
 
 def test_motion_length_longer_than_kernel_is_an_error():
   with pytest.raises(ValueError, match="21"):
-    ops.motion_kernel(25.0, 0.0, 21)
+    kernels.motion_kernel(25.0, 0.0, 21)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,7 +397,7 @@ def test_rain_only_brightens():
 def test_rain_changed_fraction_matches_density():
   """A pixel stays dry iff none of the `footprint` seed sites that reach it got a seed."""
   density, length, angle = 0.004, 15.0, 10.0
-  footprint = np.count_nonzero(ops.rain_streak_kernel(length, angle))
+  footprint = np.count_nonzero(kernels.rain_streak_kernel(length, angle))
   assert length - 2 <= footprint <= 3 * length  # An anti-aliased line about one pixel wide.
   img = np.full((256, 256, 3), 0.3, np.float32)
   fractions = []
@@ -414,7 +414,7 @@ def test_rain_changed_fraction_matches_density():
 
 
 def test_rain_streak_peak_is_intensity_and_points_along_angle():
-  kernel = ops.rain_streak_kernel(21.0, 20.0)
+  kernel = kernels.rain_streak_kernel(21.0, 20.0)
   assert kernel.max() == pytest.approx(1.0)
   _, eigvecs = np.linalg.eigh(kernel_covariance(kernel))
   major = eigvecs[:, 1]
@@ -436,20 +436,20 @@ def test_rain_streak_peak_is_intensity_and_points_along_angle():
 # ---------------------------------------------------------------------------------------------
 # Downscaling.
 
-@pytest.mark.parametrize("method", ops.RESIZE_METHODS)
+@pytest.mark.parametrize("method", resize.RESIZE_METHODS)
 @pytest.mark.parametrize("scale", [1, 2, 3, 4])
 def test_downscale_shape_and_constant(method, scale):
   img = textured((24, 36, 3))
-  out = ops.downscale(img, scale, method)
+  out = resize.downscale(img, scale, method)
   assert out.shape == (24 // scale, 36 // scale, 3) and out.dtype == np.float32
   flat = np.full((24, 36, 3), 0.42, np.float32)
-  np.testing.assert_allclose(ops.downscale(flat, scale, method), 0.42, atol=1e-6)
+  np.testing.assert_allclose(resize.downscale(flat, scale, method), 0.42, atol=1e-6)
 
 
 @pytest.mark.parametrize("scale", [2, 3])
 def test_area_is_block_mean(scale):
   img = textured((12, 18, 3))
-  out = ops.downscale(img, scale, "area")
+  out = resize.downscale(img, scale, "area")
   for i in range(12 // scale):
     for j in range(18 // scale):
       block = img[i * scale:(i + 1) * scale, j * scale:(j + 1) * scale]
@@ -459,7 +459,7 @@ def test_area_is_block_mean(scale):
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_nearest_picks_documented_pixels(scale):
   img = textured((24, 36))
-  out = ops.downscale(img, scale, "nearest")
+  out = resize.downscale(img, scale, "nearest")
   for i in range(24 // scale):
     for j in range(36 // scale):
       assert out[i, j] == img[math.floor((i + 0.5) * scale), math.floor((j + 0.5) * scale)]
@@ -473,19 +473,19 @@ def test_bilinear_hand_weights():
   """MATLAB's antialiased bilinear x1/2 weighs four pixels 1:3:3:1, x1/3 five pixels 1:2:3:2:1."""
   impulse = np.zeros((12, 12), np.float32)
   impulse[5, 5] = 1.0
-  half = ops.downscale(impulse, 2, "bilinear")  # Output i covers inputs 2i - 1 .. 2i + 2.
+  half = resize.downscale(impulse, 2, "bilinear")  # Output i covers inputs 2i - 1 .. 2i + 2.
   np.testing.assert_allclose(half[2, 2], (3 / 8) ** 2, atol=1e-7)
   np.testing.assert_allclose(half[2, 3], 3 / 8 * 1 / 8, atol=1e-7)
   np.testing.assert_allclose(half[3, 3], (1 / 8) ** 2, atol=1e-7)
   np.testing.assert_allclose(half[1, 2], 0.0, atol=1e-7)
   # x1/3: output i is centred on input 3i + 1; the impulse at 5 is 1 and 2 pixels from
   # the centres of outputs 1 and 2.
-  third = ops.downscale(impulse, 3, "bilinear")
+  third = resize.downscale(impulse, 3, "bilinear")
   np.testing.assert_allclose(third[1, 1], (2 / 9) ** 2, atol=1e-7)
   np.testing.assert_allclose(third[2, 1], 1 / 9 * 2 / 9, atol=1e-7)
   centred = np.zeros((12, 12), np.float32)
   centred[4, 7] = 1.0  # The centre of output (1, 2): no other output reaches it.
-  third = ops.downscale(centred, 3, "bilinear")
+  third = resize.downscale(centred, 3, "bilinear")
   np.testing.assert_allclose(third[1, 2], (3 / 9) ** 2, atol=1e-7)
   assert np.count_nonzero(third) == 1
 
@@ -494,7 +494,7 @@ def test_bilinear_hand_weights():
 def test_bilinear_interior_matches_pillow(scale):
   """Pillow's reducing bilinear is the same stretched triangle; it differs only at borders."""
   img = textured((48, 60))
-  out = ops.downscale(img, scale, "bilinear")
+  out = resize.downscale(img, scale, "bilinear")
   pil = np.asarray(Image.fromarray(img, mode="F").resize((60 // scale, 48 // scale),
                                                          Image.Resampling.BILINEAR))
   np.testing.assert_allclose(out[2:-2, 2:-2], pil[2:-2, 2:-2], atol=1e-6)
@@ -502,15 +502,15 @@ def test_bilinear_interior_matches_pillow(scale):
 
 def test_bicubic_is_imresize():
   img = textured((24, 36, 3))
-  np.testing.assert_array_equal(ops.downscale(img, 4, "bicubic"),
+  np.testing.assert_array_equal(resize.downscale(img, 4, "bicubic"),
                                 np.clip(imresize(img, scale=0.25), 0.0, 1.0))
 
 
 def test_downscale_errors():
   with pytest.raises(ValueError, match=r"\(25, 36, 3\)"):
-    ops.downscale(np.zeros((25, 36, 3), np.float32), 2, "area")
+    resize.downscale(np.zeros((25, 36, 3), np.float32), 2, "area")
   with pytest.raises(ValueError, match="bicubic"):
-    ops.downscale(np.zeros((24, 36, 3), np.float32), 2, "lanczos")
+    resize.downscale(np.zeros((24, 36, 3), np.float32), 2, "lanczos")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -537,24 +537,24 @@ def test_downscale_errors():
 ])
 def test_invalid_ranges_name_the_config_key(field, value):
   with pytest.raises(ValueError, match=rf"degradation\.{field} must"):
-    ops.OpRanges(**{field: value})
+    op_ranges.OpRanges(**{field: value})
 
 
 def test_ranges_from_config():
   cfg = config_base.degradation_config()
-  ranges = ops.ranges_from_config(cfg)
+  ranges = op_ranges.ranges_from_config(cfg)
   assert ranges.blur_kernel_size == cfg.blur_kernel_size
   assert ranges.motion_length == tuple(float(v) for v in cfg.motion_length)
   assert ranges.jpeg_quality == tuple(cfg.jpeg_quality)
   assert all(type(v) is int for v in ranges.jpeg_quality)
   assert all(type(v) is float for v in ranges.noise_sigma)
-  partial = ops.ranges_from_config(types.SimpleNamespace(noise_sigma=[2, 4], kind="noise"))
+  partial = op_ranges.ranges_from_config(types.SimpleNamespace(noise_sigma=[2, 4], kind="noise"))
   assert partial.noise_sigma == (2.0, 4.0)
-  assert partial.haze_beta == ops.OpRanges().haze_beta
+  assert partial.haze_beta == op_ranges.OpRanges().haze_beta
   with pytest.raises(ValueError, match=r"degradation\.jpeg_quality"):
-    ops.ranges_from_config(types.SimpleNamespace(jpeg_quality=(30.5, 90)))
+    op_ranges.ranges_from_config(types.SimpleNamespace(jpeg_quality=(30.5, 90)))
   # Motion streaks longer than the kernel only matter when motion blur can be drawn.
-  long_motion = ops.ranges_from_config(types.SimpleNamespace(blur_kernel_size=11,
+  long_motion = op_ranges.ranges_from_config(types.SimpleNamespace(blur_kernel_size=11,
                                                              motion_length=(3, 15)))
   with pytest.raises(ValueError, match=r"degradation\.motion_length.*blur_kernel_size \(11\)"):
     long_motion.check_motion_fits()

@@ -4,10 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from sr_jax import train
+from sr_jax import run_setup
 from sr_jax.models import registry
 from sr_jax.objectives import diffusion, pixel
-from sr_jax.tools import perf_report, step_timing
+from sr_jax.tools import peaks, perf_report, step_timing
 
 BATCH = 2
 # (model, target size, arms, dtypes, initialise here): one model with both arms (the ratios),
@@ -53,14 +53,14 @@ def measured():
   built = []
   with pytest.MonkeyPatch.context() as mp:
     mp.setitem(step_timing.PYTORCH_STEP_MS, ("rrdbnet", "micro", BATCH, 16), 1000.0)
-    real_build_run = train.build_run
+    real_build_run = run_setup.build_run
 
     def spy(config, *args, **kwargs):
       run = real_build_run(config, *args, **kwargs)
       built.append((config.model.name, type(run.objective)))
       return run
 
-    mp.setattr(step_timing.train, "build_run", spy)
+    mp.setattr(step_timing.run_setup, "build_run", spy)
     rows = []
     for name, size, arms, dtypes, init in CASES:
       job = micro_job(name, size)
@@ -138,8 +138,8 @@ def test_sr3_batch_and_scales():
 
 def test_mfu_by_hand():
   # 1.2 TFLOP per step (300 GFLOP on each of 4 devices) in 250 ms on 4 x 989 TFLOP/s.
-  assert perf_report.mfu(1.2e12, 250.0, 4, 989.0) == pytest.approx(4.8e12 / 3.956e15)
-  assert perf_report.mfu(1e9, 5.0, 1, None) is None
+  assert peaks.mfu(1.2e12, 250.0, 4, 989.0) == pytest.approx(4.8e12 / 3.956e15)
+  assert peaks.mfu(1e9, 5.0, 1, None) is None
   result = dict(ms=250.0, gflops=300.0, devices=4, temp_mb=10.0, arg_mb=2.0, trainable=10,
                 pct=1.0, compile_s=1.0, pytorch_ms=None, time_ratio=None)
   h100 = "NVIDIA H100 80GB HBM3"
@@ -167,16 +167,16 @@ def test_mfu_by_hand():
     ("TPU v5p", 459, 459), ("TPU v6 lite", 918, 918), ("cpu", None, None),
     ("Tesla V100-SXM2-16GB", None, None)])
 def test_peak_lookup(kind, bf16, f32):
-  assert perf_report.peak_tflops(kind, "bfloat16") == bf16
-  assert perf_report.peak_tflops(kind, "float32") == f32
+  assert peaks.peak_tflops(kind, "bfloat16") == bf16
+  assert peaks.peak_tflops(kind, "float32") == f32
 
 
 def test_peak_precision_and_dtypes():
-  assert perf_report.peak_tflops("NVIDIA A100-SXM4-40GB", "float32", "highest") == 19.5
-  assert perf_report.peak_tflops("TPU v4", "float32", "highest") is None
-  assert perf_report.peak_tflops("NVIDIA H200", "float32", "bfloat16_3x") is None
-  assert perf_report.peak_tflops("TPU v5 lite", "float16") is None
-  assert perf_report.peak_tflops("NVIDIA H100 80GB HBM3", "float16") == 989
+  assert peaks.peak_tflops("NVIDIA A100-SXM4-40GB", "float32", "highest") == 19.5
+  assert peaks.peak_tflops("TPU v4", "float32", "highest") is None
+  assert peaks.peak_tflops("NVIDIA H200", "float32", "bfloat16_3x") is None
+  assert peaks.peak_tflops("TPU v5 lite", "float16") is None
+  assert peaks.peak_tflops("NVIDIA H100 80GB HBM3", "float16") == 989
 
 
 def test_failing_rows_become_error_cells(monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 
 from configs import prod_nafnet
 from sr_jax import config_base
-from sr_jax.data import degradations, ops, pipeline, preview, sources
+from sr_jax.data import degradations, op_ranges, ops, pipeline, preview, sources
 
 OPS5 = ("gaussian_blur", "motion_blur", "gaussian_noise", "jpeg", "rain")
 
@@ -113,7 +113,7 @@ def test_spec_validation_names_the_key_and_the_fix():
   with pytest.raises(ValueError, match="kind='bicubic'.*resize='area'.*kind='none'"):
     degradations.DegradationSpec("bicubic", scale=2, resize="area")
   # Small blur kernels (valid for Gaussian blur) only clash with motion blur when it is used.
-  small = ops.OpRanges(blur_kernel_size=7, motion_length=(5.0, 15.0))
+  small = op_ranges.OpRanges(blur_kernel_size=7, motion_length=(5.0, 15.0))
   assert degradations.DegradationSpec("blur", ranges=small).kind == "blur"
   with pytest.raises(ValueError, match=r"motion_length.*blur_kernel_size \(7\)"):
     degradations.DegradationSpec("prod", OPS5, ranges=small)

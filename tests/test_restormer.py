@@ -27,10 +27,10 @@ def _count(model, channels=3):
 
 def test_official_parameter_count():
   # The paper's and the official repository's count for the default configuration.
-  assert _count(restormer.restormer_from_preset('default')) == 26_126_644
+  assert _count(registry.build_preset('restormer', 'default')) == 26_126_644
   # BiasFree drops one bias vector per LayerNorm: 2 norms x sum(blocks x channels).
   dims = [48] * 4 + [96] * 6 + [192] * 6 + [384] * 8 + [192] * 6 + [96] * 6 + [96] * 4 + [96] * 4
-  assert _count(restormer.restormer_from_preset('real_denoising')) == 26_126_644 - 2 * sum(dims)
+  assert _count(registry.build_preset('restormer', 'real_denoising')) == 26_126_644 - 2 * sum(dims)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def test_transformer_block_matches_numpy(features, layernorm_type):
 
 @pytest.fixture(scope='module')
 def micro():
-  model = restormer.restormer_from_preset('micro')
+  model = registry.build_preset('restormer', 'micro')
   x = np.random.default_rng(1).random((1, 24, 32, 3), np.float32)
   return model, _randomised(model, x), x
 
@@ -183,18 +183,18 @@ def test_configuration_errors_name_the_field():
   with pytest.raises(ValueError, match='dual_pixel_task needs inp_channels=6'):
     restormer.Restormer(dual_pixel_task=True, dim=8).init(jax.random.PRNGKey(0), x)
   with pytest.raises(ValueError, match='layernorm_type'):
-    restormer.restormer_from_preset('micro', layernorm_type='Layer').init(
+    registry.build_preset('restormer', 'micro', layernorm_type='Layer').init(
         jax.random.PRNGKey(0), x)
   with pytest.raises(ValueError, match='expects 6 input channels'):
-    restormer.restormer_from_preset('dual_pixel', dim=8).init(jax.random.PRNGKey(0), x)
+    registry.build_preset('restormer', 'dual_pixel', dim=8).init(jax.random.PRNGKey(0), x)
   with pytest.raises(ValueError, match='attention heads'):
-    restormer.restormer_from_preset('micro', heads=(3, 1, 2, 2)).init(jax.random.PRNGKey(0), x)
+    registry.build_preset('restormer', 'micro', heads=(3, 1, 2, 2)).init(jax.random.PRNGKey(0), x)
   with pytest.raises(ValueError, match='Unknown Restormer preset'):
-    restormer.restormer_from_preset('large')
+    registry.build_preset('restormer', 'large')
 
 
 def test_dual_pixel_preset_takes_two_views():
-  model = restormer.restormer_from_preset('dual_pixel', dim=8, num_blocks=(1, 1, 1, 1),
+  model = registry.build_preset('restormer', 'dual_pixel', dim=8, num_blocks=(1, 1, 1, 1),
                                           num_refinement_blocks=1, heads=(1, 1, 1, 1))
   x = jnp.ones((1, 16, 16, 6))
   variables = model.init(jax.random.PRNGKey(0), x)

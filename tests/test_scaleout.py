@@ -108,8 +108,8 @@ def test_urls_stay_urls_and_local_files_are_written_atomically(tmp_path):
 
 def _train_steps(config, batches):
   """Losses and the gathered final state of a few steps of `config`'s objective."""
-  from sr_jax import train  # pylint: disable=g-import-not-at-top
-  run = train.build_run(config, "/tmp/unused", base=None)
+  from sr_jax import run_setup  # pylint: disable=g-import-not-at-top
+  run = run_setup.build_run(config, "/tmp/unused", base=None)
   step_fn, state, losses = run.train_step(), run.state, []
   for batch in batches:
     state, metrics = step_fn(state, run.frozen, sharding.global_batch(batch, run.mesh))

@@ -15,7 +15,7 @@ import numpy as np
 from configs import sr3, sr3_finetune
 import pytest
 
-from sr_jax import adapters, checkpoint, forgetting, infer, lora, metrics, train
+from sr_jax import adapters, checkpoint, forgetting, infer, lora, metrics, run_setup, train
 from sr_jax.data import pipeline
 from sr_jax.tools import sr3_sampling
 
@@ -38,7 +38,7 @@ def test_configs_load_with_their_variants():
   paper = sr3.get_config()
   assert (paper.model.preset, paper.data.degradation.scale, paper.data.crop_size) == (
       "sr3_16_128", 8, 128)
-  assert paper.diffusion.enabled and paper.diffusion.num_timesteps == 2000
+  assert paper.objective == "diffusion" and paper.diffusion.num_timesteps == 2000
   both = sr3_finetune.get_config("demo,lora,range")
   assert both.lora.enabled and (both.diffusion.t_min, both.diffusion.t_max) == (1, 500)
   assert both.base.num_steps > 0 and both.data.embedded_set == "documents"
@@ -73,14 +73,14 @@ def test_lora_on_part_of_the_chain_end_to_end(tmp_path):
   changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(saved),
                                                       jax.tree.leaves(base))]
   assert any(changed)  # ... the merged export differs from the base ...
-  run_base = train.prepare_base(config, str(tmp_path))  # ... which itself did not move.
+  run_base = train.base_stage(config, str(tmp_path))  # ... which itself did not move.
   for a, b in zip(jax.tree.leaves(run_base), jax.tree.leaves(base)):
     np.testing.assert_array_equal(a, b)
 
   # sr_jax.infer with the base and the adapter reproduces the run's evaluation, image by image.
   restorer = infer.diffusion_restorer(base_dir, str(tmp_path / "export" / "adapters"),
                                       sampler="ddim", steps=4)
-  assert restorer.objective.split_sampling
+  assert restorer.sr3.split_sampling
   item = pipeline.make_eval_set(config.data, seed=config.seed)[0]
   out = restorer(item["lq"])
   psnr = float(metrics.psnr(out[None], item["gt"][None], crop_border=4)[0])
@@ -104,6 +104,6 @@ def test_sampler_list_errors_name_the_flag():
 
 def test_sr3_without_the_diffusion_objective_is_an_error_naming_the_key(tmp_path):
   config = sr3.get_config("demo")
-  config.diffusion.enabled = False
-  with pytest.raises(ValueError, match="config.diffusion.enabled"):
-    train.build_run(config, str(tmp_path), None)
+  config.objective = "pixel"
+  with pytest.raises(ValueError, match="config.objective"):
+    run_setup.build_run(config, str(tmp_path), None)

@@ -68,7 +68,7 @@ def _param_shapes(model) -> dict:
 @pytest.fixture(scope="module")
 def micro():
   """(model, params, inputs) of the 'micro' preset at batch 2, 8x8, random params."""
-  model = sr3_unet.sr3_from_preset("micro", impl="xla")
+  model = registry.build_preset('sr3', "micro", impl="xla")
   params = _random_params(model)
   rng = np.random.default_rng(0)
   inputs = (rng.standard_normal((2, 8, 8, 3)).astype(np.float32),
@@ -84,13 +84,13 @@ def micro():
 @pytest.mark.parametrize("preset", sorted(TORCH_COUNTS))
 def test_preset_parameter_counts(preset):
   """Every preset has the PyTorch model's parameter count (traced abstractly)."""
-  shapes = _param_shapes(sr3_unet.sr3_from_preset(preset, impl="xla"))
+  shapes = _param_shapes(registry.build_preset('sr3', preset, impl="xla"))
   assert sum(math.prod(s) for s in shapes.values()) == TORCH_COUNTS[preset]
 
 
 def test_paths_mirror_the_torch_keys():
   """The paths the brief's key mapping names exist with the expected shapes (sr3_16_128)."""
-  shapes = _param_shapes(sr3_unet.sr3_from_preset("sr3_16_128", impl="xla"))
+  shapes = _param_shapes(registry.build_preset('sr3', "sr3_16_128", impl="xla"))
   assert shapes["downs_0/kernel"] == (3, 3, 6, 64)
   assert shapes["downs_1/res_block/block1/block_0/scale"] == (64,)
   assert shapes["downs_1/res_block/block1/block_3/kernel"] == (3, 3, 64, 64)
@@ -194,7 +194,7 @@ def test_output_shape_dtype_and_impls(micro):
 def test_sizes_off_the_multiple_are_padded_and_cropped():
   """A 3-level micro (size_multiple 4) maps an H x W input to H x W: exactly the crop of its
   output on the bottom/right reflect-padded input."""
-  model = sr3_unet.sr3_from_preset("micro", channel_mults=(1, 2, 2), impl="xla")
+  model = registry.build_preset('sr3', "micro", channel_mults=(1, 2, 2), impl="xla")
   assert model.size_multiple == 4 and model.input_channels == 3
   params = _random_params(model, seed=1)
   rng, hw = np.random.default_rng(2), (7, 5)

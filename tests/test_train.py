@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import lora_nafnet
-from sr_jax import checkpoint, lora, sharding, train
+from sr_jax import checkpoint, lora, resume, run_setup, sharding, train
 from sr_jax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,7 +76,7 @@ def test_resume_equals_uninterrupted_and_eval_mode(tmp_path):
 
 def _losses_and_params(num_devices, batches, **overrides):
   c = micro_config(**{"mesh.data": num_devices, "lora.enabled": True, **overrides})
-  run = train.build_run(c, "/tmp/unused", base=None)
+  run = run_setup.build_run(c, "/tmp/unused", base=None)
   step_fn = run.train_step()
   state, losses = run.state, []
   for batch in batches:
@@ -175,7 +175,7 @@ def test_prod_pretraining_writes_the_data_grid_and_a_base_that_lora_loads(tmp_pa
 
 def test_resuming_with_another_worker_count_is_an_error_naming_both():
   saved = {"config": json.dumps({"data": {"num_workers": 2}})}
-  train.check_data_workers(saved, 2, "/w")
+  resume.check_data_workers(saved, 2, "/w")
   with pytest.raises(ValueError, match=r"num_workers=2, but this run has data.num_workers=0.*"
                                        r"--config.data.num_workers=2"):
-    train.check_data_workers(saved, 0, "/w")
+    resume.check_data_workers(saved, 0, "/w")

@@ -2,7 +2,7 @@
 
 Why: `python -m sr_jax.convert --arch rrdbnet|srresnet` must turn the released PyTorch weights
 into Flax parameters that compute the same function. These modules are written from the
-architecture description (REFERENCE.md sections 4 and 5) with BasicSR's `state_dict()` key
+architecture description (BasicSR's rrdbnet_arch.py and srresnet_arch.py) with BasicSR's `state_dict()` key
 names and shapes (`rrdbnet_arch.py`, `srresnet_arch.py`); tests fill them with random weights
 (`randomize_`), convert their state dicts and compare forward passes.
 

@@ -7,7 +7,8 @@ chain:
   'noise', 'blur', 'noise_blur'   shorthands: Gaussian noise, Gaussian blur, blur then noise
   'none', 'bicubic'               no op ('bicubic' is 'none' with scale >= 2 and bicubic resize)
   'chain'                         every op of `ops`, in the listed order
-  'prod'                          PROD (seed 001): a random subset of min_ops..max_ops of `ops`,
+  'prod'                          PROD (Park et al. 2024): a random subset of min_ops..max_ops of
+                                  `ops`,
                                   applied in a random order
   'fixed'                         a random subset of the same size, in the listed order
   'single'                        one op of `ops`, chosen at random
@@ -22,7 +23,7 @@ target), downscaled with `resize`, rounded to 8-bit levels as stored LR files ar
 is applied to the LR image (noise and JPEG act at the resolution the model sees).
 
 Images are float32 HWC RGB in [0, 1]; outputs are clipped to [0, 1]. numpy and Pillow only:
-this runs in grain worker processes (DESIGN.md decision 6).
+this runs in grain worker processes, which are spawned and must not touch JAX.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from sr_jax.data import ops
-from sr_jax.data.ops import OpRanges
+from sr_jax.data import op_ranges, ops, resize
+from sr_jax.data.op_ranges import OpRanges
 from sr_jax.data.resize import modcrop
 
 SHORTHANDS = {"noise": ("gaussian_noise",), "blur": ("gaussian_blur",),
@@ -71,9 +72,9 @@ class DegradationSpec:
     if self.kind == "bicubic" and self.scale < 2:
       raise ValueError("degradation.kind='bicubic' downscales by degradation.scale, which must "
                        f"be >= 2 (got {self.scale}).")
-    if self.resize not in ops.RESIZE_METHODS:
+    if self.resize not in resize.RESIZE_METHODS:
       raise ValueError(f"Unknown degradation.resize {self.resize!r}; valid: "
-                       f"{list(ops.RESIZE_METHODS)}.")
+                       f"{list(resize.RESIZE_METHODS)}.")
     if self.kind == "bicubic" and self.resize != "bicubic":
       raise ValueError(f"degradation.kind='bicubic' means bicubic downscaling, but "
                        f"degradation.resize={self.resize!r}; use kind='none' with that resize.")
@@ -112,7 +113,7 @@ def as_spec(cfg: Any) -> DegradationSpec:
       max_ops=int(cfg.max_ops),
       scale=int(cfg.scale),
       resize=str(cfg.resize),
-      ranges=ops.ranges_from_config(cfg),
+      ranges=op_ranges.ranges_from_config(cfg),
   )
 
 
@@ -145,7 +146,7 @@ def apply_chain(image: np.ndarray, chain: Chain, rng: np.random.Generator) -> np
 
 def downscale_to_lr(hr: np.ndarray, scale: int, method: str = "bicubic") -> np.ndarray:
   """Downscales an HR image (sides multiples of `scale`) and rounds it to 8-bit levels."""
-  lr = ops.downscale(np.asarray(hr, np.float32), scale, method)
+  lr = resize.downscale(np.asarray(hr, np.float32), scale, method)
   return (np.round(np.clip(lr, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
 
 

@@ -153,3 +153,71 @@ def modcrop(img: np.ndarray, multiple: int) -> np.ndarray:
     raise ValueError(f"multiple must be >= 1, got {multiple}.")
   h, w = img.shape[0], img.shape[1]
   return img[:h - h % multiple, :w - w % multiple]
+
+
+# ---------------------------------------------------------------------------------------------
+# Integer downscaling for super-resolution inputs (the data's LR images).
+
+RESIZE_METHODS = ("bicubic", "bilinear", "area", "nearest")
+
+
+def _symmetric_index(indices: np.ndarray, length: int) -> np.ndarray:
+  """Maps indices into [0, length) by mirroring with the edge pixel repeated (MATLAB's rule)."""
+  m = np.mod(indices, 2 * length)
+  return np.where(m < length, m, 2 * length - 1 - m)
+
+
+def _triangle_downscale_axis(img: np.ndarray, scale: int, axis: int) -> np.ndarray:
+  """MATLAB imresize(..., 1/scale, 'bilinear') along one axis (antialiased, symmetric edges).
+
+  Output pixel i is centred on input coordinate i * scale + (scale - 1) / 2 (0-based); the
+  triangle kernel is stretched to half-width `scale`, so each tap's weight is the same for every
+  output pixel and a tap loop suffices.
+  """
+  n_out = img.shape[axis] // scale
+  offsets = np.arange(-scale, 2 * scale)
+  weights = np.maximum(0.0, 1.0 - np.abs(offsets - (scale - 1) / 2.0) / scale)
+  keep = weights > 0
+  offsets, weights = offsets[keep], weights[keep] / weights[keep].sum()
+  starts = np.arange(n_out) * scale
+  out = None
+  for offset, weight in zip(offsets, weights):
+    taps = _symmetric_index(starts + offset, img.shape[axis])
+    term = np.take(img, taps, axis=axis) * np.float32(weight)
+    out = term if out is None else out + term
+  return out
+
+
+def downscale(img: np.ndarray, scale: int, method: str = "bicubic") -> np.ndarray:
+  """Downscales an (H, W[, C]) image by an integer factor; H and W must be multiples of it.
+
+  * 'bicubic': `resize.imresize(img, scale=1/scale)` (MATLAB's antialiased bicubic).
+  * 'bilinear': MATLAB's antialiased bilinear (triangle kernel stretched by `scale`).
+  * 'area': the mean of each scale x scale block.
+  * 'nearest': MATLAB's nearest neighbour, pixel (floor((i + 0.5) * scale), ...) =
+    (i * scale + scale // 2, ...): the block centre, or for even scales the pixel just below and
+    right of it (MATLAB's box kernel is half-open, [-0.5, 0.5)).
+
+  Returns float32, not rounded to 8 bits; bicubic and bilinear results are clipped to [0, 1]
+  (bicubic overshoots at edges), area and nearest cannot leave the input's range.
+  """
+  img = np.asarray(img, np.float32)
+  if method not in RESIZE_METHODS:
+    raise ValueError(f"Unknown resize method {method!r}; valid methods: {list(RESIZE_METHODS)}.")
+  if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
+    raise ValueError(f"scale must be a positive integer, got {scale!r}.")
+  if img.ndim not in (2, 3):
+    raise ValueError(f"Expected an (H, W) or (H, W, C) image, got shape {img.shape}.")
+  h, w = img.shape[:2]
+  if h % scale or w % scale:
+    raise ValueError(f"Cannot downscale an image of shape {img.shape} by {scale}: H and W must "
+                     f"be multiples of the scale (modcrop it first).")
+  if method == "bicubic":
+    return np.clip(imresize(img, scale=1.0 / scale), 0.0, 1.0).astype(np.float32)
+  if method == "bilinear":
+    out = _triangle_downscale_axis(_triangle_downscale_axis(img, scale, 0), scale, 1)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+  if method == "area":
+    blocks = img.reshape(h // scale, scale, w // scale, scale, *img.shape[2:])
+    return blocks.mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
+  return np.ascontiguousarray(img[scale // 2::scale, scale // 2::scale])

@@ -1,10 +1,11 @@
 """Convolution and normalisation layers with interchangeable numerical formulations.
 
 XLA's CPU backend runs some convolutions several times slower than the same arithmetic written
-as matrix products or shifted multiply-adds (REFERENCE.md section 12): a depthwise 3x3 through
-`lax.conv_general_dilated(feature_group_count=C)` is ~7x slower than the sum of nine shifted
-slices, and a 1x1 conv ~2x slower than an einsum. On GPU/TPU the plain convolutions are the
-fast path. Every layer here therefore has an `impl` field:
+as matrix products or shifted multiply-adds: a depthwise 3x3 through
+`lax.conv_general_dilated(feature_group_count=C)` is several times slower than the sum of nine
+shifted slices, and a 1x1 conv slower than a matrix product (docs/speed.md has the figures).
+On GPU/TPU the plain convolutions are the fast path. Every layer here therefore has an `impl`
+field:
 
   'xla'      lax.conv_general_dilated (the accelerator path);
   'shifted'  the CPU-fast formulation (einsum, shifted sums, space-to-depth + matmul);
@@ -14,14 +15,6 @@ All formulations compute the same function of the same parameters: the params ar
 `kernel` in HWIO layout (grouped convs use flax's (kh, kw, 1, C) layout) and a `bias`, both
 float32 (`param_dtype`), so checkpoints, LoRA targets and converters never see `impl`.
 `dtype` is the compute dtype (e.g. bfloat16 for mixed precision).
-
-Measured on the 2-core CPU VM (NAFNet-w32 SIDD, batch 4, 128x128, forward+backward): 'xla'
-6.8 s; 'shifted' with autodiff through the shifted sums 5.3 s; 'shifted' with the hand-written
-depthwise VJP below 3.4 s, or 1.5 s when the process runs with
-GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (XLA's fresh buffers then use transparent huge pages;
-page faults are very expensive in this VM). With 1x1 convs as 2-D matmuls (`pixel_matmul`)
-instead of 4-D einsums, the whole AdamW train step takes 1.44 s (1.20 s with large pages)
-against PyTorch's 1.66 s.
 
 Initialisation follows PyTorch's `nn.Conv2d` defaults (kernel and bias uniform in
 +-1/sqrt(fan_in)), so freshly initialised models behave like the official ones.
@@ -109,8 +102,8 @@ def pixel_matmul(x: Array, matrix: Array, precision: PrecisionLike = None) -> Ar
   """(..., cin) @ (cin, cout) as ONE 2-D matrix product over all pixels.
 
   Equal to einsum('nhwc,cd->nhwd'), but XLA's CPU backend differentiates the 4-D einsum into
-  dot products contracting over three axes at once, which ran ~2.7x slower than the 2-D form
-  (1x1 conv 48 -> 254 at 2x128x128, forward + both gradients: 47 ms vs 17 ms; PyTorch 29 ms).
+  dot products contracting over three axes at once, which run several times slower than the
+  2-D form (docs/speed.md).
   """
   lead = x.shape[:-1]
   y = jnp.matmul(x.reshape(-1, x.shape[-1]), matrix, precision=precision)

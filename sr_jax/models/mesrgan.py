@@ -1,6 +1,6 @@
-"""MESRGAN (seed 002, "mobile ESRGAN"): RRDBNet with inverted-residual dense-block convs.
+"""MESRGAN ("mobile ESRGAN"): RRDBNet with inverted-residual dense-block convs.
 
-The seed keeps ESRGAN's generator but replaces the convolutions of its residual dense blocks
+MESRGAN (Eriksson and Löf, "Lightweight Super-Resolution") keeps ESRGAN's generator but replaces the convolutions of its residual dense blocks
 with MobileNetV2's bottleneck residual block (Sandler et al. 2018), with LeakyReLU instead of
 ReLU6 and no batch norm. Here every dense-block conv `conv{k}` (cin -> cout) becomes an
 `InvertedResidual` module of the same name:
@@ -13,12 +13,12 @@ Everything else is RRDBNet's (sr_jax.models.rrdbnet): names, the dense connectio
 LeakyReLU after conv1..4, the 0.2 residual scalings, the dense 3x3 trunk convs and the scales.
 Parameter paths are RRDBNet's with conv{k}/kernel replaced by conv{k}/{expand,depthwise,project}.
 
-Cost: the seed expected "half the multiplications" of the replaced convs. Per pixel a 3x3 conv
+Cost: its authors expected "half the multiplications" of the replaced convs. Per pixel a 3x3 conv
 costs 9 * cin * cout multiplications and the block t * cin * (cin + 9 + cout); with t = 6 on the
 ESRGAN widths (cin 64..192, growth 32) an RDB's five blocks cost 3.12x its five convs
 (747,264 vs 239,616 per pixel); only t = 0.96, a contraction, would halve them.
 
-Initialisation (the seed publishes none): BasicSR's scheme applied to the block, He-normal
+Initialisation (the report publishes none): BasicSR's scheme applied to the block, He-normal
 kernels and zero biases, with the 0.1 factor ESRGAN puts on its dense-block convs placed on the
 linear `project` conv only, so a fresh block's output is about as small as the fresh conv's it
 replaces (scaling all three layers would shrink it a thousandfold).
@@ -45,7 +45,7 @@ DEPTHWISE_KERNELS = r'.*/depthwise/kernel'
 
 _FULL = dict(num_in_ch=3, num_out_ch=3, num_feat=64, num_block=23, num_grow_ch=32, expansion=6)
 PRESETS: dict[str, dict[str, Any]] = {
-    # The seed's generator: ESRGAN x4 widths with MobileNetV2's t = 6.
+    # The MESRGAN report's generator: ESRGAN x4 widths with MobileNetV2's t = 6.
     'x4': dict(_FULL, scale=4),
     # Small x4 layouts for tests and CPU demos (same structure, fewer and narrower blocks).
     'small': dict(num_in_ch=3, num_out_ch=3, num_feat=32, num_block=4, num_grow_ch=16,
@@ -90,13 +90,3 @@ class MESRGAN(RRDBNet):
       raise ValueError(f'MESRGAN expansion must be a positive integer, got {self.expansion}.')
     return functools.partial(InvertedResidual, expansion=self.expansion, dtype=self.dtype,
                              impl=self.impl)
-
-
-def mesrgan_from_preset(preset: str, **overrides: Any) -> MESRGAN:
-  """Builds a MESRGAN from a named layout in PRESETS, with keyword overrides of any field.
-
-  E.g. mesrgan_from_preset('x4', dtype=jnp.bfloat16, impl='xla').
-  """
-  if preset not in PRESETS:
-    raise ValueError(f'Unknown MESRGAN preset {preset!r}; available: {sorted(PRESETS)}.')
-  return MESRGAN(**{**PRESETS[preset], **overrides})

@@ -158,11 +158,23 @@ class NAFNet(nn.Module):
     return out[:, :height, :width, :]
 
 
-def nafnet_from_preset(preset: str, **overrides: Any) -> NAFNet:
-  """Builds a NAFNet from a named layout in PRESETS, with keyword overrides of any field.
+_STAGES = ('intro', 'encoders', 'downs', 'middle_blks', 'ups', 'decoders', 'ending')
 
-  E.g. nafnet_from_preset('sidd_w32', dtype=jnp.bfloat16, impl='xla').
+
+def block_order(block: str) -> tuple:
+  """Sort key putting NAFNet's top-level blocks in data-flow order.
+
+  intro, encoders_0_*, downs_0, encoders_1_*, downs_1, ..., middle_blks_*, ups_0,
+  decoders_0_*, ups_1, decoders_1_*, ..., ending: encoder level i runs before downs_i, and
+  decoder level i after ups_i (ups_0 is the deepest, right after the middle blocks). Unknown
+  names go last.
   """
-  if preset not in PRESETS:
-    raise ValueError(f'Unknown NAFNet preset {preset!r}; available: {sorted(PRESETS)}.')
-  return NAFNet(**{**PRESETS[preset], **overrides})
+  stage = next((s for s in _STAGES if block == s or block.startswith(s + '_')), None)
+  numbers = tuple(int(n) for n in block[len(stage or ''):].split('_') if n.isdigit())
+  level = numbers[0] if numbers else 0
+  if stage in ('encoders', 'downs'):
+    return (1, level, 0 if stage == 'encoders' else 1, numbers)
+  if stage in ('ups', 'decoders'):
+    return (3, level, 0 if stage == 'ups' else 1, numbers)
+  rank = {'intro': 0, 'middle_blks': 2, 'ending': 4}.get(stage, 5)
+  return (rank, 0, 0, numbers, block)

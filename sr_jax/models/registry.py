@@ -1,14 +1,18 @@
-"""One registry from model names to architectures (as BasicSR has).
+"""One registry from model names to architectures and the facts the rest of sr_jax needs.
 
-An entry builds the Flax module from `config.model`, and says which kernels are depthwise
-(LoRA gives them no low-rank adapter) and what identifies the architecture (checkpoints
-record it, and loading a checkpoint into another architecture is an error naming the
-difference).
+An entry says how to build the Flax module (one generic builder: a preset's fields overridden
+by keyword), which kernels are depthwise (LoRA gives them no low-rank adapter), which fields
+identify the architecture (checkpoints record them, and loading a checkpoint into another
+architecture is an error naming the difference), and the model's facts: its kind
+('restoration', 'super_resolution' or 'diffusion'), upscaling factor, image channels, the
+multiple input sides should have, and the order of its blocks in the data flow. Code elsewhere
+asks the registry (`facts`, `example_inputs`) instead of probing modules for attributes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -16,30 +20,69 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+KINDS = ("restoration", "super_resolution", "diffusion")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def natural_order(block: str) -> tuple:
+  """Sort key ordering 'conv_body' < 'body_2' < 'body_10' (numbers compared as numbers)."""
+  return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", block))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFacts:
+  """What a built model is, as the trainer, data, inference and tools need to know it."""
+  kind: str
+  scale: int  # Output pixels per input pixel along a side (1 for restoration and diffusion).
+  in_channels: int  # Channels of the image the model reads (SR3: of its LR condition).
+  out_channels: int
+  size_multiple: int  # Input sides should be multiples of this (others are padded inside).
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
-  build: Callable[..., nn.Module]  # (preset: str, **overrides) -> module
+  """A model family: its module class, presets and facts."""
+  module: type[nn.Module]
   presets: dict[str, dict[str, Any]]
+  kind: str
   depthwise_kernels: str  # Regex over parameter paths.
   arch_fields: tuple[str, ...]  # Module fields that define the parameter tree.
   width_field: str = "width"  # The field `config.model.width` overrides.
+  out_channels_field: str = ""  # '' = as many output channels as input channels.
+  scale_field: str = ""  # '' = scale 1.
+  block_order: Callable[[str], tuple] = natural_order  # Sort key of top-level block names.
+
+  def build(self, preset: str, **overrides: Any) -> nn.Module:
+    """The module of a named preset with keyword overrides of any field."""
+    if preset not in self.presets:
+      raise ValueError(f"Unknown {self.module.__name__} preset {preset!r}; available: "
+                       f"{sorted(self.presets)}.")
+    return self.module(**{**self.presets[preset], **overrides})
+
+  def facts(self, module: nn.Module) -> ModelFacts:
+    """The facts of a module built from this entry."""
+    in_channels = int(module.input_channels)
+    out = int(getattr(module, self.out_channels_field)) if self.out_channels_field else in_channels
+    scale = int(getattr(module, self.scale_field)) if self.scale_field else 1
+    return ModelFacts(self.kind, scale, in_channels, out, int(module.size_multiple))
 
 
 def _nafnet() -> ModelEntry:
   from sr_jax.models import nafnet
-  return ModelEntry(nafnet.nafnet_from_preset, nafnet.PRESETS, nafnet.DEPTHWISE_KERNELS,
-                    ("img_channel", "width", "middle_blk_num", "enc_blk_nums", "dec_blk_nums"))
+  return ModelEntry(nafnet.NAFNet, nafnet.PRESETS, "restoration", nafnet.DEPTHWISE_KERNELS,
+                    ("img_channel", "width", "middle_blk_num", "enc_blk_nums", "dec_blk_nums"),
+                    block_order=nafnet.block_order)
 
 
 def _restormer() -> ModelEntry:
   from sr_jax.models import restormer
-  return ModelEntry(restormer.restormer_from_preset, restormer.PRESETS,
+  return ModelEntry(restormer.Restormer, restormer.PRESETS, "restoration",
                     restormer.DEPTHWISE_KERNELS,
                     ("inp_channels", "out_channels", "dim", "num_blocks",
                      "num_refinement_blocks", "heads", "ffn_expansion_factor", "bias",
                      "layernorm_type", "dual_pixel_task"),
-                    width_field="dim")
+                    width_field="dim", out_channels_field="out_channels",
+                    block_order=restormer.block_order)
 
 
 _RRDB_FIELDS = ("num_in_ch", "num_out_ch", "scale", "num_feat", "num_block", "num_grow_ch")
@@ -47,36 +90,40 @@ _RRDB_FIELDS = ("num_in_ch", "num_out_ch", "scale", "num_feat", "num_block", "nu
 
 def _rrdbnet() -> ModelEntry:
   from sr_jax.models import rrdbnet
-  return ModelEntry(rrdbnet.rrdbnet_from_preset, rrdbnet.PRESETS, rrdbnet.NO_DEPTHWISE_KERNELS,
-                    _RRDB_FIELDS, width_field="num_feat")
+  return ModelEntry(rrdbnet.RRDBNet, rrdbnet.PRESETS, "super_resolution",
+                    rrdbnet.NO_DEPTHWISE_KERNELS, _RRDB_FIELDS, width_field="num_feat",
+                    out_channels_field="num_out_ch", scale_field="scale")
 
 
 def _srresnet() -> ModelEntry:
   from sr_jax.models import srresnet
-  return ModelEntry(srresnet.srresnet_from_preset, srresnet.PRESETS,
+  return ModelEntry(srresnet.MSRResNet, srresnet.PRESETS, "super_resolution",
                     srresnet.NO_DEPTHWISE_KERNELS,
                     ("num_in_ch", "num_out_ch", "scale", "num_feat", "num_block"),
-                    width_field="num_feat")
+                    width_field="num_feat", out_channels_field="num_out_ch",
+                    scale_field="scale")
 
 
 def _mesrgan() -> ModelEntry:
   from sr_jax.models import mesrgan
-  return ModelEntry(mesrgan.mesrgan_from_preset, mesrgan.PRESETS, mesrgan.DEPTHWISE_KERNELS,
-                    _RRDB_FIELDS + ("expansion",), width_field="num_feat")
+  return ModelEntry(mesrgan.MESRGAN, mesrgan.PRESETS, "super_resolution",
+                    mesrgan.DEPTHWISE_KERNELS, _RRDB_FIELDS + ("expansion",),
+                    width_field="num_feat", out_channels_field="num_out_ch",
+                    scale_field="scale")
 
 
 def _sr3() -> ModelEntry:
   from sr_jax.models import sr3_unet
-  return ModelEntry(sr3_unet.sr3_from_preset, sr3_unet.PRESETS, sr3_unet.DEPTHWISE_KERNELS,
+  return ModelEntry(sr3_unet.SR3UNet, sr3_unet.PRESETS, "diffusion",
+                    sr3_unet.DEPTHWISE_KERNELS,
                     ("in_channel", "out_channel", "inner_channel", "norm_groups",
                      "channel_mults", "attn_levels", "res_blocks"),
-                    width_field="inner_channel")
+                    width_field="inner_channel", out_channels_field="out_channel")
 
 
 _ENTRIES: dict[str, Callable[[], ModelEntry]] = {
     "nafnet": _nafnet, "restormer": _restormer, "rrdbnet": _rrdbnet, "srresnet": _srresnet,
     "mesrgan": _mesrgan, "sr3": _sr3}
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def entry(name: str) -> ModelEntry:
@@ -85,19 +132,32 @@ def entry(name: str) -> ModelEntry:
   return _ENTRIES[name]()
 
 
+def build_preset(name: str, preset: str, **overrides: Any) -> nn.Module:
+  """The module of model `name`'s `preset`, e.g. build_preset('nafnet', 'sidd_w32', impl='xla')."""
+  return entry(name).build(preset, **overrides)
+
+
+def facts(name: str, module: nn.Module) -> ModelFacts:
+  """The facts (kind, scale, channels, size multiple) of a module of model `name`."""
+  return entry(name).facts(module)
+
+
+def name_of(module: nn.Module) -> str:
+  """The registry name of a built module (its class's entry)."""
+  for name in _ENTRIES:
+    if type(module) is entry(name).module:  # pylint: disable=unidiomatic-typecheck
+      return name
+  raise ValueError(f"{type(module).__name__} is not a registered model; registered: "
+                   f"{sorted(_ENTRIES)}.")
+
+
 def example_inputs(model: nn.Module, size: int, batch: int = 1) -> tuple[Any, ...]:
-  """Zero inputs of a size x size image that `model.init(rng, *inputs)` accepts: the model's
-  own `example_inputs` when it has one (e.g. SR3's (condition, noisy, noise_level)), else one
-  (batch, size, size, input_channels) image."""
-  if hasattr(model, "example_inputs"):
+  """Zero inputs of a size x size image that `model.init(rng, *inputs)` accepts: a diffusion
+  model's (condition, noisy image, noise level), else one (batch, size, size, channels) image."""
+  model_facts = facts(name_of(model), model)
+  if model_facts.kind == "diffusion":
     return tuple(model.example_inputs(size, batch))
-  return (jnp.zeros((batch, size, size, model.input_channels), jnp.float32),)
-
-
-def _has_field(e: ModelEntry, field: str) -> bool:
-  """Whether the entry's module type has a dataclass field `field`."""
-  module_type = type(e.build(next(iter(e.presets))))
-  return field in {f.name for f in dataclasses.fields(module_type)}
+  return (jnp.zeros((batch, size, size, model_facts.in_channels), jnp.float32),)
 
 
 def _overrides(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -108,7 +168,7 @@ def _overrides(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
     out[e.width_field] = model_config.width
   dropout = model_config.get("dropout", -1.0)
   if dropout is not None and dropout >= 0:
-    if not _has_field(e, "dropout"):
+    if "dropout" not in {f.name for f in dataclasses.fields(e.module)}:
       raise ValueError(f"config.model.dropout={dropout} but the {model_config.name} model has "
                        "no dropout; leave config.model.dropout at -1.")
     out["dropout"] = float(dropout)
@@ -128,6 +188,11 @@ def build_model(model_config: ml_collections.ConfigDict) -> nn.Module:
                  impl=model_config.conv_impl, **_overrides(model_config))
 
 
+def model_facts(model_config: ml_collections.ConfigDict) -> ModelFacts:
+  """The facts of the model `config.model` builds."""
+  return facts(model_config.name, build_model(model_config))
+
+
 def module_architecture(name: str, module: nn.Module) -> dict[str, Any]:
   """JSON-able description of a built module's architecture (its entry's arch_fields)."""
   arch = {"name": name}
@@ -140,6 +205,22 @@ def module_architecture(name: str, module: nn.Module) -> dict[str, Any]:
 def architecture(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
   """JSON-able description of the parameter tree's architecture, stored with checkpoints."""
   return module_architecture(model_config.name, build_model(model_config))
+
+
+def from_architecture(arch: dict[str, Any], **overrides: Any) -> nn.Module:
+  """The module of a recorded architecture (a checkpoint's meta.json 'model').
+
+  Checkpoints record the fields that define the parameter tree, not a preset name, so the
+  module is built from the entry's first preset with every recorded field overriding it.
+  """
+  if "name" not in arch:
+    raise ValueError(f"Recorded architecture {dict(arch)} has no model 'name'.")
+  e = entry(arch["name"])
+  missing = [f for f in e.arch_fields if f not in arch]
+  if missing:
+    raise ValueError(f"Recorded {arch['name']} architecture lacks {missing} (has {sorted(arch)}).")
+  fields = {f: tuple(arch[f]) if isinstance(arch[f], list) else arch[f] for f in e.arch_fields}
+  return e.build(next(iter(e.presets)), **fields, **overrides)
 
 
 def matching_preset(arch: dict[str, Any]) -> str | None:

@@ -277,11 +277,17 @@ class Restormer(nn.Module):
     return out[:, :height, :width, :]
 
 
-def restormer_from_preset(preset: str, **overrides: Any) -> Restormer:
-  """Builds a Restormer from a named layout in PRESETS, with keyword overrides of any field.
+_STAGES = ('patch_embed', 'encoder_level1', 'down1_2', 'encoder_level2', 'down2_3',
+           'encoder_level3', 'down3_4', 'latent', 'up4_3', 'reduce_chan_level3',
+           'decoder_level3', 'up3_2', 'reduce_chan_level2', 'decoder_level2', 'up2_1',
+           'decoder_level1', 'refinement', 'skip_conv', 'output')
 
-  E.g. restormer_from_preset('default', dtype=jnp.bfloat16, impl='xla').
-  """
-  if preset not in PRESETS:
-    raise ValueError(f'Unknown Restormer preset {preset!r}; available: {sorted(PRESETS)}.')
-  return Restormer(**{**PRESETS[preset], **overrides})
+
+def block_order(block: str) -> tuple:
+  """Sort key putting Restormer's top-level blocks ('encoder_level2_3', 'down2_3', ...) in
+  data-flow order; unknown names go last."""
+  for i, stage in enumerate(_STAGES):
+    if block == stage or (block.startswith(stage + '_') and block[len(stage) + 1:].isdigit()):
+      suffix = block[len(stage) + 1:]
+      return (i, int(suffix) if suffix else -1, block)
+  return (len(_STAGES), 0, block)

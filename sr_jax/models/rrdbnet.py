@@ -184,13 +184,3 @@ class RRDBNet(nn.Module):
     feat = self._upsample(feat)
     feat = nn.leaky_relu(self._conv3(feat, self.num_feat, 'conv_hr'), LRELU_SLOPE)
     return self._conv3(feat, self.num_out_ch, 'conv_last').astype(jnp.float32)
-
-
-def rrdbnet_from_preset(preset: str, **overrides: Any) -> RRDBNet:
-  """Builds an RRDBNet from a named layout in PRESETS, with keyword overrides of any field.
-
-  E.g. rrdbnet_from_preset('x4', dtype=jnp.bfloat16, impl='xla').
-  """
-  if preset not in PRESETS:
-    raise ValueError(f'Unknown RRDBNet preset {preset!r}; available: {sorted(PRESETS)}.')
-  return RRDBNet(**{**PRESETS[preset], **overrides})

@@ -393,13 +393,3 @@ class SR3UNet(nn.Module):
     out = Block(self.out_channel, self.norm_groups, 0.0, self.dtype, self.impl,
                 name='final_conv')(x)
     return out[:, :height, :width].astype(jnp.float32)
-
-
-def sr3_from_preset(preset: str, **overrides: Any) -> SR3UNet:
-  """Builds an SR3UNet from a named layout in PRESETS, with keyword overrides of any field.
-
-  E.g. sr3_from_preset('sr3_16_128', dtype=jnp.bfloat16, impl='xla', dropout=0.1).
-  """
-  if preset not in PRESETS:
-    raise ValueError(f'Unknown SR3UNet preset {preset!r}; available: {sorted(PRESETS)}.')
-  return SR3UNet(**{**PRESETS[preset], **overrides})

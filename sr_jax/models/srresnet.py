@@ -120,13 +120,3 @@ class MSRResNet(nn.Module):
     feat = self._conv_act(self._upsample(feat), self.num_feat, 'conv_hr')
     out = _conv3(self.num_out_ch, self.dtype, self.impl, 'conv_last')(feat)
     return out.astype(jnp.float32) + bilinear_upsample(x, self.scale)
-
-
-def srresnet_from_preset(preset: str, **overrides: Any) -> MSRResNet:
-  """Builds an MSRResNet from a named layout in PRESETS, with keyword overrides of any field.
-
-  E.g. srresnet_from_preset('x4', dtype=jnp.bfloat16, impl='xla').
-  """
-  if preset not in PRESETS:
-    raise ValueError(f'Unknown MSRResNet preset {preset!r}; available: {sorted(PRESETS)}.')
-  return MSRResNet(**{**PRESETS[preset], **overrides})

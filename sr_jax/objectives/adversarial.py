@@ -4,7 +4,7 @@ All losses are binary cross-entropies on raw logits (BCE(x, 1) = softplus(-x), B
 softplus(x)), averaged over every logit (a per-pixel map from a U-Net discriminator counts
 each pixel), computed in float32.
 
-Relativistic average GAN (ESRGAN, REFERENCE.md section 4), with D_Ra(a, b) = sigmoid(C(a) -
+Relativistic average GAN (ESRGAN, Wang et al. 2018), with D_Ra(a, b) = sigmoid(C(a) -
 mean C(b)):
 
   L_D = BCE(C(real) - mean C(fake), 1) + BCE(C(fake) - mean C(real), 0)

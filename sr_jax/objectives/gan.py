@@ -16,8 +16,9 @@ runs the discriminator in training mode too (batch statistics) but discards its 
 The real and generated batches go through the discriminator in separate calls, so BatchNorm
 normalises each with its own statistics, as in BasicSR.
 
-The frozen tree passed to the step is {'generator': the generator's frozen half,
-'perceptual': the VGG parameters of the perceptual loss}; only the first is checkpointed.
+The frozen tree's 'extra' holds {'perceptual': the VGG parameters of the perceptual loss}.
+A GAN job's base (pre-training stage) is its PSNR-oriented generator trained with the pixel
+objective alone, as in ESRGAN's recipe.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
+from absl import logging
 
-from sr_jax import lora
-from sr_jax.objectives import adversarial, pixel
+from sr_jax import lora, step as step_lib
+from sr_jax.models import registry
+from sr_jax.objectives import adversarial, base, pixel
 
 PyTree = Any
 
@@ -60,7 +64,7 @@ def init_state(trainable: PyTree, tx: optax.GradientTransformation, d_variables:
                   d_opt_state=d_tx.init(d_params))
 
 
-class GanObjective(pixel.PixelObjective):
+class GanObjective(base.ModelObjective):
   """Generator `model` (with its LoRA plan) against `discriminator`; see the module doc.
 
   `gan` is config.gan; `perceptual` a sr_jax.objectives.perceptual.PerceptualLoss or None
@@ -69,18 +73,18 @@ class GanObjective(pixel.PixelObjective):
 
   def __init__(self, model, tx, plan, discriminator: nn.Module, d_tx, gan, perceptual=None,
                loss_kind: str = "l1", schedule=None, d_schedule=None):
-    super().__init__(model, tx, plan, loss_kind, schedule=schedule)
+    super().__init__(model, tx, plan, schedule)
     self.discriminator, self.d_tx, self.d_schedule = discriminator, d_tx, d_schedule
-    self.gan, self.perceptual = gan, perceptual
+    self.gan, self.perceptual, self.loss_kind = gan, perceptual, loss_kind
 
   # -- what the loop reads ------------------------------------------------------------------
 
-  FROZEN_KEY = "generator"  # The perceptual VGG beside it is a constant, not checkpointed.
-
-  @staticmethod
-  def eval_trainable(state: GanState) -> PyTree:
+  def eval_trainable(self, state: GanState) -> PyTree:
     """The generator weights evaluated and exported: the EMA when there is one."""
     return state.trainable if state.ema is None else state.ema
+
+  def arm_label(self, default: str) -> str:
+    return "GAN + LoRA" if self.plan else "GAN"
 
   # -- the step -----------------------------------------------------------------------------
 
@@ -98,12 +102,12 @@ class GanObjective(pixel.PixelObjective):
   def generator_losses(self, trainable, state, frozen, batch):
     """(total, (generated images, {loss parts})) of the generator update."""
     gan, gt = self.gan, batch["gt"].astype(jnp.float32)
-    fake = self.apply(lora.combine(trainable, frozen["generator"]), batch["lq"])
+    fake = self.apply(lora.combine(trainable, frozen[base.MODEL]), batch["lq"])
     fake32 = fake.astype(jnp.float32)
     parts = {"pixel_loss": pixel.pixel_loss(self.loss_kind, fake32, gt)}
     total = gan.pixel_weight * parts["pixel_loss"]
     if self.perceptual is not None and gan.perceptual_weight:
-      parts["perceptual_loss"] = self.perceptual(frozen["perceptual"], fake32, gt)
+      parts["perceptual_loss"] = self.perceptual(frozen[base.EXTRA]["perceptual"], fake32, gt)
       total += gan.perceptual_weight * parts["perceptual_loss"]
     real_logits, _ = self.discriminate(state.d_params, state.d_stats, gt)
     fake_logits, _ = self.discriminate(state.d_params, state.d_stats, fake)
@@ -126,17 +130,17 @@ class GanObjective(pixel.PixelObjective):
       return loss, (stats, parts)
 
     (loss, (stats, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
-    updates, d_opt_state = self.d_tx.update(grads, state.d_opt_state, state.d_params)
-    d_params = optax.apply_updates(state.d_params, updates)
-    metrics = dict(parts, d_loss=loss, d_grad_norm=optax.tree.norm(grads))
+    d_params, d_opt_state, d_grad_norm = base.apply_gradients(self.d_tx, state.d_params,
+                                                              state.d_opt_state, grads)
+    metrics = dict(parts, d_loss=loss, d_grad_norm=d_grad_norm)
     return state.replace(d_params=d_params, d_stats=stats, d_opt_state=d_opt_state), metrics
 
   def update(self, state: GanState, frozen, batch):
     """Generator step, EMA, then discriminator step; gradients only for each side's own tree."""
     (loss, (fake, parts)), grads = jax.value_and_grad(
         self.generator_losses, has_aux=True)(state.trainable, state, frozen, batch)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.trainable)
-    trainable = optax.apply_updates(state.trainable, updates)
+    trainable, opt_state, grad_norm = base.apply_gradients(self.tx, state.trainable,
+                                                           state.opt_state, grads)
     ema = state.ema
     if ema is not None:
       decay = self.gan.ema_decay
@@ -144,9 +148,68 @@ class GanObjective(pixel.PixelObjective):
     state = state.replace(trainable=trainable, opt_state=opt_state, ema=ema)
     state, d_metrics = self.discriminator_update(state, fake, batch["gt"])
     metrics = dict(parts, **d_metrics, loss=loss, psnr=pixel.batch_psnr(fake, batch["gt"]),
-                   grad_norm=optax.tree.norm(grads))
-    if self.schedule is not None:
-      metrics["learning_rate"] = self.schedule(state.step)
+                   grad_norm=grad_norm)
+    metrics = self.step_metrics(state, metrics)
     if self.d_schedule is not None:
       metrics["d_learning_rate"] = self.d_schedule(state.step)
     return state.replace(step=state.step + 1), metrics
+
+
+def parse_weights(entries) -> dict[str, float]:
+  """('conv5_4=1.0', ...) -> {'conv5_4': 1.0}; a malformed entry names the config key."""
+  out = {}
+  for entry in entries:
+    name, sep, value = str(entry).partition("=")
+    try:
+      out[name.strip()] = float(value)
+    except ValueError:
+      sep = ""
+    if not sep:
+      raise ValueError(f"config.gan.perceptual_layers entry {entry!r} must be 'layer=weight', "
+                       "e.g. 'conv5_4=1.0'.")
+  return out
+
+
+def perceptual_loss(g: ml_collections.ConfigDict):
+  """config.gan's perceptual loss, or None when its weight is 0."""
+  if not g.perceptual_weight:
+    return None
+  from sr_jax.objectives import perceptual  # pylint: disable=g-import-not-at-top
+  loss = perceptual.PerceptualLoss(g.perceptual_network, g.perceptual_checkpoint,
+                                   parse_weights(g.perceptual_layers), g.perceptual_criterion,
+                                   g.perceptual_before_activation)
+  logging.info("Perceptual loss: %s.", loss.description)
+  return loss
+
+
+def build(context: base.BuildContext) -> base.Built:
+  """The GAN objective, its state (generator half + discriminator) and the perceptual VGG."""
+  from sr_jax.models import discriminators  # pylint: disable=g-import-not-at-top
+  config, g = context.config, context.config.gan
+  pixel.pixel_loss(config.loss.kind, jnp.zeros(()), jnp.zeros(()))  # Validates it early.
+  d_model = discriminators.build_discriminator(g.discriminator, num_feat=g.d_num_feat,
+                                               input_size=config.data.crop_size,
+                                               dtype=registry.DTYPES[config.model.dtype])
+  d_vars = discriminators.init_discriminator(d_model, config.data.crop_size,
+                                             jax.random.PRNGKey(context.seed + 1))
+  d_schedule = step_lib.learning_rate_schedule(g.d_optimizer, config.num_steps)
+  d_tx = step_lib.make_optimizer(g.d_optimizer, d_schedule)
+  perceptual = perceptual_loss(g)
+  objective = GanObjective(context.model, context.tx, context.plan, d_model, d_tx, g, perceptual,
+                           config.loss.kind, context.schedule, d_schedule)
+  state = init_state(context.trainable, context.tx, d_vars, d_tx, context.seed,
+                     ema=g.ema_decay > 0)
+  logging.info("Discriminator %s: %s parameters, trained fully.", g.discriminator,
+               f"{lora.count(d_vars['params']):,}")
+  return base.Built(objective, state,
+                    extra_frozen={"perceptual": perceptual.params if perceptual else {}},
+                    meta={"discriminator": {k: g[k] for k in ("discriminator", "d_num_feat")}})
+
+
+def _base_stage(config: ml_collections.ConfigDict) -> None:
+  """A GAN job's base is its PSNR-oriented first stage: the pixel objective (ESRGAN's recipe)."""
+  config.objective = "pixel"
+
+
+SPEC = base.ObjectiveSpec("gan", build, model_kinds=("restoration", "super_resolution"),
+                          base_stage=_base_stage)

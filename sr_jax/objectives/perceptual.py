@@ -1,7 +1,7 @@
 """Perceptual (VGG feature) loss for GAN-based SR, as BasicSR's `PerceptualLoss` computes it.
 
 ESRGAN trains its generator on the L1 distance between VGG19 conv5_4 features *before* ReLU
-(REFERENCE.md section 4), so that outputs match textures rather than pixels. Here
+(Wang et al. 2018; BasicSR's PerceptualLoss), so that outputs match textures, not pixels. Here
 
   loss = sum over layers of weight[layer] * criterion(vgg(norm(pred))[layer], vgg(norm(gt))[layer])
 

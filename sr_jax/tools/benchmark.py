@@ -10,9 +10,9 @@ r"""Forward-pass and train-step speed of any registry model, beside the PyTorch 
       --batch 2 --skip_forward --arms lora --steps 1 \
       "--config.lora.rank_overrides=('output/kernel=0',)" \
       "--config.lora.extra_trainable=('.*/bias','.*/scale','.*/temperature','output/kernel')"
-  python -m sr_jax.tools.benchmark --config configs/esrgan.py --config.gan.enabled=False \
+  python -m sr_jax.tools.benchmark --config configs/esrgan.py --config.objective=pixel \
       --config.optimizer.name=adamw --arms full --batch 4 --forward_batch 4 --size 128
-                                       # RRDBNet x4, LR 32x32 -> 128x128, as REFERENCE.md s12
+                                       # RRDBNet x4, LR 32x32 -> 128x128, as PyTorch's
 
 (configs/lora_nafnet.py names NAFNet's 3-channel output conv, 'ending', to train fully instead of
 carrying an adapter; Restormer's is 'output', hence the two LoRA overrides.)
@@ -36,8 +36,8 @@ The parameters are initialised once, as a training run initialises them, and sha
 measurements. Each measurement is compiled ahead of time (compile time reported apart), called
 once untimed (one-off transfers), then timed as the median wall time of `--repeats` forward
 passes or `--steps` steps, each blocked on with `jax.block_until_ready`. GFLOPs and
-temp/argument memory come from XLA's analyses of the compiled function. Where REFERENCE.md
-section 12 has a PyTorch time for the same (model, preset, batch, size) it is printed beside
+temp/argument memory come from XLA's analyses of the compiled function. Where a PyTorch reference
+time exists for the same (model, preset, batch, size) it is printed beside
 ours, as speed-up = PyTorch ms / sr_jax ms (above 1: sr_jax faster) and time ratio = sr_jax ms /
 PyTorch ms. The references are the official PyTorch implementations on 2 CPU cores in float32
 with AdamW and an L1 loss, training all parameters; compare like with like (device, dtype, arm)
@@ -159,7 +159,7 @@ def report(config: ml_collections.ConfigDict, size: int, forward: dict[str, Any]
   if any(r["pytorch_ms"] for r in ([forward] if forward else []) + steps):
     lines.append("\nPyTorch: official implementation on the same machine class, 2 CPU cores, "
                  "float32; train steps with AdamW, L1, all parameters trained "
-                 "(REFERENCE.md s12). speed-up = PyTorch ms / sr_jax ms "
+                 "(step_timing.PYTORCH_*_MS). speed-up = PyTorch ms / sr_jax ms "
                  "(above 1: sr_jax faster); time ratio = sr_jax ms / PyTorch ms.")
     if model.dtype != "float32":
       lines.append(f"Note: sr_jax ran in {model.dtype}, the reference in float32.")

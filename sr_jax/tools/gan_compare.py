@@ -1,4 +1,4 @@
-r"""SRGAN vs ESRGAN vs MESRGAN (seed 002): forward runtime, FLOPs and held-out quality.
+r"""SRGAN vs ESRGAN vs MESRGAN: forward runtime, FLOPs and held-out quality.
 
   python -m sr_jax.tools.gan_compare                   # x4, batches 1,2,4,8,16, LR 32 -> 128
   python -m sr_jax.tools.gan_compare --batches 1,2,4 --repeats 3 --output /tmp/gan_compare.md
@@ -9,7 +9,8 @@ r"""SRGAN vs ESRGAN vs MESRGAN (seed 002): forward runtime, FLOPs and held-out q
   python -m sr_jax.tools.gan_compare --skip_runtime --skip_breakdown --runs esrgan=W \
       --eval_dir /data/Set14/GTmod12
 
-The seed's question: MESRGAN replaces every ESRGAN dense-block conv with a MobileNetV2 inverted
+The question of the MESRGAN report (Eriksson and Löf, "Lightweight Super-Resolution"): MESRGAN
+replaces every ESRGAN dense-block conv with a MobileNetV2 inverted
 residual block (1x1 expand x6, 3x3 depthwise, 1x1 project) expecting fewer multiplications,
 but ran ~4.5x slower than ESRGAN in PyTorch, blamed on slow depthwise convs. This command
 answers it for sr_jax under XLA on whatever device it runs on:
@@ -36,21 +37,9 @@ answers it for sr_jax under XLA on whatever device it runs on:
   beside a 'bicubic' row (MATLAB bicubic upsampling of the same LR, sr_jax.data.resize).
 
 The report (stdout, and --output FILE.md) starts with the device, backend, jax version and the
-command line. The seed's own table (their GPU, PyTorch) follows as a separate, labelled
+command line. The MESRGAN report's own table (their GPU, PyTorch) follows as a separate, labelled
 reference (--noreference to drop it): compare ratios with it, not milliseconds. On the 2-core
 CPU VMs timings move with other processes: note the load when quoting them.
-
-Measured (2-core CPU VM shared with other jobs, load ~3.5, jax 0.10.2, x4, LR 32, conv_impl
-auto = shifted): ESRGAN 293 ms per image, SRGAN 43, MESRGAN 1,095 (batch 1) to 1,670
-(batch 16); MESRGAN / ESRGAN = 3.7x (batch 1) to 5.0x (batch 16) the time for 3.15x the
-FLOPs. The seed's "half the multiplications" does not hold for t = 6: the 1x1 expand and
-project alone are 3.1x the replaced 3x3 convs' FLOPs, so the expansion is the main cost;
-within the blocks expand takes ~50% of the time, the depthwise conv ~35% for 4.5% of the
-FLOPs (~9 GFLOP/s against ~110 for the matrix products), project ~10%. With XLA's grouped
-conv (--conv_impl xla) the depthwise conv runs at 0.5 GFLOP/s, takes 87% of the block and
-MESRGAN is 34x slower than ESRGAN: the seed's observation, amplified. Large temporaries (the
-6x-expanded tensors) can also cost page faults on this VM (the breakdown's 'other' share,
-which varies from run to run); GLIBC_TUNABLES=glibc.malloc.hugetlb=1 removes most of it.
 """
 
 from __future__ import annotations
@@ -60,52 +49,26 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
 
-from sr_jax import adapters, checkpoint, config_base, evaluate, lora, runtime
-from sr_jax.data import pipeline
-from sr_jax.models import layers, mesrgan, registry
-from sr_jax.tools import step_timing
-
-PyTree = Any
-
-# Seed 002's names -> registry generators.
-GENERATORS = {"srgan": "srresnet", "esrgan": "rrdbnet", "mesrgan": "mesrgan"}
-DISPLAY = {"srgan": "SRGAN", "esrgan": "ESRGAN", "mesrgan": "MESRGAN", "bicubic": "bicubic"}
-BLOCK_PIECES = ("expand", "depthwise", "project")
-
-# Seed 002, Table 1 (DIV2K-90, x4; forward pass averaged over 100 runs on their GPU, PyTorch).
-# The extracted text lists five lines of three numbers under "Batch size 1 2 4 8 16". Read as
-# the first three lines being SRGAN, ESRGAN, MESRGAN at batches 1, 2, 4 and the last two lines
-# batches 8 and 16 of the three models, every model's time roughly doubles with the batch; the
-# other reading (every line a batch size, as REFERENCE.md section 6 takes it) makes ESRGAN's
-# and MESRGAN's times fall from batch 1 to 2 or 4 to 8. Ambiguous either way: reference only.
-SEED_BATCHES = (1, 2, 4, 8, 16)
-SEED_FORWARD_MS = {"srgan": (26, 50, 134, 279, 561), "esrgan": (33, 62, 126, 266, 534),
-                   "mesrgan": (155, 299, 596, 1204, 2402)}
-SEED_QUALITY = {"srgan": (25.40, 0.96, 3.57, 13.61), "esrgan": (24.52, 0.95, 3.11, 15.82),
-                "mesrgan": (24.39, 0.95, 3.13, 15.86)}  # PSNR, SSIM, PI, RMSE.
-
-
-def progress(message: str) -> None:
-  """A progress line on stderr (the tables go to stdout)."""
-  print(f"[gan_compare] {message}", file=sys.stderr, flush=True)
-
+from sr_jax import evaluate, runtime
+from sr_jax.models import layers, registry
+from sr_jax.tools.gan_study import (BLOCK_PIECES, DISPLAY, GENERATORS, REPORT_BATCHES,
+                                    REPORT_FORWARD_MS, REPORT_QUALITY, breakdown_totals,
+                                    breakdown_verdict, check_run, evaluate_runs, make_eval_set,
+                                    measure_breakdown, measure_runtime, mesrgan_vs_esrgan,
+                                    model_config, progress)
 
 # ------------------------------------------------------------------------------------------
 # Flag values.
 
 
 def parse_models(models: Sequence[str]) -> list[str]:
-  """Seed-002 model names in the given order; unknown or repeated names name --models."""
+  """Model names (srgan, esrgan, mesrgan) in the given order; unknown or repeated names name --models."""
   models = [m.strip().lower() for m in models if m.strip()]
   unknown = [m for m in models if m not in GENERATORS]
   if unknown or not models or len(set(models)) != len(models):
@@ -115,7 +78,7 @@ def parse_models(models: Sequence[str]) -> list[str]:
 
 
 def parse_assignments(items: Sequence[str], flag: str) -> dict[str, str]:
-  """'name=value' items (e.g. --runs srgan=W1,esrgan=W2) keyed by seed-002 model name."""
+  """'name=value' items (e.g. --runs srgan=W1,esrgan=W2) keyed by model name (srgan, esrgan, mesrgan)."""
   out = {}
   for item in (i.strip() for i in items):
     if not item:
@@ -175,263 +138,6 @@ def resolve_impls(impls: Sequence[str]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------
-# Runtime.
-
-
-def model_config(name: str, preset: str, impl: str) -> ml_collections.ConfigDict:
-  """The config.model of seed-002 model `name` (e.g. 'esrgan') at a preset and formulation."""
-  return ml_collections.ConfigDict(dict(name=GENERATORS[name], preset=preset, width=0,
-                                        dtype="float32", conv_impl=impl))
-
-
-def random_params(module: nn.Module, input_shape: Sequence[int], seed: int = 0) -> PyTree:
-  """Host parameters of the module's shapes: normal kernels of std 1/sqrt(fan_in), zero biases.
-
-  Timing needs shapes, not trained values (no data-dependent control flow); drawing them
-  skips compiling `model.init`, which for ESRGAN x4 costs as much as a forward compile.
-  """
-  x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-  shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)["params"]
-  rng = np.random.default_rng(seed)
-
-  def draw(path: Any, leaf: Any) -> np.ndarray:
-    if jax.tree_util.keystr(path).endswith("['kernel']"):
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
-    return np.zeros(leaf.shape, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
-def program_text(module: nn.Module, params: PyTree, input_shape: Sequence[int]) -> str:
-  """The lowered (pre-optimisation) program of `module.apply`: equal text, equal work."""
-  x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-  return jax.jit(module.apply).lower({"params": params}, x).as_text()
-
-
-def distinct_impls(name: str, preset: str, impls: Sequence[str], lr_size: int,
-                   params: PyTree) -> dict[str, str]:
-  """Maps each formulation to the first one with an identical program (itself if none)."""
-  if len(impls) == 1:
-    return {impls[0]: impls[0]}
-  texts: dict[str, str] = {}
-  out = {}
-  for impl in impls:
-    module = registry.build_model(model_config(name, preset, impl))
-    text = program_text(module, params, (1, lr_size, lr_size, module.input_channels))
-    out[impl] = next((k for k, t in texts.items() if t == text), impl)
-    texts.setdefault(out[impl], text)
-  return out
-
-
-def measure_model(name: str, preset: str, impl: str, batches: Sequence[int], lr_size: int,
-                  repeats: int, params: PyTree) -> list[dict[str, Any]]:
-  """One runtime row per batch size for one model, preset and formulation."""
-  config = model_config(name, preset, impl)
-  scale = step_timing.model_scale(config)
-  rows = []
-  for batch in batches:
-    progress(f"{DISPLAY[name]} {preset} impl={impl} batch {batch}: compiling and timing...")
-    r = step_timing.measure_forward(config, batch, lr_size, repeats, params=params)
-    rows.append(dict(model=name, preset=preset, impl=impl, batch=batch, lr_size=lr_size,
-                     hr_size=lr_size * scale, params=r["params"], gflops=r["gflops"],
-                     ms=r["ms"], ms_per_image=r["ms"] / batch, compile_s=r["compile_s"],
-                     same_as=None))
-    progress(f"  {r['ms']:.1f} ms ({r['ms'] / batch:.1f} ms/image, {r['gflops']:.2f} GFLOP, "
-             f"compile {r['compile_s']:.1f} s)")
-  return rows
-
-
-def measure_runtime(presets: dict[str, str], batches: Sequence[int], lr_size: int,
-                    repeats: int, impls: Sequence[str], seed: int = 0) -> list[dict[str, Any]]:
-  """Runtime rows for every model x formulation x batch; identical programs measured once."""
-  rows: list[dict[str, Any]] = []
-  for name, preset in presets.items():
-    module = registry.build_model(model_config(name, preset, impls[0]))
-    params = random_params(module, (1, lr_size, lr_size, module.input_channels), seed)
-    same = distinct_impls(name, preset, impls, lr_size, params)
-    for impl in impls:
-      if same[impl] != impl:
-        progress(f"{DISPLAY[name]} impl={impl}: same program as impl={same[impl]}, reused.")
-        rows += [dict(r, impl=impl, same_as=same[impl]) for r in rows
-                 if r["model"] == name and r["impl"] == same[impl]]
-      else:
-        rows += measure_model(name, preset, impl, batches, lr_size, repeats, params)
-  return rows
-
-
-def mesrgan_vs_esrgan(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-  """MESRGAN / ESRGAN time and FLOP ratios per (formulation, batch) where both were run."""
-  esrgan = {(r["impl"], r["batch"]): r for r in rows if r["model"] == "esrgan"}
-  out = []
-  for m in (r for r in rows if r["model"] == "mesrgan"):
-    e = esrgan.get((m["impl"], m["batch"]))
-    if e:
-      out.append(dict(impl=m["impl"], batch=m["batch"], time_ratio=m["ms"] / e["ms"],
-                      flop_ratio=m["gflops"] / e["gflops"], params_ratio=m["params"] /
-                      e["params"]))
-  return out
-
-
-# ------------------------------------------------------------------------------------------
-# Breakdown: one dense block's convs vs the inverted residual blocks replacing them.
-
-
-def dense_block_layers(preset: str) -> list[tuple[int, int, int]]:
-  """(k, cin, cout) of the five convs of a residual dense block of MESRGAN preset `preset`."""
-  p = mesrgan.PRESETS[preset]
-  nf, gc = p["num_feat"], p["num_grow_ch"]
-  return [(k, nf + (k - 1) * gc, gc if k < 5 else nf) for k in range(1, 6)]
-
-
-def time_module(module: nn.Module, input_shape: Sequence[int], repeats: int,
-                seed: int = 0) -> dict[str, float]:
-  """ms (median), GFLOPs and parameter count of a jitted `module.apply` on a random input."""
-  params = random_params(module, input_shape, seed)
-  r = step_timing.time_apply(module, params, tuple(input_shape), repeats, seed)
-  return dict(ms=r["ms"], gflops=r["gflops"], params=r["params"])
-
-
-def layer_modules(cin: int, cout: int, expansion: int,
-                  impl: str) -> dict[str, tuple[nn.Module, int]]:
-  """The modules of one dense-block layer, each with its input's channel count."""
-  hidden = expansion * cin
-  return {
-      "dense 3x3": (layers.Conv(cout, 3, padding=1, impl=impl), cin),
-      "block": (mesrgan.InvertedResidual(cout, expansion, impl=impl), cin),
-      "expand": (layers.Conv1x1(hidden, impl=impl), cin),
-      "depthwise": (layers.DepthwiseConv3x3(impl=impl), hidden),
-      "project": (layers.Conv1x1(cout, impl=impl), hidden),
-  }
-
-
-def measure_breakdown(preset: str, lr_size: int, batch: int, impl: str,
-                      repeats: int) -> list[dict[str, Any]]:
-  """Per dense-block layer k: time and GFLOPs of ESRGAN's conv, MESRGAN's block and its pieces."""
-  expansion = mesrgan.PRESETS[preset]["expansion"]
-  rows = []
-  for k, cin, cout in dense_block_layers(preset):
-    progress(f"breakdown impl={impl} conv{k} ({cin} -> {cout}, batch {batch}, "
-             f"{lr_size}x{lr_size})")
-    row: dict[str, Any] = dict(impl=impl, k=k, cin=cin, cout=cout, batch=batch)
-    for part, (module, channels) in layer_modules(cin, cout, expansion, impl).items():
-      row[part] = time_module(module, (batch, lr_size, lr_size, channels), repeats)
-    rows.append(row)
-  return rows
-
-
-def breakdown_totals(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
-  """ms and GFLOPs of each part summed over a dense block's five layers."""
-  parts = ("dense 3x3", "block") + BLOCK_PIECES
-  return {p: {key: sum(r[p][key] for r in rows) for key in ("ms", "gflops", "params")}
-          for p in parts}
-
-
-def breakdown_verdict(rows: Sequence[dict[str, Any]]) -> str:
-  """One paragraph: block vs conv time and FLOPs, and which part takes the block's time.
-
-  'other' is the block's time beyond its three convs timed alone: the activations, the
-  residual add and moving the 6x-expanded tensors between them.
-  """
-  t = breakdown_totals(rows)
-  dense, block = t["dense 3x3"], t["block"]
-  share = {p: 100 * t[p]["ms"] / block["ms"] for p in BLOCK_PIECES}
-  share["other"] = max(0.0, 100 - sum(share.values()))
-  rate = {p: t[p]["gflops"] / t[p]["ms"] for p in ("dense 3x3",) + BLOCK_PIECES}  # GFLOP/ms.
-  top = max(share, key=share.get)
-  return (f"impl={rows[0]['impl']}: the five inverted residual blocks take "
-          f"{block['ms']:.2f} ms vs {dense['ms']:.2f} ms for ESRGAN's five 3x3 convs "
-          f"({block['ms'] / dense['ms']:.2f}x the time, {block['gflops'] / dense['gflops']:.2f}x "
-          f"the FLOPs; the 1x1 expand + project alone are "
-          f"{(t['expand']['gflops'] + t['project']['gflops']) / dense['gflops']:.2f}x the "
-          f"convs' FLOPs). Share of the blocks' time: expand {share['expand']:.0f}%, depthwise "
-          f"{share['depthwise']:.0f}%, project {share['project']:.0f}%, other (activations, "
-          f"residual, memory traffic) {share['other']:.0f}%: the largest is {top}. "
-          f"Throughput (GFLOP/s): dense 3x3 {1000 * rate['dense 3x3']:.1f}, expand "
-          f"{1000 * rate['expand']:.1f}, depthwise {1000 * rate['depthwise']:.1f}, project "
-          f"{1000 * rate['project']:.1f}.")
-
-
-# ------------------------------------------------------------------------------------------
-# Quality.
-
-
-def params_dir(run_dir: str, name: str) -> str:
-  """A run's export/params, or `run_dir` itself when it is a params directory."""
-  for candidate in (os.path.join(run_dir, "export", "params"), run_dir):
-    if os.path.isfile(os.path.join(candidate, "meta.json")):
-      return candidate
-  if not os.path.isdir(run_dir):
-    raise FileNotFoundError(f"--runs {name}={run_dir}: no such directory.")
-  raise FileNotFoundError(f"--runs {name}={run_dir}: neither {run_dir}/export/params nor "
-                          f"{run_dir} holds exported parameters (meta.json); train it first "
-                          "or pass a params directory.")
-
-
-def check_run(name: str, run_dir: str, scale: int) -> str:
-  """The params directory of `--runs name=run_dir`, after checking its recorded architecture
-  (meta.json only: no tensors read) is seed-002 model `name` upscaling by `scale`."""
-  directory = params_dir(run_dir, name)
-  arch = checkpoint.read_params_meta(directory).get("model") or {}
-  if arch.get("name") not in GENERATORS.values():
-    raise ValueError(f"--runs {name}={run_dir}: holds a {arch.get('name')!r} model, not one of "
-                     f"the seed-002 generators {sorted(GENERATORS.values())}.")
-  if arch["name"] != GENERATORS[name]:
-    raise ValueError(f"--runs {name}={run_dir}: holds a {arch['name']} model; {DISPLAY[name]} "
-                     f"is {GENERATORS[name]}. Check the name=directory pairs.")
-  model_scale = adapters.model_from_architecture(arch).scale
-  if model_scale != scale:
-    raise ValueError(f"--runs {name}={run_dir}: the model upscales x{model_scale}, the "
-                     f"evaluation x{scale} (--scale).")
-  return directory
-
-
-def load_generator(name: str, run_dir: str, scale: int,
-                   impl: str = "auto") -> tuple[nn.Module, PyTree]:
-  """(module, params) of a checked run, the module rebuilt from its recorded architecture."""
-  params, meta = adapters.load_base(check_run(name, run_dir, scale))
-  return adapters.model_from_architecture(meta["model"], impl=impl), params
-
-
-def make_eval_set(eval_dir: str, max_size: int, scale: int,
-                  seed: int = 0) -> list[dict[str, Any]]:
-  """Held-out {'name', 'lq', 'gt'}: HR from `eval_dir` (else the embedded photos), x`scale`
-  MATLAB-bicubic LR rounded to uint8 (sr_jax.data.pipeline.make_eval_set)."""
-  if eval_dir and not os.path.isdir(eval_dir):
-    raise FileNotFoundError(f"--eval_dir={eval_dir}: no such directory.")
-  data = config_base.base_config().data
-  data.source, data.eval_dir = ("folder", eval_dir) if eval_dir else ("embedded", "")
-  data.eval_max_size = max_size
-  data.degradation.kind, data.degradation.scale = "bicubic", scale
-  return pipeline.make_eval_set(data, seed=seed)
-
-
-def score(apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree,
-          eval_set: Sequence[dict[str, Any]], scale: int, y_channel: bool,
-          lpips_nets: Sequence[str]) -> dict[str, float]:
-  """Mean PSNR/SSIM/LPIPS/RMSE with the SR protocol (crop = scale) via sr_jax.evaluate."""
-  result = evaluate.evaluate(apply_fn, params, eval_set, crop_border=scale, y_channel=y_channel,
-                             lpips_nets=tuple(lpips_nets), rmse=True)
-  return {k: v for k, v in result.items() if k not in ("per_image", "outputs")}
-
-
-def evaluate_runs(runs: dict[str, str], eval_set: Sequence[dict[str, Any]], scale: int,
-                  y_channel: bool, lpips_nets: Sequence[str],
-                  impl: str = "auto") -> dict[str, dict[str, Any]]:
-  """Quality rows: 'bicubic' first, then each run (label -> means, params, directory)."""
-  loaded = {name: load_generator(name, d, scale, impl) for name, d in runs.items()}
-  progress(f"quality: bicubic baseline on {len(eval_set)} image(s)")
-  rows = {"bicubic": dict(score(lambda p, x: x, {}, evaluate.bicubic_set(eval_set, scale),
-                                scale, y_channel, lpips_nets), params=0, run="-")}
-  for name, (module, params) in loaded.items():
-    progress(f"quality: {DISPLAY[name]} ({runs[name]})")
-    apply_fn = lambda p, x, m=module: m.apply({"params": p}, x)
-    rows[name] = dict(score(apply_fn, params, eval_set, scale, y_channel, lpips_nets),
-                      params=lora.count(params), run=runs[name])
-  return rows
-
-
-# ------------------------------------------------------------------------------------------
 # Report.
 
 
@@ -439,7 +145,7 @@ def header(argv: Sequence[str]) -> list[str]:
   """Title, device/backend/versions and the exact command line."""
   dev = jax.devices()[0]
   command = " ".join(["python -m sr_jax.tools.gan_compare"] + [shlex.quote(a) for a in argv])
-  return ["# SRGAN vs ESRGAN vs MESRGAN (seed 002), sr_jax", "",
+  return ["# SRGAN vs ESRGAN vs MESRGAN (Eriksson and Löf's question), sr_jax", "",
           f"Device: {jax.device_count()} x {dev.device_kind} (backend {jax.default_backend()}, "
           f"{os.cpu_count()} CPU cores visible); jax {jax.__version__}, flax "
           f"{flax.__version__}; float32.", f"Command: `{command}`"]
@@ -464,14 +170,14 @@ def runtime_section(rows: Sequence[dict[str, Any]], repeats: int) -> list[str]:
 
 
 def ratio_section(ratios: Sequence[dict[str, Any]]) -> list[str]:
-  """Markdown MESRGAN / ESRGAN ratios, with the seed's PyTorch time ratio where it has one."""
-  seed = dict(zip(SEED_BATCHES, (m / e for m, e in zip(SEED_FORWARD_MS["mesrgan"],
-                                                      SEED_FORWARD_MS["esrgan"]))))
+  """Markdown MESRGAN / ESRGAN ratios, with the MESRGAN report's PyTorch time ratio where it has one."""
+  reported = dict(zip(REPORT_BATCHES, (m / e for m, e in zip(REPORT_FORWARD_MS["mesrgan"],
+                                                      REPORT_FORWARD_MS["esrgan"]))))
   lines = ["## MESRGAN / ESRGAN", "",
-           "| conv impl | batch | time ratio | FLOP ratio | params ratio | seed's time ratio "
+           "| conv impl | batch | time ratio | FLOP ratio | params ratio | report's time ratio "
            "(their GPU) |", "|---|---|---|---|---|---|"]
   for r in ratios:
-    ref = f"{seed[r['batch']]:.2f}" if r["batch"] in seed else "-"
+    ref = f"{reported[r['batch']]:.2f}" if r["batch"] in reported else "-"
     lines.append(f"| {r['impl']} | {r['batch']} | {r['time_ratio']:.2f} | "
                  f"{r['flop_ratio']:.2f} | {r['params_ratio']:.2f} | {ref} |")
   return lines
@@ -515,18 +221,18 @@ def quality_section(rows: dict[str, dict[str, Any]], protocol_text: str, scale: 
 
 
 def reference_section() -> list[str]:
-  """The seed's published numbers, labelled as not comparable with the measurements above."""
-  lines = ["## Reference only: seed 002's published numbers (their GPU, PyTorch; NOT this run)",
+  """The MESRGAN report's published numbers, labelled as not comparable with the measurements above."""
+  lines = ["## Reference only: the MESRGAN report's published numbers (their GPU, PyTorch; NOT this run)",
            "", "Forward runtime in ms, averaged over 100 runs (the extracted table is ambiguous; "
            "read so that each model's time grows with the batch, see gan_compare's source):", "",
-           "| model | " + " | ".join(f"batch {b}" for b in SEED_BATCHES) + " |",
-           "|---|" + "---|" * len(SEED_BATCHES)]
+           "| model | " + " | ".join(f"batch {b}" for b in REPORT_BATCHES) + " |",
+           "|---|" + "---|" * len(REPORT_BATCHES)]
   lines += [f"| {DISPLAY[m]} | " + " | ".join(str(v) for v in ms) + " |"
-            for m, ms in SEED_FORWARD_MS.items()]
+            for m, ms in REPORT_FORWARD_MS.items()]
   lines += ["", "DIV2K-90, x4 (their protocol; PI = perceptual index, lower is better):", "",
             "| model | PSNR | SSIM | PI | RMSE |", "|---|---|---|---|---|"]
   lines += [f"| {DISPLAY[m]} | {p:.2f} | {s:.2f} | {pi:.2f} | {e:.2f} |"
-            for m, (p, s, pi, e) in SEED_QUALITY.items()]
+            for m, (p, s, pi, e) in REPORT_QUALITY.items()]
   return lines
 
 
@@ -537,7 +243,7 @@ def reference_section() -> list[str]:
 @dataclasses.dataclass
 class Options:
   """Validated flag values (`make_options`); one field per flag."""
-  presets: dict[str, str]  # Seed-002 name -> preset, in --models order.
+  presets: dict[str, str]  # Model name -> preset, in --models order.
   batches: list[int]
   lr_size: int
   repeats: int
@@ -637,7 +343,7 @@ def quality_report(opts: Options) -> list[str]:
 
 
 def compare(opts: Options, argv: Sequence[str] = ()) -> str:
-  """The whole markdown report: header, runtime, breakdown, quality, the seed's reference."""
+  """The whole markdown report: header, runtime, breakdown, quality, the report's reference."""
   t0 = time.perf_counter()
   lines = header(argv) + runtime_report(opts) + quality_report(opts)
   if opts.reference:
@@ -673,7 +379,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer("scale", 4, "Upscaling factor of the held-out LR (bicubic) and the crop.")
   flags.DEFINE_bool("rgb", False, "PSNR/SSIM on RGB instead of the Y channel.")
   flags.DEFINE_list("lpips", ["alex"], "LPIPS networks (alex, vgg; empty for none).")
-  flags.DEFINE_bool("reference", True, "Append the seed's published numbers (labelled).")
+  flags.DEFINE_bool("reference", True, "Append the MESRGAN report's published numbers (labelled).")
   flags.DEFINE_string("output", "", "Also write the markdown report to this file.")
 
 

@@ -1,13 +1,13 @@
 r"""One markdown table of train-step performance: each backbone in use, full vs LoRA fine-tuning.
 
-  python -m sr_jax.tools.perf_report                    # --setting cpu: REFERENCE.md s12's
+  python -m sr_jax.tools.perf_report                    # --setting cpu: the PyTorch reference
                                                         # batch and sizes, float32, all models
   python -m sr_jax.tools.perf_report --setting gpu --output /tmp/perf.md  # float32 + bfloat16
   python -m sr_jax.tools.perf_report --models nafnet,sr3_tiny --arms lora --dtypes bfloat16
   python -m sr_jax.tools.perf_report --models nafnet,rrdbnet,sr3_tiny --steps 2 --batch 2 \
       --size 32 --presets nafnet=micro,rrdbnet=micro,sr3_tiny=micro     # a smoke run (seconds)
 
-Run it from the repository root: the models' job configs are imported from configs/.
+Run it from a source checkout: the models' job configs are read from its configs/ folder.
 
 Models (`--models`, the names of MODELS):
 - nafnet: NAFNet sidd_w32, configs/lora_nafnet.py (AdamW, -PSNR loss; LoRA rank 8 on the dense
@@ -15,14 +15,14 @@ Models (`--models`, the names of MODELS):
 - restormer: Restormer default with configs/colora_restormer.py's recipe (AdamW, L1) and the
   uniform LoRA of sr_jax.tools.benchmark (rank 8; biases, norms, temperatures and the output
   conv trained fully);
-- rrdbnet: RRDBNet x4, configs/esrgan.py's generator alone (GAN off, L1, AdamW: REFERENCE.md
-  s12's step), LoRA as configs/esrgan_lora.py;
+- rrdbnet: RRDBNet x4, configs/esrgan.py's generator alone (GAN off, L1, AdamW: the PyTorch
+  reference step), LoRA as configs/esrgan_lora.py;
 - sr3_tiny, sr3_paper: SR3 tiny and paper_16_128, configs/sr3.py (16 -> 128, the diffusion
   objective's step: noise level, noisy image, epsilon loss), LoRA as configs/sr3_finetune.py's
   `lora` variant (rank 4 on every kernel).
 
 Settings (`--setting`; `--batch` and `--size` override every model's, `--presets` a model's):
-- cpu: REFERENCE.md s12's (batch, size) where it has one, so the PyTorch column fills: NAFNet
+- cpu: the PyTorch reference's (batch, size) where it has one, so that column fills: NAFNet
   4 x 128x128, Restormer 2 x 128x128, RRDBNet 4 x (LR 32 -> 128); SR3 16 -> 128 at batch 4
   (tiny, 2.6M parameters) and 1 (paper, 515M). float32 by default.
 - gpu: NAFNet batch 16 at 256x256 (where its images/s were asked for); the others at their job
@@ -55,106 +55,13 @@ import jax
 import ml_collections
 from absl import logging
 
-from configs import colora_restormer, esrgan, esrgan_lora, lora_nafnet, sr3, sr3_finetune
-from sr_jax import runtime
+from sr_jax import config_files, runtime
 from sr_jax import step as step_lib
 from sr_jax.models import registry
-from sr_jax.tools import step_timing
+from sr_jax.tools import peaks, step_timing
 
 PyTree = Any
 Row = dict[str, Any]
-
-# ------------------------------------------------------------------------------------------
-# Peak FLOP/s and MFU.
-
-
-@dataclasses.dataclass(frozen=True)
-class Peak:
-  """Dense (no sparsity) peak TFLOP/s of one JAX device, per compute dtype.
-
-  `float32` is the figure for float32 convs and matrix products at XLA's default precision,
-  which JAX uses unless `jax_default_matmul_precision` says otherwise: TF32 tensor cores on
-  NVIDIA Ampere/Hopper, one bfloat16 pass of the MXU on TPU ("Matmul precision",
-  docs.jax.dev). The plain-FP32 figure would put a TF32-speed step above 100%.
-  `float32_highest` applies at precision 'highest'/'float32' (true float32): CUDA-core FP32 on
-  GPUs; None on TPUs, which emulate it with several bfloat16 passes and publish no figure.
-  `float16`: None on TPUs (their MXU has no float16 mode).
-  """
-  bfloat16: float
-  float32: float
-  float32_highest: float | None
-  float16: float | None
-
-
-# Keys are lower-case substrings of `jax.devices()[0].device_kind`; the longest match wins
-# ('h100 pcie' over 'h100', 'tpu v5 lite' over 'tpu v5'). NVIDIA's datasheets give tensor-core
-# figures with 2:4 sparsity: the dense ones here are half of those.
-PEAKS: dict[str, Peak] = {
-    # H100 SXM5 ('NVIDIA H100 80GB HBM3'): BF16/FP16 1,979 sparse -> 989, TF32 989 -> 494,
-    # FP32 67.
-    "h100": Peak(bfloat16=989.0, float32=494.0, float32_highest=67.0, float16=989.0),
-    # H100 PCIe: BF16/FP16 1,513 sparse -> 756, TF32 756 -> 378, FP32 51.
-    "h100 pcie": Peak(bfloat16=756.0, float32=378.0, float32_highest=51.0, float16=756.0),
-    # H100 NVL (per GPU): BF16/FP16 1,671 sparse -> 835, TF32 835 -> 417, FP32 60.
-    "h100 nvl": Peak(bfloat16=835.0, float32=417.0, float32_highest=60.0, float16=835.0),
-    # H200 SXM ('NVIDIA H200'): the H100 SXM's compute with more, faster memory. (GH200's GPU
-    # matches too, and has the same figures.)
-    "h200": Peak(bfloat16=989.0, float32=494.0, float32_highest=67.0, float16=989.0),
-    # H200 NVL: the H100 NVL's figures.
-    "h200 nvl": Peak(bfloat16=835.0, float32=417.0, float32_highest=60.0, float16=835.0),
-    # A100 SXM4 and PCIe, 40 and 80 GB: BF16/FP16 312, TF32 156, FP32 19.5.
-    "a100": Peak(bfloat16=312.0, float32=156.0, float32_highest=19.5, float16=312.0),
-    # Cloud TPU docs, bf16 per chip; one JAX device is one chip on each of these (v4 and v5p
-    # join their two TensorCores as a megacore; v5e and v6e have one).
-    "tpu v4": Peak(bfloat16=275.0, float32=275.0, float32_highest=None, float16=None),
-    "tpu v5 lite": Peak(bfloat16=197.0, float32=197.0, float32_highest=None, float16=None),
-    "tpu v5e": Peak(bfloat16=197.0, float32=197.0, float32_highest=None, float16=None),
-    "tpu v5p": Peak(bfloat16=459.0, float32=459.0, float32_highest=None, float16=None),
-    # v5p also reports itself as 'TPU v5'.
-    "tpu v5": Peak(bfloat16=459.0, float32=459.0, float32_highest=None, float16=None),
-    "tpu v6 lite": Peak(bfloat16=918.0, float32=918.0, float32_highest=None, float16=None),
-    "tpu v6e": Peak(bfloat16=918.0, float32=918.0, float32_highest=None, float16=None),
-}
-_DEFAULT_PRECISIONS = (None, "default", "fastest")
-_FULL_FLOAT32_PRECISIONS = ("highest", "float32")
-
-
-def device_peak(device_kind: str) -> Peak | None:
-  """The PEAKS entry whose key is the longest case-insensitive substring of `device_kind`."""
-  kind = device_kind.lower()
-  matches = [key for key in PEAKS if key in kind]
-  return PEAKS[max(matches, key=len)] if matches else None
-
-
-def peak_tflops(device_kind: str, dtype: str, precision: str | None = None) -> float | None:
-  """Dense peak TFLOP/s of one device of `device_kind` computing in `dtype`, or None (n/a).
-
-  `precision`: `jax_default_matmul_precision` (None: XLA's default), which decides the units
-  float32 convs run on; other settings than the default and 'highest'/'float32' (e.g. 'high',
-  'bfloat16_3x') have no single figure: None.
-  """
-  peak = device_peak(device_kind)
-  if peak is None:
-    return None
-  if dtype in ("bfloat16", "float16"):
-    return getattr(peak, dtype)
-  if dtype != "float32":
-    return None
-  if precision in _DEFAULT_PRECISIONS:
-    return peak.float32
-  if precision in _FULL_FLOAT32_PRECISIONS:
-    return peak.float32_highest
-  return None
-
-
-def mfu(flops_per_step: float, step_ms: float, devices: int,
-        peak: float | None) -> float | None:
-  """Model FLOPs utilisation: `flops_per_step` (all devices) / step time / (devices x `peak`
-  TFLOP/s per device), a fraction; None when the peak is unknown."""
-  if peak is None:
-    return None
-  return flops_per_step / (step_ms / 1000) / (devices * peak * 1e12)
-
 
 # ------------------------------------------------------------------------------------------
 # Models and settings.
@@ -162,12 +69,12 @@ def mfu(flops_per_step: float, step_ms: float, devices: int,
 
 def nafnet_config() -> ml_collections.ConfigDict:
   """NAFNet sidd_w32 with configs/lora_nafnet.py's optimizer, loss and LoRA."""
-  return lora_nafnet.get_config()
+  return config_files.load("lora_nafnet")
 
 
 def restormer_config() -> ml_collections.ConfigDict:
   """Restormer default: configs/colora_restormer.py's recipe with uniform rank-8 LoRA."""
-  c = colora_restormer.get_config()
+  c = config_files.load("colora_restormer")
   c.colora.enabled = False
   c.lora.rank, c.lora.alpha = 8, 8.0
   c.lora.targets = (r".*/kernel",)
@@ -178,12 +85,12 @@ def restormer_config() -> ml_collections.ConfigDict:
 
 
 def rrdbnet_config() -> ml_collections.ConfigDict:
-  """RRDBNet x4 as REFERENCE.md s12 steps it (GAN off, L1, AdamW); LoRA of esrgan_lora."""
-  c = esrgan.get_config()
-  c.gan.enabled = False
+  """RRDBNet x4 as the PyTorch reference steps it (GAN off, L1, AdamW); LoRA of esrgan_lora."""
+  c = config_files.load("esrgan")
+  c.objective = "pixel"
   c.loss.kind = "l1"
   c.optimizer.name = "adamw"
-  c.lora = esrgan_lora.get_config().lora
+  c.lora = config_files.load("esrgan_lora").lora
   return c
 
 
@@ -191,9 +98,9 @@ def sr3_config(preset: str) -> Callable[[], ml_collections.ConfigDict]:
   """SR3 `preset` 16 -> 128 (configs/sr3.py), LoRA as configs/sr3_finetune.py:lora."""
 
   def make() -> ml_collections.ConfigDict:
-    c = sr3.get_config()
+    c = config_files.load("sr3")
     c.model.preset = preset
-    c.lora = sr3_finetune.get_config("lora").lora
+    c.lora = config_files.load("sr3_finetune:lora").lora
     return c
 
   return make
@@ -301,8 +208,8 @@ def derived(result: dict[str, Any], batch: int, dtype: str, device_kind: str,
   gflops_step = result["gflops"] * result["devices"]  # XLA counts one device's partition.
   return dict(result, gflops_step=gflops_step, mem_mb=result["temp_mb"] + result["arg_mb"],
               img_s=1000 * batch / result["ms"],
-              mfu=mfu(gflops_step * 1e9, result["ms"], result["devices"],
-                      peak_tflops(device_kind, dtype, precision)))
+              mfu=peaks.mfu(gflops_step * 1e9, result["ms"], result["devices"],
+                      peaks.peak_tflops(device_kind, dtype, precision)))
 
 
 def measure_job(job: Job, arms: Sequence[str], dtypes: Sequence[str], steps: int,
@@ -400,10 +307,10 @@ def ratio_lines(rows: Sequence[Row]) -> list[str]:
 def header(setting: str, steps: int, device_kind: str, num_devices: int,
            precision: str | None, fsdp: int = 1, state_dtype: str = "float32") -> list[str]:
   """The report's first lines: device, jax, dtype notes and the columns' definitions."""
-  peaks = [peak_tflops(device_kind, d, precision) for d in ("bfloat16", "float32")]
-  peak_text = (f"no peak known for '{device_kind}': n/a" if peaks[0] is None else
+  device_peaks = [peaks.peak_tflops(device_kind, d, precision) for d in ("bfloat16", "float32")]
+  peak_text = (f"no peak known for '{device_kind}': n/a" if device_peaks[0] is None else
                "bfloat16 {}, float32 {} TFLOP/s dense per device".format(
-                   *("n/a" if p is None else f"{p:g}" for p in peaks)))
+                   *("n/a" if p is None else f"{p:g}" for p in device_peaks)))
   return [
       "# Train-step performance: full vs LoRA fine-tuning", "",
       f"{jax.device_count()} x {device_kind} ({jax.default_backend()}), the steps "
@@ -425,9 +332,9 @@ def header(setting: str, steps: int, device_kind: str, num_devices: int,
       "- GFLOP/step: XLA's cost analysis of the compiled step (one device's partition x "
       "devices; includes the backward pass and the optimizer update).",
       "- MFU (model FLOPs utilisation) = FLOPs per step / step time / (devices x per-device "
-      "dense peak FLOP/s of the compute dtype); the peak (perf_report.PEAKS, vendor figures) "
+      "dense peak FLOP/s of the compute dtype); the peak (peaks.PEAKS, vendor figures) "
       f"here: {peak_text}.",
-      "- PyTorch ms: REFERENCE.md s12, the official implementations on 2 CPU cores in float32 "
+      "- PyTorch ms: the official implementations timed on a 2-core CPU VM in float32 "
       "(AdamW, L1, all parameters trained), where it has the same (model, preset, batch, "
       "size); time ratio = sr_jax ms / PyTorch ms (below 1: sr_jax faster). Compare like "
       "with like: device, dtype and arm.", ""]
@@ -458,7 +365,7 @@ def _define_flags() -> None:
   flags.DEFINE_list("arms", list(step_timing.ARMS), "Arms: full, lora.")
   flags.DEFINE_list("dtypes", [], "Compute dtypes (float32, bfloat16); default: the "
                     "setting's (cpu: float32; gpu: float32,bfloat16).")
-  flags.DEFINE_enum("setting", "cpu", SETTINGS, "Batch and sizes: cpu (REFERENCE.md s12's) "
+  flags.DEFINE_enum("setting", "cpu", SETTINGS, "Batch and sizes: cpu (the PyTorch reference's) "
                     "or gpu (NAFNet batch 16 at 256x256, the job configs' batch and crop).")
   flags.DEFINE_integer("steps", 5, "Timed steps per row (after one warm-up step).")
   flags.DEFINE_integer("batch", 0, "Global batch of every model (0: the setting's).")

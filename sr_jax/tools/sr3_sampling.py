@@ -63,7 +63,7 @@ def parse_samplers(text: str) -> list[tuple[str, int]]:
 def sample_timed(restorer, eval_set) -> tuple[list[np.ndarray], float]:
   """Each image's sample and the mean seconds per image (compilation excluded: each shape
   is compiled ahead of its timed run)."""
-  apply = jax.jit(restorer.objective.apply)
+  apply = jax.jit(restorer.sr3.sample)
   compiled, outputs, seconds = {}, [], []
   for item in eval_set:
     lq = jnp.asarray(item["lq"], jnp.float32)[None]
@@ -92,7 +92,7 @@ def compare(checkpoint: str, adapter: str | None, config, entries: Sequence[tupl
     # Scored as a baseline row is: the outputs stand in for the inputs of an identity model.
     scored = [dict(item, lq=out, lr=item["lq"]) for item, out in zip(eval_set, outputs)]
     result = evaluate.evaluate(lambda params, lq: lq, None, scored, **options)
-    label = restorer.objective.sampler_label
+    label = restorer.sr3.sampler_label
     logging.info("%s: %.2f s per image, PSNR %.3f dB.", label, seconds, result["psnr"])
     rows.append(dict({k: v for k, v in result.items() if isinstance(v, float)},
                      sampler=label, seconds=seconds, steps=restorer.steps))

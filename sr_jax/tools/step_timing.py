@@ -3,7 +3,7 @@ the benchmark commands.
 
 Kept free of absl flags so every command (sr_jax.tools.benchmark, sr_jax.tools.data_benchmark,
 sr_jax.tools.perf_report) and the tests can import it alongside their own flags; hence the
-commands' shared pieces are here too: the PyTorch reference times of REFERENCE.md section 12,
+commands' shared pieces are here too: the PyTorch reference times (official implementations),
 the per-arm ('full', 'lora') job configs and the number format. Both measurements compile
 ahead of time (the compile time is reported apart), make one untimed warm-up call (one-off
 transfers and allocations), then report the median wall time of the timed calls, each ending in
@@ -27,8 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sr_jax import lora, sharding
-from sr_jax import train
+from sr_jax import lora, run_setup, sharding
 from sr_jax.models import registry
 
 PyTree = Any
@@ -37,7 +36,8 @@ PyTree = Any
 # -- the benchmark commands' shared tables and arm configs ------------------------------------
 
 ARMS = ("full", "lora")
-# REFERENCE.md section 12: official PyTorch, 2 CPU cores, float32 (steps: AdamW, L1, all
+# The official PyTorch implementations (megvii-research/NAFNet, swz30/Restormer, BasicSR's
+# RRDBNet) timed on a 2-core CPU VM of this class, PyTorch 2.13, float32 (steps: AdamW, L1, all
 # parameters trained), by (model name, preset, batch, size) -> ms. `size` is the target (HR)
 # side, as data.crop_size: an SR model's LR input is size / scale (RRDBNet x4: LR 32 -> 128).
 PYTORCH_STEP_MS: dict[tuple[str, str, int, int], float] = {
@@ -125,8 +125,8 @@ def compiled_costs(compiled) -> dict[str, float]:
 
 
 def model_scale(model_config: ml_collections.ConfigDict) -> int:
-  """The model's upscaling factor (1 for restoration models, which have no `scale`)."""
-  return int(getattr(registry.build_model(model_config), "scale", 1))
+  """The model's upscaling factor (1 for restoration and diffusion models)."""
+  return registry.model_facts(model_config).scale
 
 
 def input_size(model_config: ml_collections.ConfigDict, target_size: int) -> int:
@@ -138,17 +138,22 @@ def input_size(model_config: ml_collections.ConfigDict, target_size: int) -> int
   return target_size // scale
 
 
+def is_diffusion(config: ml_collections.ConfigDict) -> bool:
+  """Whether the job's model is a diffusion model (its UNet works at the HR size)."""
+  return registry.model_facts(config.model).kind == "diffusion"
+
+
 def data_scale(config: ml_collections.ConfigDict) -> int:
-  """The LR -> HR factor of a job's data: the model's `scale`, or for the diffusion objective
+  """The LR -> HR factor of a job's data: the model's `scale`, or for a diffusion model
   (whose UNet works at the HR size, so any factor fits) `config.data.degradation.scale`."""
-  if config.diffusion.enabled:
+  if is_diffusion(config):
     return int(config.data.degradation.scale)
   return model_scale(config.model)
 
 
 def lq_size(config: ml_collections.ConfigDict) -> int:
   """The side of a train step's random LR input: data.crop_size / `data_scale`."""
-  if not config.diffusion.enabled:
+  if not is_diffusion(config):
     return input_size(config.model, config.data.crop_size)
   scale = data_scale(config)
   if config.data.crop_size % scale:
@@ -159,33 +164,30 @@ def lq_size(config: ml_collections.ConfigDict) -> int:
 
 def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
   """A host batch {'lq', 'gt'} of uniform [0, 1) crops: gt data.crop_size, lq `lq_size`."""
-  model = registry.build_model(config.model)
+  facts = registry.model_facts(config.model)
   gt_size = config.data.crop_size
   lq_side = lq_size(config)
-  # Output channels where the model names them apart (Restormer's dual-pixel input has 6; SR3
-  # conditions on 3 channels and predicts `out_channel`).
-  out_channels = getattr(model, "num_out_ch", getattr(model, "out_channels", getattr(
-      model, "out_channel", model.input_channels)))
   rng = np.random.default_rng(seed)
-  return {"lq": rng.random((config.batch_size, lq_side, lq_side, model.input_channels),
+  return {"lq": rng.random((config.batch_size, lq_side, lq_side, facts.in_channels),
                            np.float32),
-          "gt": rng.random((config.batch_size, gt_size, gt_size, out_channels), np.float32)}
+          "gt": rng.random((config.batch_size, gt_size, gt_size, facts.out_channels),
+                           np.float32)}
 
 
 def init_params(model_config: ml_collections.ConfigDict, size: int, seed: int = 0) -> PyTree:
-  """Fresh parameters of the model as `train.build_run` makes them, copied to the host.
+  """Fresh parameters of the model as `run_setup.build_run` makes them, copied to the host.
 
   `size`: the side of the zero input `model.init` is traced on (any valid input side; the
   parameters do not depend on it, the init's cost does: pass the input side, not the HR one).
   A diffusion model is traced on its own `example_inputs` (condition, noisy image, noise
   level) of `size`, the HR side it works at; `input_size` gives that side for it too (scale 1).
 
-  `train.init_base` with the run's own key, so passing them as its `base` gives the same values
+  `run_setup.init_base` with the run's own key, so passing them as its `base` gives the same values
   while compiling `model.init` once for all measurements. A host copy: the train step donates
   its state, which would delete device arrays the next measurement reuses.
   """
   model = registry.build_model(model_config)
-  return jax.device_get(train.init_base(model, size, jax.random.PRNGKey(seed)))
+  return jax.device_get(run_setup.init_base(model, size, jax.random.PRNGKey(seed)))
 
 
 def arm_label(config: ml_collections.ConfigDict) -> str:
@@ -199,13 +201,13 @@ def measure_step(config: ml_collections.ConfigDict, steps: int,
 
   The batch is `config.batch_size` target crops of `config.data.crop_size` (inputs divided by
   the data's scale, see `random_batch`). `base`: parameters to start from (e.g.
-  `init_params`), or None to initialise them here. Works for every objective `train.build_run`
-  builds from the config (pixel; diffusion when config.diffusion.enabled).
+  `init_params`), or None to initialise them here. Works for every objective
+  `run_setup.build_run` builds from the config (config.objective).
 
   `gflops`, `temp_mb` and `arg_mb` are XLA's figures for one device's partition of the step;
   `devices` is the size of the mesh it runs on (the batch is split over it).
   """
-  run = train.build_run(config, "/tmp/sr_jax_benchmark", base=base)
+  run = run_setup.build_run(config, "/tmp/sr_jax_benchmark", base=base)
   batch = sharding.global_batch(random_batch(config), run.mesh)
   step_fn = run.train_step()  # The run's own layouts (replicated, or FSDP-split state).
   t0 = time.perf_counter()

@@ -1,0 +1,130 @@
+"""The training loop: data -> jitted step -> metrics and checkpoints, then the export.
+
+`train(run, mgr, writer)` resumes from the run's latest checkpoint, steps until
+config.num_steps (logging every config.log_every steps, checkpointing every
+config.checkpoint_every, evaluating every config.eval_every), and records the step's time and
+compiled memory in workdir/timing.json. `export(run)` writes the merged model and, for LoRA
+runs, the adapters.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from clu import periodic_actions
+
+from sr_jax import checkpoint, jsonfile, lora, report, resume, sharding, timers
+from sr_jax.data import pipeline, preview
+from sr_jax.run_setup import Run
+
+PyTree = Any
+
+
+def check_finite(pending: list[dict[str, jax.Array]], last_step: int) -> dict[str, float]:
+  """Mean of the steps' metrics; a non-finite loss stops the run before anything is saved.
+
+  Every '*loss' metric is checked (a GAN's generator and discriminator losses alike).
+  """
+  host = jax.device_get(pending)
+  names = [k for k in host[0] if k == "loss" or k.endswith("_loss")]
+  losses = np.array([[m[k] for k in names] for m in host])
+  bad_steps = np.flatnonzero(~np.isfinite(losses).all(axis=1))
+  if bad_steps.size:
+    i = int(bad_steps[0])
+    first = last_step - len(host) + 1 + i
+    name = names[int(np.flatnonzero(~np.isfinite(losses[i]))[0])]
+    raise FloatingPointError(
+        f"{name} became {host[i][name]} at step {first}; stopping without writing a checkpoint "
+        "from this state. Lower config.optimizer.learning_rate, set "
+        "config.optimizer.grad_clip_norm, or check the data; re-running resumes from the last "
+        "good checkpoint.")
+  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def compile_step(run: Run, batch: PyTree):
+  """The jitted step compiled for this batch's shapes; records its memory in run.timing."""
+  compiled = run.train_step().lower(run.state, run.frozen, batch).compile()
+  memory = compiled.memory_analysis()
+  if memory is not None:
+    run.timing["step_memory_mb"] = (memory.temp_size_in_bytes + memory.argument_size_in_bytes
+                                    + memory.output_size_in_bytes
+                                    - memory.alias_size_in_bytes) / 2**20
+  return compiled
+
+
+def write_json(path: str, value: Any) -> None:
+  """Writes JSON atomically (a reader never sees half a file), from process 0 only."""
+  if jax.process_index() == 0:
+    jsonfile.write(path, value)
+
+
+def _log_metrics(writer, step: int, means: dict[str, float], wait: timers.DataWait) -> None:
+  writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
+  writer.write_scalars(step, {"timing/data_wait_fraction": wait.fraction(reset=True)})
+  logging.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in means.items()))
+
+
+def train(run: Run, mgr, writer) -> None:
+  """Runs steps until config.num_steps, logging, checkpointing and evaluating periodically."""
+  config = run.config
+  dataset = pipeline.make_train_dataset(config.data, seed=config.seed,
+                                        batch_size=config.batch_size,
+                                        process_index=jax.process_index(),
+                                        process_count=jax.process_count())
+  data_iter = iter(dataset)
+  start = resume.restore_or_start(run, mgr, data_iter)
+  if start == 0 and jax.process_index() == 0:
+    grid = preview.degradation_grid(config.data, seed=config.seed)
+    writer.write_images(0, {"data/degradations": grid[None]})
+  step_fn, clock, wait, pending = None, timers.StepClock(), timers.DataWait(), []
+  report_progress = periodic_actions.ReportProgress(num_train_steps=config.num_steps,
+                                                    writer=writer, every_steps=config.log_every)
+  for step in range(start + 1, config.num_steps + 1):
+    with wait:  # Only the host-side wait: the device transfer may queue behind the step.
+      local_batch = next(data_iter)
+    batch = sharding.global_batch(local_batch, run.mesh)
+    if step_fn is None:  # Compiled once, ahead of time, to read its memory analysis.
+      step_fn = compile_step(run, batch)
+      clock.start(step)
+    run.state, metrics = step_fn(run.state, run.frozen, batch)
+    pending.append(metrics)
+    report_progress(step)
+    saving = step % config.checkpoint_every == 0 or step == config.num_steps
+    if step % config.log_every == 0 or saving:
+      _log_metrics(writer, step, check_finite(pending, step), wait)
+      pending = []
+    with clock.pause():  # Saves and evaluations do not count as step time.
+      if saving:
+        checkpoint.save(mgr, step, run.state, run.model_frozen, data_iter, run.meta)
+      if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
+        report.evaluate_tuned(run, writer, step)
+  mgr.wait_until_finished()
+  jax.block_until_ready(run.state.step)
+  step_ms = clock.step_ms(config.num_steps)
+  if step_ms is not None:
+    run.timing["step_ms"] = step_ms
+    write_json(os.path.join(run.workdir, "timing.json"), run.timing)
+  if config.num_steps > start:
+    logging.info("Input pipeline: the train loop waited for data %.1f%% of its time.",
+                 100 * wait.total_fraction())
+
+
+def export(run: Run) -> None:
+  """Writes the merged model (export/params) and, for LoRA runs, the adapters (export/adapters)."""
+  trainable = jax.device_get(sharding.gather(run.objective.eval_trainable(run.state), run.mesh))
+  params = lora.combine(trainable, jax.device_get(sharding.gather(run.model_frozen, run.mesh)))
+  merged = lora.merge(params["base"], params["lora"], run.plan)
+  # The objective's record travels with the export (e.g. what sr_jax.infer needs to sample SR3).
+  export_meta = {"model": run.meta["model"], "job": run.config.job, "step": int(run.state.step),
+                 **run.objective_meta}
+  checkpoint.save_params(os.path.join(run.workdir, "export", "params"), merged, export_meta)
+  if run.plan is not None:
+    tuned_base = lora.flatten(trainable["base"])  # Drops the frozen (MaskedNode) positions.
+    checkpoint.save_adapters(os.path.join(run.workdir, "export", "adapters"),
+                             params["lora"], lora.unflatten(tuned_base),
+                             dict(export_meta, lora_plan=run.plan.to_json(),
+                                  extra_trainable=list(run.config.lora.extra_trainable)))

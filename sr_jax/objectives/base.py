@@ -1,0 +1,143 @@
+"""The objective protocol: what the trainer asks of every training objective, and nothing more.
+
+An objective is built once per run by its module's `build(context)` from a `BuildContext` (the
+config, the model, the LoRA plan, the optimizer and the two halves of the parameter tree) and
+returns a `Built`: the objective, its initial train state, the constants its step needs beside
+the model's frozen half, and what checkpoints and exports must record about it. From then on the
+trainer only calls the methods of `Objective`:
+
+  update(state, frozen, batch) -> (state, metrics)   the per-step function the step builder jits
+  apply(params, lq) -> output                        evaluation: a batch of inputs -> images
+  eval_params(state, frozen) -> params               the parameters `apply` evaluates
+  eval_trainable(state) -> trainable half            what is exported (e.g. a GAN's EMA)
+  without_adapters() -> objective                    the same objective on the bare base
+  arm_label(default) -> str                          the results-table row's name
+
+The frozen tree passed to `update` has one shape for every objective: {'model': the model's
+frozen half of {'base', 'lora'}, 'extra': the objective's own constants ({} when it has none:
+a GAN's perceptual network, a diffusion run's reference base)}. Only 'model' is checkpointed.
+
+`ModelObjective` implements everything but `update` for an objective that trains one model with
+one optimizer; `apply_gradients` is the shared optimizer step.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import flax.linen as nn
+import jax
+import ml_collections
+import optax
+
+from sr_jax import lora
+from sr_jax.models import registry
+
+PyTree = Any
+Metrics = dict[str, jax.Array]
+MODEL, EXTRA = "model", "extra"
+
+
+class Objective(Protocol):
+  """The interface the trainer, evaluation and export use (see the module docstring)."""
+  plan: lora.LoraPlan | None
+
+  def update(self, state: Any, frozen: PyTree, batch: dict[str, jax.Array]
+             ) -> tuple[Any, Metrics]: ...
+
+  def apply(self, params: PyTree, lq: jax.Array) -> jax.Array: ...
+
+  def eval_params(self, state: Any, frozen: PyTree) -> PyTree: ...
+
+  def eval_trainable(self, state: Any) -> PyTree: ...
+
+  def without_adapters(self) -> "Objective": ...
+
+  def arm_label(self, default: str) -> str: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildContext:
+  """What an objective's `build` receives."""
+  config: ml_collections.ConfigDict
+  model: nn.Module
+  facts: registry.ModelFacts
+  tx: optax.GradientTransformation  # The model's optimizer, partitioned by the labels.
+  schedule: optax.Schedule
+  plan: lora.LoraPlan | None
+  trainable: PyTree  # Trainable half of {'base', 'lora'} (frozen leaves are MaskedNodes).
+  model_frozen: PyTree  # Frozen half of {'base', 'lora'}.
+  base: PyTree  # The full base tree the run starts from.
+  labels: PyTree  # 'trainable' / 'frozen' for every leaf of {'base', 'lora'}.
+  seed: int
+
+
+@dataclasses.dataclass
+class Built:
+  """What an objective's `build` returns."""
+  objective: Objective
+  state: Any  # A flax struct with at least `step` and `trainable` (see step.TrainState).
+  extra_frozen: PyTree = dataclasses.field(default_factory=dict)
+  meta: dict[str, Any] = dataclasses.field(default_factory=dict)  # Recorded with checkpoints.
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveSpec:
+  """A registered objective: its name, builder, the model kinds it trains, and how a job's
+  base pre-training stage differs from the job (e.g. a GAN's base is its L1 stage)."""
+  name: str
+  build: Callable[[BuildContext], Built]
+  model_kinds: tuple[str, ...]
+  base_stage: Callable[[ml_collections.ConfigDict], None] = lambda config: None
+
+
+def frozen_tree(model_frozen: PyTree, extra: PyTree | None = None) -> dict[str, PyTree]:
+  """The frozen tree every objective's `update` receives."""
+  return {MODEL: model_frozen, EXTRA: {} if extra is None else extra}
+
+
+def apply_gradients(tx: optax.GradientTransformation, params: PyTree, opt_state: PyTree,
+                    grads: PyTree) -> tuple[PyTree, PyTree, jax.Array]:
+  """One optimizer step: (new params, new optimizer state, the gradients' global norm)."""
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, optax.tree.norm(grads)
+
+
+class ModelObjective:
+  """One model (with its LoRA plan) and one optimizer: everything but `update`."""
+
+  def __init__(self, model: nn.Module, tx: optax.GradientTransformation | None,
+               plan: lora.LoraPlan | None, schedule: optax.Schedule | None = None):
+    self.model, self.tx, self.plan, self.schedule = model, tx, plan, schedule
+
+  def forward(self, params: PyTree, *inputs: Any, **kwargs: Any) -> jax.Array:
+    """The model on {'base', 'lora'} `params`, adapters merged into their kernels."""
+    merged = lora.merge(params["base"], params.get("lora", {}), self.plan)
+    return self.model.apply({"params": merged}, *inputs, **kwargs)
+
+  def apply(self, params: PyTree, lq: jax.Array) -> jax.Array:
+    return self.forward(params, lq)
+
+  def eval_trainable(self, state: Any) -> PyTree:
+    return state.trainable
+
+  def eval_params(self, state: Any, frozen: PyTree) -> PyTree:
+    return lora.combine(self.eval_trainable(state), frozen[MODEL])
+
+  def without_adapters(self) -> "ModelObjective":
+    """This objective without its LoRA plan: `apply` then runs {'base': ...} alone."""
+    plain = copy.copy(self)
+    plain.plan = None
+    return plain
+
+  def arm_label(self, default: str) -> str:
+    return default
+
+  def step_metrics(self, state: Any, metrics: Metrics) -> Metrics:
+    """`metrics` plus the learning rate of this step (when the schedule is known)."""
+    if self.schedule is not None:
+      metrics["learning_rate"] = self.schedule(state.step)
+    return metrics
