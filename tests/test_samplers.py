@@ -282,3 +282,165 @@ def test_sample_on_a_mesh_matches_one_device():
     np.testing.assert_allclose(y, plain, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="multiple"):
     samplers.sample(_noisy_denoiser, PARAMS, x0[:6], SMALL, config, rng, mesh=mesh)
+
+
+# ----------------------------------------------------------------------------------------------
+# DPM-Solver++(2M) and lambda-spaced timesteps.
+
+
+def _lam(g):
+  with np.errstate(divide="ignore"):
+    return np.log(np.sqrt(g) / np.sqrt(1 - g))
+
+
+def _ref_dpmpp_2m(x_T, data_pred, gammas):
+  """Lu et al. 2022, Algorithm 2 (DPM-Solver++(2M)) over t_0 > ... > t_M with the given gammas;
+  data_pred(x, i) is x_theta(x, t_i). The last step is first order (lower_order_final)."""
+  alpha, sigma, lam = np.sqrt(gammas), np.sqrt(1 - gammas), _lam(gammas)
+  M = len(gammas) - 1
+  prev = data_pred(x_T, 0)
+  h = lam[1] - lam[0]
+  x = sigma[1] / sigma[0] * x_T - alpha[1] * (np.exp(-h) - 1) * prev
+  for i in range(2, M + 1):
+    cur = data_pred(x, i - 1)
+    h, h_prev = lam[i] - lam[i - 1], lam[i - 1] - lam[i - 2]
+    if i == M:  # lower_order_final: D = x_theta(x_{t_{M-1}}).
+      d = cur
+    else:
+      r = h_prev / h
+      d = (1 + 1 / (2 * r)) * cur - 1 / (2 * r) * prev
+    x = sigma[i] / sigma[i - 1] * x - alpha[i] * (np.exp(-h) - 1) * d
+    prev = cur
+  return x
+
+
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("prev,t,s", [(None, 20, 15), (20, 15, 9), (9, 4, 2), (2, 1, 0)])
+def test_dpmpp_2m_step_matches_numpy(prev, t, s, clip):
+  y_t, eps, x0_prev, (jy, je, jp) = _step_inputs(4)
+  g = SMALL.gammas
+  g_prev = None if prev is None else g[prev]
+  got, x0_hat = samplers.dpmpp_2m_step(jy, je, None if prev is None else jp, g[t], g[s], g_prev,
+                                       clip_x0=clip)
+  x0 = _ref_x0(y_t, eps, g[t], clip)
+  np.testing.assert_allclose(x0_hat, x0, rtol=1e-5, atol=1e-5)
+  a_s, sig_t, sig_s = np.sqrt(g[s]), np.sqrt(1 - g[t]), np.sqrt(1 - g[s])
+  h = _lam(g[s]) - _lam(g[t])
+  d = x0
+  if prev is not None and s > 0:
+    r = (_lam(g[t]) - _lam(g[prev])) / h
+    d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev
+  ref = sig_s / sig_t * y_t - a_s * (np.exp(-h) - 1) * d
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_dpmpp_2m_first_step_is_ddim():
+  _, _, _, (jy, je, jp) = _step_inputs(5)
+  g_t, g_s = SMALL.gammas[18], SMALL.gammas[11]
+  first, _ = samplers.dpmpp_2m_step(jy, je, jp, g_t, g_s, None)
+  np.testing.assert_allclose(first, samplers.ddim_step(jy, je, g_t, g_s, 0.0, jp), atol=1e-6)
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "logsnr"])
+@pytest.mark.parametrize("clip", [False, True])
+def test_dpmpp_2m_chain_matches_algorithm_2(spacing, clip):
+  x0 = _image(7)
+  rng = jax.random.PRNGKey(4)
+  config = samplers.SamplerConfig("dpmpp_2m", 6, clip_x0=clip, spacing=spacing)
+  got = samplers.sample(_noisy_denoiser, PARAMS, jnp.asarray(x0), SMALL, config, rng)
+  ts = samplers.timesteps(SMALL, config)
+  gammas = SMALL.gammas[np.append(ts, 0)]
+
+  def data_pred(x, i):  # _noisy_denoiser's eps in float64, then its x0.
+    g = gammas[i]
+    eps = 0.9 * (x - np.sqrt(g) * x0) / np.sqrt(1 - g) + 0.05 * x
+    pred = (x - np.sqrt(1 - g) * eps) / np.sqrt(g)
+    return np.clip(pred, -1, 1) if clip else pred
+
+  x_T = np.asarray(jax.random.normal(jax.random.fold_in(rng, 0), x0.shape), np.float64)
+  np.testing.assert_allclose(got, _ref_dpmpp_2m(x_T, data_pred, gammas), rtol=1e-4, atol=1e-4)
+
+
+def _gaussian_toy(mu=0.3, sd=0.5):
+  """SR3's schedule, data N(mu, sd^2) per pixel, its exact eps predictor by timestep, and the
+  probability-flow ODE's exact end: x at t = 1 mapped to its x0 prediction."""
+  noise = schedule_lib.NoiseSchedule.create("linear", 2000, 1e-6, 1e-2)
+  g = noise.gammas
+  a, s = (jnp.asarray(v, jnp.float32) for v in (np.sqrt(g), np.sqrt(1 - g)))
+
+  def eps(params, condition, y_t, noise_level, t):
+    del params, condition, noise_level
+    return s[t] * (y_t - a[t] * mu) / (a[t] ** 2 * sd ** 2 + s[t] ** 2)
+
+  def exact(x_T):
+    z = (x_T - np.sqrt(g[-1]) * mu) / np.sqrt(g[-1] * sd ** 2 + 1 - g[-1])
+    return mu + np.sqrt(g[1]) * sd ** 2 / np.sqrt(g[1] * sd ** 2 + 1 - g[1]) * z
+
+  return noise, eps, exact
+
+
+def test_dpmpp_2m_converges_at_second_order_on_a_gaussian():
+  noise, eps, exact = _gaussian_toy()
+  rng = jax.random.PRNGKey(0)
+  condition = jnp.zeros((2, 8, 8, 3))
+  ref = exact(np.asarray(jax.random.normal(jax.random.fold_in(rng, 0), condition.shape)))
+
+  def error(kind, n):
+    config = samplers.SamplerConfig(kind, n, clip_x0=False)
+    y = samplers.sample(eps, {}, condition, noise, config, rng)
+    return float(np.abs(np.asarray(y, np.float64) - ref).max())
+
+  errors = [error("dpmpp_2m", n) for n in (10, 20, 40, 80)]
+  assert all(a > b for a, b in zip(errors, errors[1:]))
+  assert errors[-2] / errors[-1] > 3.5  # Second order: ~4 per halving (DDIM's first: ~2).
+  assert errors[-1] < 5e-3 and error("ddim", 80) > 5 * errors[-1]
+
+
+def test_dpmpp_2m_is_deterministic_chunkable_and_mesh_independent():
+  mesh = sharding.make_mesh()
+  x0 = jnp.asarray(_image(8, (8, 4, 4, 3)))
+  rng = jax.random.PRNGKey(6)
+  config = samplers.SamplerConfig("dpmpp_2m", 7)
+  run = functools.partial(samplers.sample, _noisy_denoiser, PARAMS, x0, SMALL, config)
+  whole = run(rng)
+  np.testing.assert_array_equal(run(rng), whole)
+  for kwargs in (dict(chunk_size=3), dict(mesh=mesh), dict(mesh=mesh, chunk_size=2)):
+    np.testing.assert_allclose(run(rng, **kwargs), whole, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(run(jax.random.PRNGKey(7)), whole, atol=1e-3)  # Only x_T is random.
+
+
+def test_dpmpp_2m_oracle_recovers_the_image():
+  x0 = _image(9)
+  for spacing in ("uniform", "logsnr"):
+    config = samplers.SamplerConfig("dpmpp_2m", 5, spacing=spacing)
+    y = samplers.sample(oracle, {}, jnp.asarray(x0), SMALL, config, jax.random.PRNGKey(0))
+    np.testing.assert_allclose(y, x0, atol=1e-4)
+
+
+@pytest.mark.parametrize("total,steps", [(20, range(0, 25)), (2000, (5, 10, 20, 50, 200, 1999))])
+def test_logsnr_timesteps(total, steps):
+  noise = schedule_lib.NoiseSchedule.create("linear", total, 1e-6 if total > 20 else 1e-3,
+                                            1e-2 if total > 20 else 0.3)
+  lam = _lam(noise.gammas)
+  for n in steps:
+    ts = samplers.logsnr_timesteps(noise.gammas, n)
+    assert len(ts) == len(set(ts.tolist())) == (total if n == 0 or n >= total else n)
+    assert ts[0] == total and ts[-1] == (1 if len(ts) > 1 else total)
+    assert np.all(np.diff(ts) < 0)
+  # Where the integer grid is fine enough, the lambda gaps are even to rounding.
+  gaps = np.diff(lam[samplers.logsnr_timesteps(noise.gammas, 10)]) if total > 20 else None
+  if gaps is not None:
+    assert gaps.max() / gaps.min() < 1.3
+
+
+def test_auto_spacing():
+  uniform = samplers.sampling_timesteps(2000, 10)
+  noise = schedule_lib.NoiseSchedule.create("linear", 2000, 1e-6, 1e-2)
+  for kind in ("ddpm", "ddim"):
+    np.testing.assert_array_equal(samplers.timesteps(noise, samplers.SamplerConfig(kind, 10)),
+                                  uniform)
+  np.testing.assert_array_equal(
+      samplers.timesteps(noise, samplers.SamplerConfig("dpmpp_2m", 10)),
+      samplers.logsnr_timesteps(noise.gammas, 10))
+  with pytest.raises(ValueError, match="config.diffusion.spacing"):
+    samplers.SamplerConfig(spacing="karras")

@@ -1,1 +1,1 @@
-"""SR3 diffusion math: noise schedules, continuous noise levels and jitted samplers."""
+"""Diffusion math: SR3 noise schedules and samplers (DDPM, DDIM, DPM-Solver++(2M)), ResShift."""
