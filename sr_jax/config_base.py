@@ -267,6 +267,14 @@ def base_config() -> ml_collections.ConfigDict:
       fsdp_min_size=2**14,  # Leaves with fewer elements stay replicated under FSDP.
   ))
 
+  # Divergence guards (sr_jax/guards.py), checked on the updated state before every save: a
+  # state with a non-finite leaf, a parameter above max_param_abs or a logged loss above
+  # max_loss is never saved, and the run stops naming the last good checkpoint.
+  c.guard = ml_collections.ConfigDict(dict(
+      max_loss=float("inf"),  # Blow-up threshold on any '*loss' metric; inf = off.
+      max_param_abs=1e6,  # Largest |parameter| a healthy image network reaches; inf = off.
+  ))
+
   c.num_steps = 200_000
   c.batch_size = 32  # Global batch, split over the 'data' axis.
   c.log_every = 100
