@@ -195,6 +195,12 @@ def base_config() -> ml_collections.ConfigDict:
       augment=True,  # Random flips and 90-degree rotations.
       # An image smaller than the crop: 'skip' (warn and drop it) or 'error'.
       small_images="skip",
+      # A damaged training image (failing the integrity check run before the first step):
+      # False = fail naming every one, True = skip each with a warning naming it.
+      skip_bad_images=False,
+      # Read images in sub-folders of the image folders too (False: only the folder itself;
+      # sub-folders holding images are named in a warning).
+      recursive=False,
       num_workers=0,  # grain worker processes; 0 = in the main process.
       # Use only the first N training images (in the source's order: file names sorted for
       # folders; after too-small images are dropped); 0 = all.

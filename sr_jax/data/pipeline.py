@@ -214,6 +214,13 @@ def make_train_dataset(data_config: Any, *, seed: int, batch_size: int, process_
   return ds
 
 
+def train_record_count(data_config: Any, degradation: Any = None) -> int:
+  """How many records the training source holds (after dropped images): saved with a
+  checkpoint so a resume can warn when files went missing (integrity.warn_if_fewer)."""
+  spec = degradations.as_spec(data_config.degradation if degradation is None else degradation)
+  return len(sources.make_source(data_config, "train", spec.effective_scale))
+
+
 def center_crop(image: np.ndarray, max_size: int, max_width: int | None = None,
                 step: int = 1) -> np.ndarray:
   """The central window of at most `max_size` (x `max_width`) pixels; <= 0 keeps a side whole.
