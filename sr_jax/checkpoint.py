@@ -60,14 +60,35 @@ def manager(run_dir: str, keep: int = 3) -> ocp.CheckpointManager:
                                options=options, item_names=ITEMS)
 
 
-def check_architecture(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
-  """Raises when a checkpoint was written for another architecture, naming each difference."""
+def check_architecture(saved: dict[str, Any], current: dict[str, Any], where: str,
+                       advice: str | None = None) -> None:
+  """Raises when a checkpoint was written for another architecture, naming each difference.
+
+  The fix depends on what holds the checkpoint: for a run directory (`where` starting with
+  '--workdir') a new workdir, for a base or other input checkpoint another checkpoint or a
+  config.model that matches it (named when a preset does). `advice` overrides the default.
+  """
   diffs = [f"{k}: checkpoint has {saved.get(k)!r}, config has {current.get(k)!r}"
            for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
-  if diffs:
-    raise ValueError(
-        f"{where} holds a checkpoint of a different architecture:\n  " + "\n  ".join(diffs) +
-        "\nUse a new --workdir, or set the config's model to match the checkpoint.")
+  if not diffs:
+    return
+  if advice is None:
+    preset = _matching_preset(saved)
+    matches = (f"set --config.model.name={saved.get('name')} --config.model.preset={preset} "
+               "to match it" if preset else "set the config's model to match it")
+    advice = (f"Use a new --workdir, or {matches}." if where.startswith("--workdir") else
+              f"Use a checkpoint of the configured architecture, or {matches}.")
+  raise ValueError(f"{where} holds a checkpoint of a different architecture:\n  " +
+                   "\n  ".join(diffs) + "\n" + advice)
+
+
+def _matching_preset(arch: dict[str, Any]) -> str | None:
+  """The preset a saved architecture equals, if any (None for an unknown model name)."""
+  from sr_jax.models import registry  # pylint: disable=g-import-not-at-top
+  try:
+    return registry.matching_preset(arch) if arch.get("name") else None
+  except (ValueError, KeyError, TypeError, AttributeError):
+    return None
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state: Any, frozen: PyTree, data_iter: Any,
@@ -280,6 +301,19 @@ def _repair_export(directory: str) -> None:
   _sync("sr_jax_repair_export")
 
 
+def _check_own_directory(directory: str) -> None:
+  """A swap replaces the whole directory: refuse one holding files save_params did not write."""
+  final = epath.Path(directory)
+  if not final.exists():
+    return
+  own = ("params", "meta.json", "meta.json.tmp", "params.orbax-checkpoint-tmp")
+  foreign = sorted(p.name for p in final.iterdir() if not p.name.startswith(own))
+  if foreign:
+    raise FileExistsError(
+        f"{directory} holds files sr_jax did not write ({', '.join(foreign[:5])}); writing "
+        "parameters there replaces the whole directory. Move them, or choose another one.")
+
+
 def _swap_in(staging: str, directory: str) -> None:
   """Replaces `directory` by `staging` with renames; at every instant one complete copy exists."""
   final, old = epath.Path(directory), epath.Path(directory + _OLD)
@@ -298,9 +332,11 @@ def save_params(directory: str, params: PyTree, meta: dict[str, Any]) -> None:
   The tree goes to `<directory>.new` and is swapped in by renames, so a kill at any point
   leaves the previous export loadable (a swap cut short is repaired by the next save, and
   read from `<directory>.old` meanwhile). An export whose hash and meta match is left as it is.
+  The directory is replaced as a whole, so one holding other files is refused.
   """
   directory = paths.absolute(directory)
   _repair_export(directory)
+  _check_own_directory(directory)
   meta = dict(meta, content_sha256=tree_digest(params))
   meta_path = os.path.join(directory, "meta.json")
   existing = jsonfile.read(meta_path) if paths.exists(meta_path) else {}

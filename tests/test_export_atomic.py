@@ -80,3 +80,14 @@ def test_digest_depends_on_every_tensor_and_its_path():
   assert checkpoint.tree_digest(changed) != base
   renamed = {"conv2": params(1.0)["conv"]}
   assert checkpoint.tree_digest(renamed) != base
+
+
+def test_a_directory_with_foreign_files_is_refused_and_an_old_orbax_leftover_is_not(tmp_path):
+  export = tmp_path / "params"
+  (export / "params.orbax-checkpoint-tmp-1712").mkdir(parents=True)  # A killed old export.
+  checkpoint.save_params(str(export), params(1.0), {"step": 5})
+  assert kernel_of(export) == 1.0
+  (export / "notes.txt").write_text("mine")
+  with pytest.raises(FileExistsError, match=r"holds files sr_jax did not write \(notes.txt\)"):
+    checkpoint.save_params(str(export), params(2.0), {"step": 6})
+  assert (export / "notes.txt").read_text() == "mine" and kernel_of(export) == 1.0
