@@ -80,18 +80,28 @@ def tree_health(state: Any) -> dict[str, jax.Array]:
   return {"finite": jnp.asarray(finite), "max_abs": max_abs}
 
 
+@jax.jit
+def _leaf_stats(state: Any) -> PyTree:
+  """(all finite, max |x|) per floating leaf, (True, 0) for others: on device, so sharded and
+  multi-host leaves need no gathering."""
+  def stats(x):
+    if not _is_float(x):
+      return jnp.asarray(True), jnp.float32(0)
+    return jnp.all(jnp.isfinite(x)), jnp.max(jnp.abs(x)).astype(jnp.float32)
+  return jax.tree.map(stats, state)
+
+
 def bad_leaves(state: Any, max_abs: float = math.inf, limit: int = 3) -> list[str]:
-  """Paths of (up to `limit`) leaves that are non-finite or exceed `max_abs` (host-side)."""
+  """Paths of (up to `limit`) leaves that are non-finite, or parameters above `max_abs`."""
   params = {id(x) for x in _floating(param_part(state))}
+  leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+  stats = jax.tree.leaves(jax.device_get(_leaf_stats(state)))
   found = []
-  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-    if not _is_float(leaf):
-      continue
-    value = np.asarray(jax.device_get(leaf), np.float64)
-    if not np.isfinite(value).all():
+  for (path, leaf), finite, largest in zip(leaves, stats[0::2], stats[1::2]):
+    if not finite:
       found.append(f"{lora.path_str(path)} (non-finite)")
-    elif id(leaf) in params and value.size and np.abs(value).max() > max_abs:
-      found.append(f"{lora.path_str(path)} (|w| up to {np.abs(value).max():.3g})")
+    elif id(leaf) in params and largest > max_abs:
+      found.append(f"{lora.path_str(path)} (|w| up to {float(largest):.3g})")
     if len(found) >= limit:
       break
   return found
