@@ -199,6 +199,12 @@ def base_config() -> ml_collections.ConfigDict:
       augment=True,  # Random flips and 90-degree rotations.
       # An image smaller than the crop: 'skip' (warn and drop it) or 'error'.
       small_images="skip",
+      # A damaged training image (failing the integrity check run before the first step):
+      # False = fail naming every one, True = skip each with a warning naming it.
+      skip_bad_images=False,
+      # Read images in sub-folders of the image folders too (False: only the folder itself;
+      # sub-folders holding images are named in a warning).
+      recursive=False,
       num_workers=0,  # grain worker processes; 0 = in the main process.
       # Use only the first N training images (in the source's order: file names sorted for
       # folders; after too-small images are dropped); 0 = all.
@@ -269,6 +275,14 @@ def base_config() -> ml_collections.ConfigDict:
       # For models too large to replicate, e.g. SR3's paper preset: 4 or 8.
       fsdp=1,
       fsdp_min_size=2**14,  # Leaves with fewer elements stay replicated under FSDP.
+  ))
+
+  # Divergence guards (sr_jax/guards.py), checked on the updated state before every save: a
+  # state with a non-finite leaf, a parameter above max_param_abs or a logged loss above
+  # max_loss is never saved, and the run stops naming the last good checkpoint.
+  c.guard = ml_collections.ConfigDict(dict(
+      max_loss=float("inf"),  # Blow-up threshold on any '*loss' metric; inf = off.
+      max_param_abs=1e6,  # Largest |parameter| a healthy image network reaches; inf = off.
   ))
 
   c.num_steps = 200_000

@@ -28,6 +28,7 @@ import argparse
 import functools
 import pathlib
 import sys
+import warnings
 
 import jax
 from jax import lax
@@ -287,11 +288,37 @@ def read_rgb(path: pathlib.Path) -> np.ndarray:
     raise UsageError(f"Cannot read image {path}: {type(e).__name__}: {e}") from e
 
 
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def is_grayscale(path: pathlib.Path) -> bool:
+  """Whether an image file stores one channel (read from its header, not decoded)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as im:
+      return im.mode in _GRAY_MODES
+  except Exception:  # pylint: disable=broad-except  # read_rgb reports unreadable files.
+    return False
+
+
+def warn_channel_mismatch(name: str, pred: pathlib.Path, gt: pathlib.Path) -> None:
+  """Warns when one image of a pair is grayscale and the other colour: both are scored as RGB
+  (the gray channel repeated), so the scores mix a colour error into the comparison."""
+  pred_gray, gt_gray = is_grayscale(pred), is_grayscale(gt)
+  if pred_gray != gt_gray:
+    gray, colour = ("--pred", "--gt") if pred_gray else ("--gt", "--pred")
+    warnings.warn(f"{name!r}: {gray} {(pred if pred_gray else gt).name} is grayscale but "
+                  f"{colour} {(gt if pred_gray else pred).name} is colour; the gray channel is "
+                  "repeated to RGB, so PSNR/SSIM also count the missing colour as error.",
+                  stacklevel=2)
+
+
 def _score_all(names: list[str], pred: dict[str, pathlib.Path], gt: dict[str, pathlib.Path],
                crop_border: int, y_channel: bool) -> list[tuple[str, float, float]]:
   """(name, PSNR, SSIM) per matched pair; a size mismatch is an error naming the pair."""
   rows = []
   for name in names:
+    warn_channel_mismatch(name, pred[name], gt[name])
     p, g = read_rgb(pred[name]), read_rgb(gt[name])
     if p.shape != g.shape:
       raise UsageError(f"Size mismatch for {name!r}: --pred {pred[name].name} is "

@@ -18,6 +18,10 @@ the trainer moves them to devices in the main process.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import sys
+import threading
 from typing import Any
 
 import grain
@@ -146,6 +150,38 @@ def allow_absl_flags_outside_app() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
+# How often a grain worker checks that the trainer that spawned it is still alive.
+PARENT_POLL_S = 0.5
+
+
+def _exit_when_orphaned(parent_pid: int, poll_s: float) -> None:
+  """Polls the worker's parent pid; once the parent is gone (reparented), ends the process."""
+  while os.getppid() == parent_pid:
+    threading.Event().wait(poll_s)
+  os._exit(1)  # pylint: disable=protected-access  # Not sys.exit: the main thread may block.
+
+
+def die_with_parent(worker_index: int = 0, worker_count: int = 1,
+                    poll_s: float = PARENT_POLL_S) -> None:
+  """grain worker initialiser: the worker ends when the trainer that spawned it dies.
+
+  A trainer killed with SIGKILL runs no cleanup, and grain's spawned workers would otherwise
+  block on their full output queues under PID 1 for minutes (each holding its own copy of the
+  source). Linux's PR_SET_PDEATHSIG is not used: it fires when the *thread* that spawned the
+  worker ends, and grain starts workers from its reader pool's threads, whose lifetime it does
+  not promise (a restore re-creates them). A daemon thread polling
+  the parent pid works on every POSIX system; once the workers are gone, multiprocessing's
+  resource tracker sees its pipe close and exits too, unlinking any shared memory they left.
+  """
+  del worker_index, worker_count
+  if sys.platform == "win32":  # Windows ends a job's children differently; nothing to do.
+    return
+  parent = multiprocessing.parent_process()  # The spawner, even if it already died.
+  parent_pid = parent.pid if parent is not None else os.getppid()
+  threading.Thread(target=_exit_when_orphaned, args=(parent_pid, poll_s), daemon=True,
+                   name="die-with-parent").start()
+
+
 def per_process_batch_size(batch_size: int, process_count: int) -> int:
   """The global batch split evenly over processes (an uneven split is a config error)."""
   if batch_size <= 0 or batch_size % process_count:
@@ -173,8 +209,16 @@ def make_train_dataset(data_config: Any, *, seed: int, batch_size: int, process_
                                             prefetch_buffer_size=_PREFETCH_BATCHES))
   if data_config.num_workers > 0:
     allow_absl_flags_outside_app()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers),
+                        worker_init_fn=die_with_parent)
   return ds
+
+
+def train_record_count(data_config: Any, degradation: Any = None) -> int:
+  """How many records the training source holds (after dropped images): saved with a
+  checkpoint so a resume can warn when files went missing (integrity.warn_if_fewer)."""
+  spec = degradations.as_spec(data_config.degradation if degradation is None else degradation)
+  return len(sources.make_source(data_config, "train", spec.effective_scale))
 
 
 def center_crop(image: np.ndarray, max_size: int, max_width: int | None = None,

@@ -24,6 +24,8 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
+from sr_jax.data import integrity
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SMALL_IMAGE_POLICIES = ("skip", "error")
 
@@ -127,17 +129,22 @@ def read_image(path: str | pathlib.Path) -> np.ndarray:
     raise ValueError(f"Cannot read image file {path}: {e}") from e
 
 
-def list_image_files(directory: str | pathlib.Path) -> list[pathlib.Path]:
-  """The image files directly inside `directory`, sorted by name (hidden files skipped)."""
+def list_image_files(directory: str | pathlib.Path,
+                     recursive: bool = False) -> list[pathlib.Path]:
+  """The image files inside `directory` (and its sub-folders if `recursive`, data.recursive),
+  sorted by path, hidden ones skipped. Sub-folders a flat listing skips get a warning."""
   path = pathlib.Path(directory).expanduser()
   accepted = ", ".join(IMAGE_EXTENSIONS)
   if not path.is_dir():
     raise FileNotFoundError(
         f"Image directory {str(directory)!r} does not exist or is not a directory; expected a "
         f"folder of image files ({accepted}).")
-  files = sorted(p for p in path.iterdir()
-                 if p.is_file() and not p.name.startswith(".")
-                 and p.suffix.lower() in IMAGE_EXTENSIONS)
+  candidates = path.rglob("*") if recursive else path.iterdir()
+  files = sorted(p for p in candidates
+                 if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                 and not any(part.startswith(".") for part in p.relative_to(path).parts))
+  if not recursive:
+    integrity.warn_nested_dirs(path, IMAGE_EXTENSIONS)
   if not files:
     raise ValueError(f"Image directory {str(directory)!r} holds no image files; accepted "
                      f"extensions (case-insensitive): {accepted}.")
@@ -253,18 +260,24 @@ class FolderSource:
   error naming it. Records are {'image': float32 HWC RGB, 'index'}.
   """
 
-  def __init__(self, files: Sequence[pathlib.Path]):
+  def __init__(self, files: Sequence[pathlib.Path], root: str | pathlib.Path | None = None):
     if not files:
       raise ValueError("FolderSource needs at least one file.")
     self.files = tuple(pathlib.Path(f) for f in files)
-    self.names = tuple(f.name for f in self.files)
+    # Names relative to `root` (a recursive listing's sub-folders keep same-named files apart).
+    self.names = tuple(f.relative_to(pathlib.Path(root).expanduser()).as_posix() if root
+                       else f.name for f in self.files)
 
   @classmethod
-  def for_training(cls, directory: str, crop_size: int, policy: str) -> "FolderSource":
-    """The folder's images that fit the training crop (data.small_images for the others)."""
-    files = list_image_files(directory)
+  def for_training(cls, directory: str, crop_size: int, policy: str, skip_bad: bool = False,
+                   recursive: bool = False) -> "FolderSource":
+    """The folder's intact images that fit the training crop (data.skip_bad_images,
+    data.small_images and data.recursive)."""
+    files = list_image_files(directory, recursive)
+    files = [files[i] for i in integrity.usable([[f] for f in files], skip_bad, f"in {directory}")]
     sizes = [(f.name, image_size(f)) for f in files]
-    return cls([files[i] for i in large_enough(sizes, crop_size, policy, f"in {directory}")])
+    return cls([files[i] for i in large_enough(sizes, crop_size, policy, f"in {directory}")],
+               directory if recursive else None)
 
   def __len__(self) -> int:
     return len(self.files)
@@ -327,14 +340,18 @@ def aligned_target(lq: np.ndarray, gt: np.ndarray, scale: int, names: str) -> np
 class PairedFolderSource:
   """A grain source over LQ/GT files matched by name; records {'image' (GT), 'lq', 'index'}.
 
-  Sizes are checked from the headers up front, so a mismatched pair fails before training.
+  Sizes are checked from the headers up front, so a mismatched pair fails before training;
+  `skip_bad` (data.skip_bad_images; None for evaluation: no check) handles damaged files.
   GT is cropped to exactly `scale` x LQ at the bottom/right (MATLAB's modcrop).
   """
 
   def __init__(self, lq_dir: str, gt_dir: str, scale: int = 1, crop_size: int = 0,
-               policy: str = "skip"):
+               policy: str = "skip", skip_bad: bool | None = None, recursive: bool = False):
     where = f"LQ {lq_dir}, GT {gt_dir}"
-    pairs = match_pairs(list_image_files(lq_dir), list_image_files(gt_dir), scale, where)
+    pairs = match_pairs(list_image_files(lq_dir, recursive), list_image_files(gt_dir, recursive),
+                        scale, where)
+    if skip_bad is not None:
+      pairs = [pairs[i] for i in integrity.usable(pairs, skip_bad, f"({where})")]
     sizes = []
     for lq_file, gt_file in pairs:
       gt_size = image_size(gt_file)
@@ -410,12 +427,16 @@ def _make_source(data_config: Any, split: str, scale: int) -> Any:
     raise ValueError(f"Unknown data.source {kind!r}; valid: "
                      "['embedded', 'folder', 'paired', 'tfds'].")
   gt_dir = _required_dir(data_config, f"{split}_dir", kind)
+  recursive = bool(data_config.get("recursive", False))
+  skip_bad = bool(data_config.get("skip_bad_images", False))
   if kind == "folder":
     if train:
-      return FolderSource.for_training(gt_dir, crop, data_config.small_images)
-    return FolderSource(list_image_files(gt_dir))
+      return FolderSource.for_training(gt_dir, crop, data_config.small_images, skip_bad,
+                                       recursive)
+    return FolderSource(list_image_files(gt_dir, recursive), gt_dir if recursive else None)
   lq_dir = _required_dir(data_config, f"{split}_lq_dir", kind)
-  return PairedFolderSource(lq_dir, gt_dir, scale, crop, data_config.small_images)
+  return PairedFolderSource(lq_dir, gt_dir, scale, crop, data_config.small_images,
+                            skip_bad if train else None, recursive)
 
 
 def _required_dir(data_config: Any, key: str, kind: str) -> str:
