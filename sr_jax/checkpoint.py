@@ -39,9 +39,9 @@ ITEMS = ("state", "data_iter", "meta")
 
 
 # Orbax saves a replicated array in slices, one per replica, and compiles a slicing program per
-# array shape: on 8 devices a model with a few hundred parameter shapes took ~20 s per save
-# (measured on CPU), for arrays of a few KiB. Arrays whose slices would be smaller than this are
-# written whole by one replica, as orbax does without replica-parallel saving.
+# array shape, which makes saving a model of a few hundred small arrays slow on many devices
+# (docs/speed.md). Arrays whose slices would be smaller than this are written whole by one
+# replica, as orbax does without replica-parallel saving.
 MIN_REPLICA_SLICE_BYTES = 1 << 20
 
 

@@ -31,7 +31,8 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from sr_jax import checkpoint, colora, faig, jsonfile, paths, plots, report, train
+from sr_jax import checkpoint, colora, config_check, faig, jsonfile, paths, plots, report
+from sr_jax import train, workdir_lock
 from sr_jax.data import pipeline
 from sr_jax.models import registry
 
@@ -44,7 +45,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   unknown = [a for a in config.colora.arms if a not in ARMS]
   if unknown or not config.colora.arms:
     raise ValueError(f"Unknown colora.arms {unknown}; choose from {list(ARMS)}.")
+  config_check.validate_all(config)  # Ranges and every image, before any stage runs.
   workdir = paths.absolute(workdir)
+  with workdir_lock.hold(workdir, jax.process_index()):  # One job per workdir.
+    return _run_stages(config, workdir)
+
+
+def _run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   base_dir, base = base_stage(config, workdir)
   tuned_dir = probe_stage(config, workdir, base_dir)

@@ -7,10 +7,10 @@ the run starts and raises one ConfigError listing every problem, each naming its
 allowed values:
 
   validate(config)            the range of every numeric key (RULES; the degradation ranges are
-                              sr_jax/data/ops.py's), and the rules that tie keys together
+                              sr_jax/data/op_ranges.py's), and the rules that tie keys together
   validate_lora_plan(config)  the LoRA plan against the architecture's parameter shapes, from
                               jax.eval_shape (no parameters are built)
-  integrity.check_images      every evaluation image decoded, every training image checked
+  check_images                every evaluation image decoded, every training image checked
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def _optimizer_rules(prefix: str) -> dict[str, Rule]:
 
 
 # Every numeric key of config_base.base_config() outside the degradation sub-configs (whose
-# ranges sr_jax/data/ops.py checks); tests/test_config_check.py fails for a key left out.
+# ranges sr_jax/data/op_ranges.py checks); tests/test_config_check.py fails for a key left out.
 RULES: dict[str, Rule] = {
     "seed": Int(0), "num_steps": Int(1), "batch_size": Int(1), "log_every": Int(1),
     "checkpoint_every": Int(1), "keep_checkpoints": Int(1), "eval_every": Int(0),
@@ -149,7 +149,7 @@ def range_problems(config: ConfigDict) -> list[str]:
 
 
 def degradation_problems(config: ConfigDict) -> list[str]:
-  """The degradation sub-configs through the pipeline's own checks (sr_jax/data/ops.py)."""
+  """The degradation sub-configs through the pipeline's own checks (sr_jax/data/op_ranges.py)."""
   from sr_jax.data import degradations  # pylint: disable=g-import-not-at-top
   problems = []
   for key in DEGRADATION_KEYS:
@@ -167,7 +167,7 @@ def joint_problems(config: ConfigDict) -> list[str]:
   from sr_jax.data import degradations  # pylint: disable=g-import-not-at-top
   problems = []
   d = config.diffusion
-  if d.enabled:
+  if config.objective == "diffusion":
     last = d.t_max or d.num_timesteps
     if not d.t_min <= last <= d.num_timesteps:
       problems.append(f"config.diffusion.t_min={d.t_min}, t_max={d.t_max}: need 1 <= t_min <= "
@@ -200,24 +200,6 @@ def validate(config: ConfigDict) -> None:
                       "--config.<key>=<value>; nothing has run yet.")
 
 
-def lora_plan(config: ConfigDict, params: Any):
-  """The run's LoRA plan: config.lora.plan_file, else targets / rank / overrides (make_plan)."""
-  from sr_jax import jsonfile, lora  # pylint: disable=g-import-not-at-top
-  from sr_jax.models import registry  # pylint: disable=g-import-not-at-top
-  if not config.lora.plan_file:
-    exclude = (registry.entry(config.model.name).depthwise_kernels,)
-    return lora.make_plan(params, targets=config.lora.targets, rank=config.lora.rank,
-                          alpha=config.lora.alpha, exclude=exclude,
-                          rank_overrides=config.lora.rank_overrides)
-  try:
-    plan = lora.LoraPlan.from_json(jsonfile.read(config.lora.plan_file))
-  except (OSError, ValueError, KeyError) as e:
-    raise ValueError(f"config.lora.plan_file={config.lora.plan_file!r} is not a readable LoRA "
-                     f"plan (JSON with 'ranks' and 'alphas' by kernel path): {e}") from e
-  lora.check_plan(plan, params, where=f"config.lora.plan_file={config.lora.plan_file}")
-  return plan
-
-
 def abstract_params(config: ConfigDict) -> Any:
   """The model's parameter shapes (jax.ShapeDtypeStruct leaves), without allocating them."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -232,15 +214,47 @@ def validate_lora_plan(config: ConfigDict) -> None:
   if not config.lora.enabled:
     return
   try:
-    lora_plan(config, abstract_params(config))
+    from sr_jax import run_setup  # pylint: disable=g-import-not-at-top
+    run_setup.lora_plan(config, abstract_params(config))
   except ValueError as e:
     raise ConfigError(f"The LoRA settings do not fit config.model ({config.model.name} "
                       f"{config.model.preset}): {e} Nothing has run yet.") from e
 
 
+def _folders(data: Any, split: str) -> list[str]:
+  kind = data.source
+  if kind not in ("folder", "paired"):
+    return []
+  dirs = [getattr(data, f"{split}_dir")]
+  if kind == "paired":
+    dirs.append(getattr(data, f"{split}_lq_dir"))
+  return [d for d in dirs if d]
+
+
+def check_images(config: Any) -> None:
+  """Every image the run will read, checked up front (see module doc); no-op for embedded/tfds.
+
+  Training folders are checked for the task (data) and evaluation folders fully decoded,
+  including config.eval.general_set when it is a folder.
+  """
+  from sr_jax.data import integrity, sources  # pylint: disable=g-import-not-at-top
+  data = config.data
+  recursive = bool(data.get("recursive", False))
+  skip = bool(data.get("skip_bad_images", False))
+  for directory in _folders(data, "train"):
+    files = sources.list_image_files(directory, recursive=recursive)
+    integrity.usable([[f] for f in files], skip, f"in {directory}")
+  eval_dirs = _folders(data, "eval")
+  general = config.eval.get("general_set", "")
+  if general and general != "embedded":
+    eval_dirs.append(general)
+  for directory in eval_dirs:
+    integrity.check_decodes(sources.list_image_files(directory, recursive=recursive),
+                            f"in {directory}")
+
+
 def validate_all(config: ConfigDict) -> None:
   """Everything checkable before work: ranges, the LoRA plan, then every image (I/O)."""
-  from sr_jax.data import integrity  # pylint: disable=g-import-not-at-top
   validate(config)
   validate_lora_plan(config)
-  integrity.check_images(config)
+  check_images(config)

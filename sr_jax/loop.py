@@ -1,9 +1,10 @@
 """The training loop: data -> jitted step -> metrics and checkpoints, then the export.
 
-`train(run, mgr, writer)` resumes from the run's latest checkpoint, steps until
+`train(run, mgr, writer)` resumes from the run's newest intact checkpoint, steps until
 config.num_steps (logging every config.log_every steps, checkpointing every
 config.checkpoint_every, evaluating every config.eval_every), and records the step's time and
-compiled memory in workdir/timing.json. `export(run)` writes the merged model and, for LoRA
+compiled memory in workdir/timing.json. A non-finite loss, or an updated state that is
+non-finite or beyond config.guard's bounds, stops the run before that state is saved. `export(run)` writes the merged model and, for LoRA
 runs, the adapters.
 """
 
@@ -17,17 +18,19 @@ import numpy as np
 from absl import logging
 from clu import periodic_actions
 
-from sr_jax import checkpoint, jsonfile, lora, report, resume, sharding, timers
+from sr_jax import checkpoint, guards, jsonfile, lora, report, resume, sharding, timers
 from sr_jax.data import pipeline, preview
 from sr_jax.run_setup import Run
 
 PyTree = Any
 
 
-def check_finite(pending: list[dict[str, jax.Array]], last_step: int) -> dict[str, float]:
+def check_finite(pending: list[dict[str, jax.Array]], last_step: int,
+                 last_saved: int | None = None) -> dict[str, float]:
   """Mean of the steps' metrics; a non-finite loss stops the run before anything is saved.
 
-  Every '*loss' metric is checked (a GAN's generator and discriminator losses alike).
+  Every '*loss' metric is checked (a GAN's generator and discriminator losses alike);
+  `last_saved` is the checkpoint a re-run resumes from (None: it starts from step 0).
   """
   host = jax.device_get(pending)
   names = [k for k in host[0] if k == "loss" or k.endswith("_loss")]
@@ -40,8 +43,8 @@ def check_finite(pending: list[dict[str, jax.Array]], last_step: int) -> dict[st
     raise FloatingPointError(
         f"{name} became {host[i][name]} at step {first}; stopping without writing a checkpoint "
         "from this state. Lower config.optimizer.learning_rate, set "
-        "config.optimizer.grad_clip_norm, or check the data; re-running resumes from the last "
-        "good checkpoint.")
+        "config.optimizer.grad_clip_norm, or check the data; a re-run "
+        + (f"resumes from step {last_saved}." if last_saved else "starts from step 0."))
   return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
@@ -68,6 +71,15 @@ def _log_metrics(writer, step: int, means: dict[str, float], wait: timers.DataWa
   logging.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in means.items()))
 
 
+def _check_before_save(run: Run, mgr, step: int, means: dict[str, float]) -> None:
+  """The updated state must be finite and within config.guard's bounds to be saved: the loss
+  a step logs predates its update, so a diverging update only shows in the state itself."""
+  verdict = guards.check_config_state(run.state, step, run.config.guard, means)
+  if not verdict.ok:
+    mgr.wait_until_finished()  # Earlier good saves complete; this state is never written.
+    raise guards.Diverged(verdict.message(mgr.latest_step()))
+
+
 def train(run: Run, mgr, writer) -> None:
   """Runs steps until config.num_steps, logging, checkpointing and evaluating periodically."""
   config = run.config
@@ -76,6 +88,7 @@ def train(run: Run, mgr, writer) -> None:
                                         process_index=jax.process_index(),
                                         process_count=jax.process_count())
   data_iter = iter(dataset)
+  run.meta["data"] = {"num_train_records": pipeline.train_record_count(config.data)}
   start = resume.restore_or_start(run, mgr, data_iter)
   if start == 0 and jax.process_index() == 0:
     grid = preview.degradation_grid(config.data, seed=config.seed)
@@ -95,10 +108,12 @@ def train(run: Run, mgr, writer) -> None:
     report_progress(step)
     saving = step % config.checkpoint_every == 0 or step == config.num_steps
     if step % config.log_every == 0 or saving:
-      _log_metrics(writer, step, check_finite(pending, step), wait)
+      means = check_finite(pending, step, mgr.latest_step())
+      _log_metrics(writer, step, means, wait)
       pending = []
     with clock.pause():  # Saves and evaluations do not count as step time.
       if saving:
+        _check_before_save(run, mgr, step, means)
         checkpoint.save(mgr, step, run.state, run.model_frozen, data_iter, run.meta)
       if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
         report.evaluate_tuned(run, writer, step)

@@ -166,7 +166,7 @@ def rmse(pred: jax.Array, gt: jax.Array, crop_border: int = 0,
   """Root-mean-square error on the 0..255 scale under the same protocol as `psnr`.
 
   Per image, RMSE = 255 * 10^(-PSNR / 20); averaged over images the two differ, which is why
-  seed 002's table reports both.
+  the MESRGAN report (Eriksson and Löf) tabulates both.
   """
   mse, batched = _mse(pred, gt, crop_border, y_channel)
   value = jnp.sqrt(mse)

@@ -12,7 +12,8 @@ from typing import Any
 
 from absl import logging
 
-from sr_jax import checkpoint
+from sr_jax import checkpoint, guards
+from sr_jax.data import integrity
 from sr_jax.objectives import base as objective_base
 from sr_jax.run_setup import Run
 
@@ -38,9 +39,9 @@ def check_data_workers(saved_meta: dict[str, Any], num_workers: int, workdir: st
         f"--config.data.num_workers={saved} (or start a new workdir).")
 
 
-def restore_step(run: Run, mgr, step: int, data_iter=None) -> None:
-  """Restores checkpoint `step` into `run` after checking it holds the same architecture."""
-  saved = checkpoint.read_meta(mgr, step)
+def check_saved(run: Run, saved: dict[str, Any], resuming_data: bool) -> None:
+  """The saved run must be this run: architecture, LoRA plan and (resuming the data stream)
+  grain's worker count; a training set that shrank since is worth a warning."""
   checkpoint.check_architecture(saved.get("model", {}), run.meta["model"],
                                 f"--workdir {run.workdir}")
   if saved.get("lora_plan") != run.meta["lora_plan"]:
@@ -49,20 +50,39 @@ def restore_step(run: Run, mgr, step: int, data_iter=None) -> None:
         f"kernels differ: {_plan_summary(saved.get('lora_plan'))} saved, "
         f"{_plan_summary(run.meta['lora_plan'])} now). Use the original config.lora settings "
         "(or plan file), or a new --workdir.")
-  if data_iter is not None:
+  if resuming_data:
     check_data_workers(saved, run.config.data.num_workers, run.workdir)
+    integrity.warn_if_fewer((saved.get("data") or {}).get("num_train_records"),
+                            run.meta.get("data", {}).get("num_train_records", 0),
+                            f"of {run.workdir}")
+
+
+def restore_step(run: Run, mgr, step: int, data_iter=None) -> None:
+  """Restores checkpoint `step` into `run` after checking it belongs to this run."""
+  check_saved(run, checkpoint.read_meta(mgr, step), data_iter is not None)
   run.state, model_frozen = checkpoint.restore(mgr, step, run.state, run.model_frozen, data_iter)
   run.frozen = dict(run.frozen, **{objective_base.MODEL: model_frozen})
 
 
 def restore_or_start(run: Run, mgr, data_iter) -> int:
-  """Restores the latest checkpoint into `run`, if any; returns its step (0 for a new run)."""
-  latest = mgr.latest_step()
-  if latest is None:
+  """Restores the newest intact checkpoint into `run`, if any; returns its step (0: none).
+
+  A damaged step (truncated or missing files, unreadable metadata) or a diverged state is
+  moved aside with a warning and the next older one tried (checkpoint.restore_latest_intact).
+  """
+  def check_restored(step, state):
+    verdict = guards.check_config_state(state, step, run.config.guard)
+    return None if verdict.ok else verdict.reason
+
+  step, run.state, model_frozen = checkpoint.restore_latest_intact(
+      mgr, run.state, run.model_frozen, data_iter,
+      check_meta=lambda step, saved: check_saved(run, saved, data_iter is not None),
+      check_restored=check_restored)
+  if step is None:
     return 0
-  restore_step(run, mgr, latest, data_iter)
-  logging.info("Resumed from step %d in %s.", latest, run.workdir)
-  return latest
+  run.frozen = dict(run.frozen, **{objective_base.MODEL: model_frozen})
+  logging.info("Resumed from step %d in %s.", step, run.workdir)
+  return step
 
 
 def restore_for_eval(run: Run, mgr) -> None:

@@ -10,7 +10,9 @@
    then score it on held-out images and write the results table (sr_jax.report).
 
 Each stage leaves its results in its own directory, so re-running the same command resumes
-where it stopped; a finished run only re-evaluates. The base stage's config is derived from the
+where it stopped; a finished run only re-evaluates. Before any work the whole config is
+checked (sr_jax.config_check: ranges, the LoRA plan against the architecture, every image),
+and the workdir is locked for the job (sr_jax.workdir_lock: a second run on it is refused). The base stage's config is derived from the
 job's (`base_config`), with the objective's own adjustments (e.g. a GAN's base is its
 PSNR-oriented L1 stage).
 """
@@ -25,8 +27,8 @@ import ml_collections
 from absl import logging
 from clu import metric_writers
 
-from sr_jax import checkpoint, loop, objectives, paths, report, resume
-from sr_jax import run_setup
+from sr_jax import checkpoint, config_check, loop, objectives, paths, report, resume
+from sr_jax import run_setup, workdir_lock
 from sr_jax.models import registry
 
 PyTree = Any
@@ -105,9 +107,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.mode not in MODES:
     raise ValueError(f"Unknown config.mode {config.mode!r}; use one of {MODES}.")
   objectives.get(config.objective)  # An unknown objective fails before any work.
+  config_check.validate_all(config)  # Ranges, the LoRA plan and every image, before any work.
   workdir = paths.absolute(workdir)
-  base = base_stage(config, workdir)
-  return run_stage(config, workdir, base)
+  with workdir_lock.hold(workdir, jax.process_index()):  # One run per workdir.
+    base = base_stage(config, workdir)
+    return run_stage(config, workdir, base)
 
 
 def scalar_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:

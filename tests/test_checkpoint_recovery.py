@@ -1,7 +1,6 @@
 """A damaged latest checkpoint falls back to the newest intact step; nothing is deleted."""
 
 import glob
-import json
 import os
 import shutil
 

@@ -95,7 +95,7 @@ def test_conditional_and_joint_rules():
                                                      "data.degradation.scale=4"):
     config_check.validate(c)
   c = lora_nafnet.get_config("demo")
-  c.diffusion.enabled, c.diffusion.num_timesteps, c.diffusion.t_min = True, 100, 200
+  c.objective, c.diffusion.num_timesteps, c.diffusion.t_min = "diffusion", 100, 200
   with pytest.raises(config_check.ConfigError, match="t_min=200, t_max=0: need 1 <= t_min"):
     config_check.validate(c)
   c = lora_nafnet.get_config("demo")

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from sr_jax.data import degradations, kernels, op_ranges
+from sr_jax.data import choose_source, degradations, kernels, op_ranges
 from sr_jax.data import pipeline
 from sr_jax.data import sources
 
@@ -140,7 +140,7 @@ def test_missing_or_empty_directory_errors_name_it_and_the_extensions(tmp_path):
   with pytest.raises(ValueError, match=rf"{tmp_path.name}.*\.jpeg"):
     sources.list_image_files(tmp_path)
   with pytest.raises(ValueError, match="data.train_dir"):
-    sources.make_source(data_config(source="folder"), "train")
+    choose_source.make_source(data_config(source="folder"), "train")
 
 
 def test_small_images_skip_warns_and_error_raises(tmp_path):
@@ -148,13 +148,13 @@ def test_small_images_skip_warns_and_error_raises(tmp_path):
   write_png(tmp_path / "tiny.png", np.zeros((20, 40, 3), np.uint8))
   config = data_config(source="folder", train_dir=str(tmp_path), crop_size=24)
   with pytest.warns(UserWarning, match=r"tiny.png.*20x40"):
-    assert list(sources.make_source(config, "train").names) == ["big.png"]
+    assert list(choose_source.make_source(config, "train").names) == ["big.png"]
   config.small_images = "error"
   with pytest.raises(ValueError, match=r"tiny.png.*20x40.*crop_size=24"):
-    sources.make_source(config, "train")
+    choose_source.make_source(config, "train")
   config.small_images, config.crop_size = "skip", 64
   with pytest.raises(ValueError, match="No training image"), pytest.warns(UserWarning):
-    sources.make_source(config, "train")
+    choose_source.make_source(config, "train")
 
 
 def test_image_source_is_random_access_and_read_only():
@@ -348,7 +348,7 @@ def test_processes_read_disjoint_records_that_interleave_to_the_global_stream(im
     def random_map(self, element, rng):
       return element["index"]
 
-  source = sources.make_source(config, "train")
+  source = choose_source.make_source(config, "train")
   records = [list(pipeline.sharded_stream(source, Index(), seed=0, process_index=p,
                                           process_count=2)[:3]) for p in range(2)]
   assert not set(records[0]) & set(records[1])

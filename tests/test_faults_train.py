@@ -1,9 +1,6 @@
-"""The fault-tolerance pieces inside the real training loop (micro NAFNet, a few steps).
-
-Each test is marked xfail(strict=True) until sr_jax/train.py wires the piece it exercises
-(the reason says which call); once wired, the strict marker turns the pass into a failure,
-so the marker is removed together with the wiring.
-"""
+"""The fault-tolerance pieces inside the real training loop (micro NAFNet, a few steps): the
+divergence guard, the fallback past a damaged checkpoint, the checks before any work, and the
+workdir lock."""
 
 import glob
 import os
@@ -18,11 +15,6 @@ from tests.test_train import micro_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def wired(call):
-  return pytest.mark.xfail(strict=True, reason=f"until sr_jax/train.py calls {call}")
-
-
-@wired("guards.check_config_state before checkpoint.save")
 def test_a_diverged_state_is_never_saved_and_a_sane_rerun_finishes(tmp_path):
   """lr 1e10 used to save step 1 with |w| = 1e10, which every re-run resumed and failed on."""
   blowup = {"optimizer.learning_rate": 1e10, "optimizer.schedule": "constant",
@@ -35,7 +27,6 @@ def test_a_diverged_state_is_never_saved_and_a_sane_rerun_finishes(tmp_path):
   assert rows["trained"]["psnr"] > 10
 
 
-@wired("checkpoint.restore_latest_intact in restore_or_start")
 def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_step(tmp_path, caplog):
   train.train_and_evaluate(micro_config(num_steps=4), str(tmp_path))
   latest = tmp_path / "checkpoints" / "4"
@@ -48,7 +39,6 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_step(tmp_path,
   assert checkpoint.manager(str(tmp_path)).all_steps() == [2, 4]  # Step 4 trained again.
 
 
-@wired("config_check.validate_all at the start of train_and_evaluate")
 def test_bad_numbers_and_a_bad_lora_rank_stop_before_any_work(tmp_path):
   with pytest.raises(config_check.ConfigError, match=r"config.num_steps=-5: must be an integer"):
     train.train_and_evaluate(micro_config(num_steps=-5), str(tmp_path / "a"))
@@ -59,7 +49,6 @@ def test_bad_numbers_and_a_bad_lora_rank_stop_before_any_work(tmp_path):
   assert not (tmp_path / "b" / "base").exists()  # No base was pre-trained first.
 
 
-@wired("workdir_lock.hold around the run")
 def test_a_run_on_a_workdir_another_process_holds_is_refused(tmp_path):
   holder = subprocess.Popen(
       [sys.executable, "-c", "import sys, time\nfrom sr_jax import workdir_lock\n"

@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from sr_jax import checkpoint, config_base, metrics
-from sr_jax.data import integrity, pipeline, sources
+from sr_jax import checkpoint, config_base, config_check, metrics
+from sr_jax.data import choose_source, integrity, pipeline, sources
 
 
 def write_image(path, seed=0, size=(40, 48), mode="RGB"):
@@ -71,17 +71,17 @@ def test_a_truncated_training_image_fails_before_training_naming_it(folders):
   c = folder_config(folders)
   with pytest.raises(ValueError, match=r"1 training image file\(s\) in .* are damaged: "
                                        rf"{bad}: .*data.skip_bad_images=True"):
-    integrity.check_images(c)
+    config_check.check_images(c)
   with pytest.raises(ValueError, match="img2.png"):  # The source itself refuses it too.
-    sources.make_source(c.data, "train")
+    choose_source.make_source(c.data, "train")
 
 
 def test_skip_bad_images_drops_each_with_a_warning(folders):
   truncate(folders / "train" / "img2.png")
   c = folder_config(folders, skip_bad_images=True)
   with pytest.warns(UserWarning, match=r"Skipping damaged training image .*img2.png"):
-    integrity.check_images(c)
-  source = sources.make_source(c.data, "train")
+    config_check.check_images(c)
+  source = choose_source.make_source(c.data, "train")
   assert source.names == ("img0.png", "img1.png", "img3.png")
   assert pipeline.train_record_count(c.data) == 3
   batch = next(iter(pipeline.make_train_dataset(c.data, seed=0, batch_size=2)))
@@ -96,10 +96,10 @@ def test_a_damaged_pair_is_dropped_or_named(folders):
   truncate(lq / "img1.png")
   c = folder_config(folders, source="paired", train_lq_dir=str(lq))
   with pytest.raises(ValueError, match=r"lq/img1.png"):
-    sources.make_source(c.data, "train")
+    choose_source.make_source(c.data, "train")
   c.data.skip_bad_images = True
   with pytest.warns(UserWarning, match="lq/img1.png"):
-    source = sources.make_source(c.data, "train")
+    source = choose_source.make_source(c.data, "train")
   assert source.names == ("img0.png", "img2.png", "img3.png")
 
 
@@ -109,12 +109,12 @@ def test_eval_images_are_decoded_in_full_before_training(folders):
   c = folder_config(folders, skip_bad_images=True)  # Never skips evaluation images.
   with pytest.raises(ValueError, match=rf"1 evaluation image file\(s\) in .* do not decode: "
                                        rf"{bad}"):
-    integrity.check_images(c)
+    config_check.check_images(c)
   c = folder_config(folders)
   c.data.eval_dir = str(folders / "train")
   c.eval.general_set = str(folders / "eval")  # The general set is checked as well.
   with pytest.raises(ValueError, match="img1.png"):
-    integrity.check_images(c)
+    config_check.check_images(c)
 
 
 def test_nested_folders_are_named_or_read_with_recursive(folders):
@@ -125,7 +125,7 @@ def test_nested_folders_are_named_or_read_with_recursive(folders):
                                        r"data.recursive=True"):
     files = sources.list_image_files(folders / "train")
   assert len(files) == 4
-  source = sources.make_source(folder_config(folders, recursive=True).data, "train")
+  source = choose_source.make_source(folder_config(folders, recursive=True).data, "train")
   assert source.names == ("img0.png", "img1.png", "img2.png", "img3.png",
                           "more/deeper/img0.png")
 

@@ -8,7 +8,7 @@ import pytest
 
 from configs import prod_nafnet
 from sr_jax import config_base
-from sr_jax.data import degradations, op_ranges, ops, pipeline, preview, sources
+from sr_jax.data import choose_source, degradations, op_ranges, ops, pipeline, preview, sources
 
 OPS5 = ("gaussian_blur", "motion_blur", "gaussian_noise", "jpeg", "rain")
 
@@ -87,7 +87,7 @@ def test_prod_pipeline_record_is_reproducible_from_seed_and_index():
   prod_nafnet.prod_degradation(config.degradation)
   config.crop_size = 32
   transform = pipeline.RandomCropPair(32, config.degradation)
-  source = sources.make_source(config, "train")
+  source = choose_source.make_source(config, "train")
   stream = pipeline.sharded_stream(source, transform, seed=11)
   again = pipeline.sharded_stream(source, transform, seed=11)
   # Random access to record 37 equals reading it after others: no hidden iteration state.
@@ -287,7 +287,7 @@ def test_preview_grid_shows_the_clean_crop_each_op_and_chains():
   tile_h = 128 + preview._LABEL_LINES * 12 + 4  # pylint: disable=protected-access
   rows = -(-(1 + len(OPS5) + 6) // columns)
   assert grid.dtype == np.uint8 and grid.shape == (rows * (tile_h + 4), columns * 132, 3)
-  clean = pipeline.center_crop(sources.make_source(config, "train")[0]["image"], 128)
+  clean = pipeline.center_crop(choose_source.make_source(config, "train")[0]["image"], 128)
   np.testing.assert_array_equal(grid[:128, :128], np.round(clean * 255).astype(np.uint8))
   assert not np.array_equal(grid[:128, 132:260], grid[:128, :128])
 

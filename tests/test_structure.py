@@ -30,7 +30,9 @@ def _imports(path: pathlib.Path, modules: dict[str, pathlib.Path]) -> set[str]:
     if isinstance(node, ast.Import):
       names = [alias.name for alias in node.names]
     elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-      names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+      # `from pkg import mod` imports the module; `from mod import name`, the module.
+      names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules
+               else node.module for alias in node.names]
     else:
       continue
     for name in names:

@@ -11,7 +11,8 @@ training and export. Before the first step:
   evaluation images  fully decoded (`decode_problem`); a bad one always fails, since silently
                      scoring fewer images would change the reported numbers.
 
-Results are cached per (path, size, mtime), so the sources built after `check_images` do not
+Results are cached per (path, size, mtime), so the sources built after the checks (run by
+sr_jax.config_check.check_images) do not
 read the files again. Also here: a warning for image sub-folders a non-recursive listing skips,
 and one for a training set that shrank since its checkpoint. numpy and Pillow only (this module
 runs in grain workers too).
@@ -149,34 +150,3 @@ def warn_if_fewer(saved_count: int | None, count: int, where: str) -> None:
                   f"fewer than the {saved_count} recorded at the checkpoint; resuming on the "
                   "smaller set (restore the missing files to continue the same stream).",
                   stacklevel=2)
-
-
-def _folders(data: Any, split: str) -> list[str]:
-  kind = data.source
-  if kind not in ("folder", "paired"):
-    return []
-  dirs = [getattr(data, f"{split}_dir")]
-  if kind == "paired":
-    dirs.append(getattr(data, f"{split}_lq_dir"))
-  return [d for d in dirs if d]
-
-
-def check_images(config: Any) -> None:
-  """Every image the run will read, checked up front (see module doc); no-op for embedded/tfds.
-
-  Training folders are checked for the task (data) and evaluation folders fully decoded,
-  including config.eval.general_set when it is a folder.
-  """
-  from sr_jax.data import sources  # pylint: disable=g-import-not-at-top  # It imports us.
-  data = config.data
-  recursive = bool(data.get("recursive", False))
-  skip = bool(data.get("skip_bad_images", False))
-  for directory in _folders(data, "train"):
-    files = sources.list_image_files(directory, recursive=recursive)
-    usable([[f] for f in files], skip, f"in {directory}")
-  eval_dirs = _folders(data, "eval")
-  general = config.eval.get("general_set", "")
-  if general and general != "embedded":
-    eval_dirs.append(general)
-  for directory in eval_dirs:
-    check_decodes(sources.list_image_files(directory, recursive=recursive), f"in {directory}")

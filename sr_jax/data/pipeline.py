@@ -2,7 +2,7 @@
 
 Training stream (one per process):
 
-  source (sources.make_source) -> seed(seed) -> shuffle -> repeat (infinite, reshuffled every epoch)
+  source (choose_source.make_source) -> seed(seed) -> shuffle -> repeat (infinite, reshuffled every epoch)
     -> random_map(RandomCropPair)            crop, degrade (or crop a stored pair), augment
     -> [process_index::process_count]        this process's share of the global stream
     -> batch(batch_size // process_count) -> to_iter_dataset -> mp_prefetch (num_workers > 0)
@@ -11,7 +11,7 @@ The random map runs on the *global* record index, before sharding: a sample is a
 of (seed, global index), and the per-process streams interleave back into exactly the stream a
 single process would read, so changing the number of hosts does not change what the model sees.
 
-Everything here is numpy (DESIGN.md decision 6): grain spawns workers that unpickle the
+Everything here is numpy (never JAX): grain spawns workers that unpickle the
 pipeline, so nothing may import JAX. Batches are dicts of float32 (N, H, W, 3) numpy arrays;
 the trainer moves them to devices in the main process.
 """
@@ -27,7 +27,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from sr_jax.data import degradations
+from sr_jax.data import choose_source, degradations
 from sr_jax.data import sources
 
 # Threads and buffered batches per process (each grain worker has its own). Batches are large
@@ -201,7 +201,7 @@ def make_train_dataset(data_config: Any, *, seed: int, batch_size: int, process_
   degradation = data_config.degradation if degradation is None else degradation
   local_batch = per_process_batch_size(batch_size, process_count)
   transform = RandomCropPair(data_config.crop_size, degradation, data_config.augment)
-  source = sources.make_source(data_config, "train", transform.degradation.effective_scale)
+  source = choose_source.make_source(data_config, "train", transform.degradation.effective_scale)
   ds = sharded_stream(source, transform, seed=seed, process_index=process_index,
                       process_count=process_count)
   ds = ds.batch(local_batch, drop_remainder=True)
@@ -218,7 +218,7 @@ def train_record_count(data_config: Any, degradation: Any = None) -> int:
   """How many records the training source holds (after dropped images): saved with a
   checkpoint so a resume can warn when files went missing (integrity.warn_if_fewer)."""
   spec = degradations.as_spec(data_config.degradation if degradation is None else degradation)
-  return len(sources.make_source(data_config, "train", spec.effective_scale))
+  return len(choose_source.make_source(data_config, "train", spec.effective_scale))
 
 
 def center_crop(image: np.ndarray, max_size: int, max_width: int | None = None,
@@ -247,7 +247,7 @@ def make_eval_set(data_config: Any, *, seed: int, degradation: Any = None) -> li
   """
   spec = degradations.as_spec(data_config.degradation if degradation is None else degradation)
   scale = spec.effective_scale
-  source = sources.make_source(data_config, "eval", scale)
+  source = choose_source.make_source(data_config, "eval", scale)
   examples = []
   for index in range(len(source)):
     record = source[index]

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from sr_jax.data import degradations, pipeline, sources
+from sr_jax.data import choose_source, degradations, pipeline
 
 _MIN_TILE = 128  # Small training crops are enlarged for display.
 _LABEL_LINES = 3
@@ -80,7 +80,7 @@ def degradation_grid(data_config: Any, *, seed: int = 0, degradation: Any = None
   """The preview grid (uint8 HWC) for a `data` config; see the module docstring."""
   spec = degradations.as_spec(data_config.degradation if degradation is None else degradation)
   scale = spec.effective_scale
-  source = sources.make_source(data_config, "train", scale)
+  source = choose_source.make_source(data_config, "train", scale)
   size = data_config.crop_size
   display = max(size, _MIN_TILE)
   record = source[0]

@@ -1,11 +1,13 @@
 """Where training and evaluation images come from (`data.source`), as grain sources.
 
-  'embedded'  photographs that ship inside the scikit-image wheel (no network, no download;
-              REFERENCE.md section 11), split once and for all into EMBEDDED_TRAIN and
+  'embedded'  photographs that ship inside the scikit-image wheel (no network, no download),
+              split once and for all into EMBEDDED_TRAIN and
               EMBEDDED_EVAL so every run evaluates on the same held-out images; held in memory
   'folder'    clean images in a folder, decoded lazily per record (FolderSource)
   'paired'    degraded inputs and targets in two folders, matched by file name
   'tfds'      a prepared TFDS dataset read through tfds.data_source (sr_jax/data/tfds_source.py)
+
+sr_jax.data.choose_source picks one of these for `data.source` and a split.
 
 A record is {'image': the clean / target image, 'index'} plus 'lq' for paired data. Every
 image is float32 HWC RGB in [0, 1]: grayscale is repeated to 3 channels and alpha dropped, with
@@ -373,75 +375,3 @@ class PairedFolderSource:
 
   def __repr__(self) -> str:
     return f"PairedFolderSource({len(self)} pairs, scale {self.scale})"
-
-
-def make_source(data_config: Any, split: str, scale: int = 1) -> Any:
-  """The grain source of `split` ('train' or 'eval') for `data.source`.
-
-  Training sources drop images smaller than data.crop_size (data.small_images); evaluation
-  sources keep every image; data.num_train_images > 0 keeps only the first N training images
-  (the few-shot setting). `scale` is the LR:HR ratio of paired data (degradation.scale).
-  """
-  source = _make_source(data_config, split, scale)
-  limit = data_config.num_train_images
-  if split == "train" and 0 < limit < len(source):
-    source = FirstRecords(source, limit)
-  return source
-
-
-class FirstRecords:
-  """The first `count` records of a source: few-shot fine-tuning on N images."""
-
-  def __init__(self, source: Any, count: int):
-    self.source, self.count = source, int(count)
-    self.names = tuple(source.names[i] for i in range(self.count))
-
-  def __len__(self) -> int:
-    return self.count
-
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    if not 0 <= index < self.count:
-      raise IndexError(f"Record {index} of {self.count}.")
-    return self.source[index]
-
-  def __repr__(self) -> str:
-    return f"FirstRecords({self.count} of {self.source!r})"
-
-
-def _make_source(data_config: Any, split: str, scale: int) -> Any:
-  if split not in ("train", "eval"):
-    raise ValueError(f"Unknown split {split!r}; valid splits: ['train', 'eval'].")
-  kind, train = data_config.source, split == "train"
-  crop = data_config.crop_size if train else 0
-  if kind == "embedded":
-    return ImageSource(load_images(data_config, split))
-  if kind == "tfds":
-    from sr_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
-    if not data_config.tfds_name:
-      raise ValueError("data.source='tfds' needs data.tfds_name (e.g. 'div2k/bicubic_x4').")
-    return tfds_source.load_tfds_source(
-        data_config.tfds_name,
-        data_config.tfds_train_split if train else data_config.tfds_eval_split,
-        data_config.tfds_data_dir, data_config.tfds_hr_key, data_config.tfds_lr_key)
-  if kind not in ("folder", "paired"):
-    raise ValueError(f"Unknown data.source {kind!r}; valid: "
-                     "['embedded', 'folder', 'paired', 'tfds'].")
-  gt_dir = _required_dir(data_config, f"{split}_dir", kind)
-  recursive = bool(data_config.get("recursive", False))
-  skip_bad = bool(data_config.get("skip_bad_images", False))
-  if kind == "folder":
-    if train:
-      return FolderSource.for_training(gt_dir, crop, data_config.small_images, skip_bad,
-                                       recursive)
-    return FolderSource(list_image_files(gt_dir, recursive), gt_dir if recursive else None)
-  lq_dir = _required_dir(data_config, f"{split}_lq_dir", kind)
-  return PairedFolderSource(lq_dir, gt_dir, scale, crop, data_config.small_images,
-                            skip_bad if train else None, recursive)
-
-
-def _required_dir(data_config: Any, key: str, kind: str) -> str:
-  directory = getattr(data_config, key)
-  if not directory:
-    raise ValueError(f"data.source={kind!r} needs data.{key} "
-                     f"(e.g. --config.data.{key}=/path/to/images).")
-  return directory
