@@ -224,6 +224,11 @@ def base_config() -> ml_collections.ConfigDict:
       # A JSON LoRA plan ({'ranks': {path: r}, 'alphas': {path: a}}), e.g. a CoLoRA allocation;
       # when set it replaces targets / rank / alpha / rank_overrides.
       plan_file="",
+      # How training computes adapted layers (sr_jax/lora_branch.py): 'unmerged' (the frozen
+      # kernel a constant plus the low-rank branch: no weight gradient of the frozen kernel),
+      # 'merged' (W + scale * A @ B, differentiated whole), or 'auto' (per layer, whichever
+      # costs fewer multiply-adds). Inference and exports always merge.
+      formulation="auto",
   ))
 
   # CoLoRA (sr_jax/colora.py, sr_jax/colora_job.py): base -> probe fine-tune -> FAIG ->

@@ -164,8 +164,12 @@ def degradation_problems(config: ConfigDict) -> list[str]:
 
 def joint_problems(config: ConfigDict) -> list[str]:
   """Rules tying keys together (each message names every key involved)."""
+  from sr_jax import lora_branch  # pylint: disable=g-import-not-at-top
   from sr_jax.data import degradations  # pylint: disable=g-import-not-at-top
   problems = []
+  if config.lora.formulation not in lora_branch.FORMULATIONS:
+    problems.append(f"config.lora.formulation={config.lora.formulation!r}: must be one of "
+                    f"{lora_branch.FORMULATIONS}")
   d = config.diffusion
   if config.objective == "diffusion":
     last = d.t_max or d.num_timesteps

@@ -73,6 +73,12 @@ class LoraPlan:
   def paths(self) -> tuple[str, ...]:
     return tuple(p for p, _ in self.ranks)
 
+  def without(self, paths) -> "LoraPlan":
+    """The plan without the kernels in `paths`."""
+    drop = frozenset(paths)
+    return LoraPlan(tuple(x for x in self.ranks if x[0] not in drop),
+                    tuple(x for x in self.alphas if x[0] not in drop))
+
   def to_json(self) -> dict[str, Any]:
     return {"ranks": dict(self.ranks), "alphas": dict(self.alphas)}
 

@@ -8,8 +8,8 @@ steps outside that range, and the SR scale (`sampling_record`; exports store it 
 
 - The condition is the LR input upscaled to the HR size with MATLAB's bicubic (the resize that
   made the LR images), written as two matrix products so it jits, mapped to [-1, 1].
-- `denoise` runs the UNet on {'base', 'lora'} parameters (adapters merged into their kernels)
-  and returns its noise estimate.
+- `denoise` runs the UNet on {'base', 'lora'} parameters (adapters merged into their kernels,
+  or for training some of them as unmerged branches) and returns its noise estimate.
 - With split sampling (a fine-tune restricted to timesteps [t_min, t_max] whose record says
   the base samples outside it), steps inside the range use the tuned parameters and the others
   the untouched base, passed as the parameters' 'reference' entry.
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sr_jax import lora
+from sr_jax import lora, lora_branch
 from sr_jax.data import resize
 from sr_jax.diffusion import samplers
 from sr_jax.diffusion import schedule as schedule_lib
@@ -115,13 +115,15 @@ class SR3:
 
   def denoise(self, params: PyTree, condition: jax.Array, y_t: jax.Array,
               noise_level: jax.Array, t: jax.Array | None = None, *,
-              dropout_rng: jax.Array | None = None) -> jax.Array:
-    """The predicted noise for {'base', 'lora'} `params`; dropout when given an rng."""
+              dropout_rng: jax.Array | None = None,
+              unmerged: frozenset[str] = frozenset()) -> jax.Array:
+    """The predicted noise for {'base', 'lora'} `params`; dropout when given an rng. Adapters
+    are merged into their kernels except those in `unmerged` (training: sr_jax.lora_branch)."""
     del t  # The UNet is conditioned on the continuous noise level only.
-    merged = lora.merge(params["base"], params.get("lora", {}), self.plan)
     rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
-    return self.model.apply({"params": merged}, condition, y_t, noise_level,
-                            deterministic=dropout_rng is None, rngs=rngs)
+    return lora_branch.apply_model(self.model, params, self.plan, condition, y_t, noise_level,
+                                   unmerged=unmerged, deterministic=dropout_rng is None,
+                                   rngs=rngs)
 
   def sampling_denoiser(self, params: PyTree, condition: jax.Array, y_t: jax.Array,
                         noise_level: jax.Array, t: jax.Array) -> jax.Array:

@@ -60,7 +60,7 @@ def resolve_impl(impl: str) -> str:
   return impl
 
 
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+def pair(value: int | Sequence[int]) -> tuple[int, int]:
   """Normalises an int or a 2-sequence to a pair of ints."""
   if isinstance(value, int):
     return (value, value)
@@ -76,7 +76,7 @@ def _padding(padding: str | int | Sequence[int]) -> str | list[tuple[int, int]]:
     if padding.upper() not in ('SAME', 'VALID'):
       raise ValueError(f'Unknown padding {padding!r}.')
     return padding.upper()
-  ph, pw = _pair(padding)
+  ph, pw = pair(padding)
   return [(ph, ph), (pw, pw)]
 
 
@@ -125,19 +125,23 @@ class Conv1x1(nn.Module):
   kernel_init: Initializer = torch_kernel_init
   bias_init: Initializer | None = None
 
+  def apply_kernel(self, x: Array, kernel: Array) -> Array:
+    """The layer's linear map with `kernel` (1, 1, cin, cout) in its place: no bias, no params.
+
+    Also what LoRA's unmerged branch uses to run a low-rank factor as this layer would.
+    """
+    x, kernel = jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype)
+    if resolve_impl(self.impl) == 'shifted':
+      return pixel_matmul(x, kernel[0, 0], self.precision)
+    return lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', dimension_numbers=_DIMS,
+                                    precision=self.precision)
+
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """Applies the conv to `x` of shape (N, H, W, cin)."""
     cin = x.shape[-1]
     kernel, bias = _conv_params(self, (1, 1, cin, self.features), self.use_bias, cin)
-    x = jnp.asarray(x, self.dtype)
-    kernel = jnp.asarray(kernel, self.dtype)
-    if resolve_impl(self.impl) == 'shifted':
-      y = pixel_matmul(x, kernel[0, 0], self.precision)
-    else:
-      y = lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', dimension_numbers=_DIMS,
-                                   precision=self.precision)
-    return _add_bias(y, bias, self.dtype)
+    return _add_bias(self.apply_kernel(x, kernel), bias, self.dtype)
 
 
 _PAD1 = ((0, 0), (1, 1), (1, 1), (0, 0))
@@ -265,23 +269,25 @@ class Conv(nn.Module):
     """True when the conv tiles the input with non-overlapping, unpadded patches."""
     padding = _padding(self.padding)
     unpadded = padding == 'VALID' or padding == [(0, 0), (0, 0)]
-    return unpadded and _pair(self.kernel_size) == _pair(self.strides)
+    return unpadded and pair(self.kernel_size) == pair(self.strides)
+
+  def apply_kernel(self, x: Array, kernel: Array) -> Array:
+    """The layer's convolution (strides, padding, formulation) with `kernel` (kh, kw, cin, c)
+    in its place, for any c: no bias, no params. Also LoRA's unmerged branch."""
+    x, kernel = jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype)
+    if resolve_impl(self.impl) == 'shifted' and self._is_patchify():
+      return space_to_depth_conv(x, kernel, self.precision)
+    return lax.conv_general_dilated(x, kernel, pair(self.strides), _padding(self.padding),
+                                    dimension_numbers=_DIMS, precision=self.precision)
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """Applies the conv to `x` of shape (N, H, W, cin)."""
-    kh, kw = _pair(self.kernel_size)
+    kh, kw = pair(self.kernel_size)
     cin = x.shape[-1]
     kernel, bias = _conv_params(self, (kh, kw, cin, self.features), self.use_bias,
                                 kh * kw * cin)
-    x = jnp.asarray(x, self.dtype)
-    kernel = jnp.asarray(kernel, self.dtype)
-    if resolve_impl(self.impl) == 'shifted' and self._is_patchify():
-      y = space_to_depth_conv(x, kernel, self.precision)
-    else:
-      y = lax.conv_general_dilated(x, kernel, _pair(self.strides), _padding(self.padding),
-                                   dimension_numbers=_DIMS, precision=self.precision)
-    return _add_bias(y, bias, self.dtype)
+    return _add_bias(self.apply_kernel(x, kernel), bias, self.dtype)
 
 
 class LayerNorm2d(nn.Module):

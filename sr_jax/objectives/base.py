@@ -33,7 +33,7 @@ import jax
 import ml_collections
 import optax
 
-from sr_jax import lora
+from sr_jax import lora, lora_branch
 from sr_jax.models import registry
 
 PyTree = Any
@@ -73,6 +73,8 @@ class BuildContext:
   base: PyTree  # The full base tree the run starts from.
   labels: PyTree  # 'trainable' / 'frozen' for every leaf of {'base', 'lora'}.
   seed: int
+  # Adapted kernels trained unmerged (sr_jax.lora_branch): the frozen kernel stays a constant.
+  unmerged: frozenset[str] = frozenset()
 
 
 @dataclasses.dataclass
@@ -110,13 +112,21 @@ class ModelObjective:
   """One model (with its LoRA plan) and one optimizer: everything but `update`."""
 
   def __init__(self, model: nn.Module, tx: optax.GradientTransformation | None,
-               plan: lora.LoraPlan | None, schedule: optax.Schedule | None = None):
+               plan: lora.LoraPlan | None, schedule: optax.Schedule | None = None,
+               unmerged: frozenset[str] = frozenset()):
     self.model, self.tx, self.plan, self.schedule = model, tx, plan, schedule
+    self.unmerged = unmerged
 
   def forward(self, params: PyTree, *inputs: Any, **kwargs: Any) -> jax.Array:
-    """The model on {'base', 'lora'} `params`, adapters merged into their kernels."""
-    merged = lora.merge(params["base"], params.get("lora", {}), self.plan)
-    return self.model.apply({"params": merged}, *inputs, **kwargs)
+    """The model on {'base', 'lora'} `params`, adapters merged into their kernels (inference:
+    no overhead)."""
+    return lora_branch.apply_model(self.model, params, self.plan, *inputs, **kwargs)
+
+  def train_forward(self, params: PyTree, *inputs: Any, **kwargs: Any) -> jax.Array:
+    """The model as the training step differentiates it: the kernels in `self.unmerged` run
+    as frozen constants plus their low-rank branches, the others merged (lora_branch)."""
+    return lora_branch.apply_model(self.model, params, self.plan, *inputs,
+                                   unmerged=self.unmerged, **kwargs)
 
   def apply(self, params: PyTree, lq: jax.Array) -> jax.Array:
     return self.forward(params, lq)
@@ -130,7 +140,7 @@ class ModelObjective:
   def without_adapters(self) -> "ModelObjective":
     """This objective without its LoRA plan: `apply` then runs {'base': ...} alone."""
     plain = copy.copy(self)
-    plain.plan = None
+    plain.plan, plain.unmerged = None, frozenset()
     return plain
 
   def arm_label(self, default: str) -> str:

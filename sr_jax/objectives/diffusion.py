@@ -57,8 +57,8 @@ class DiffusionObjective(base.ModelObjective):
   """SR3: `model` (an SR3UNet) predicts the noise; see the module doc."""
 
   def __init__(self, model, tx, plan, diffusion: ml_collections.ConfigDict, scale: int,
-               schedule=None):
-    super().__init__(model, tx, plan, schedule)
+               schedule=None, unmerged: frozenset[str] = frozenset()):
+    super().__init__(model, tx, plan, schedule, unmerged)
     epsilon_loss(diffusion.loss, jnp.zeros(()), jnp.zeros(()))  # Validates the name early.
     self.diffusion = diffusion
     self.sr3 = sr3.SR3.from_record(model, sr3.sampling_record(diffusion, scale),
@@ -103,8 +103,10 @@ class DiffusionObjective(base.ModelObjective):
 
   def denoise(self, params: PyTree, condition: jax.Array, y_t: jax.Array,
               noise_level: jax.Array, t: jax.Array | None = None, *,
-              dropout_rng: jax.Array | None = None) -> jax.Array:
-    return self.sr3.denoise(params, condition, y_t, noise_level, t, dropout_rng=dropout_rng)
+              dropout_rng: jax.Array | None = None,
+              unmerged: frozenset[str] = frozenset()) -> jax.Array:
+    return self.sr3.denoise(params, condition, y_t, noise_level, t, dropout_rng=dropout_rng,
+                            unmerged=unmerged)
 
   def _sampling_denoiser(self, params: PyTree, condition, y_t, noise_level, t):
     return self.sr3.sampling_denoiser(params, condition, y_t, noise_level, t)
@@ -136,7 +138,7 @@ class DiffusionObjective(base.ModelObjective):
     def loss_fn(trainable):
       params = lora.combine(trainable, frozen[base.MODEL])
       eps_hat = self.denoise(params, condition, draw["y_t"], jnp.sqrt(draw["gamma"]),
-                             dropout_rng=k_dropout)
+                             dropout_rng=k_dropout, unmerged=self.unmerged)
       return epsilon_loss(self.diffusion.loss, eps_hat, draw["eps"])
 
     loss, grads = jax.value_and_grad(loss_fn)(state.trainable)
@@ -161,7 +163,7 @@ def build(context: base.BuildContext) -> base.Built:
   config, d = context.config, context.config.diffusion
   scale = int(config.data.degradation.scale)
   objective = DiffusionObjective(context.model, context.tx, context.plan, d, scale,
-                                 context.schedule)
+                                 context.schedule, context.unmerged)
   logging.info("SR3: %s schedule, T=%d, %s loss on epsilon, training timesteps [%d, %d]; "
                "evaluation samples with %s.", d.schedule, objective.noise.num_steps, d.loss,
                objective.sr3.t_min, objective.sr3.t_max, objective.sampler_label)

@@ -72,8 +72,9 @@ class GanObjective(base.ModelObjective):
   """
 
   def __init__(self, model, tx, plan, discriminator: nn.Module, d_tx, gan, perceptual=None,
-               loss_kind: str = "l1", schedule=None, d_schedule=None):
-    super().__init__(model, tx, plan, schedule)
+               loss_kind: str = "l1", schedule=None, d_schedule=None,
+               unmerged: frozenset[str] = frozenset()):
+    super().__init__(model, tx, plan, schedule, unmerged)
     self.discriminator, self.d_tx, self.d_schedule = discriminator, d_tx, d_schedule
     self.gan, self.perceptual, self.loss_kind = gan, perceptual, loss_kind
 
@@ -102,7 +103,7 @@ class GanObjective(base.ModelObjective):
   def generator_losses(self, trainable, state, frozen, batch):
     """(total, (generated images, {loss parts})) of the generator update."""
     gan, gt = self.gan, batch["gt"].astype(jnp.float32)
-    fake = self.apply(lora.combine(trainable, frozen[base.MODEL]), batch["lq"])
+    fake = self.train_forward(lora.combine(trainable, frozen[base.MODEL]), batch["lq"])
     fake32 = fake.astype(jnp.float32)
     parts = {"pixel_loss": pixel.pixel_loss(self.loss_kind, fake32, gt)}
     total = gan.pixel_weight * parts["pixel_loss"]
@@ -196,7 +197,7 @@ def build(context: base.BuildContext) -> base.Built:
   d_tx = step_lib.make_optimizer(g.d_optimizer, d_schedule)
   perceptual = perceptual_loss(g)
   objective = GanObjective(context.model, context.tx, context.plan, d_model, d_tx, g, perceptual,
-                           config.loss.kind, context.schedule, d_schedule)
+                           config.loss.kind, context.schedule, d_schedule, context.unmerged)
   state = init_state(context.trainable, context.tx, d_vars, d_tx, context.seed,
                      ema=g.ema_decay > 0)
   logging.info("Discriminator %s: %s parameters, trained fully.", g.discriminator,

@@ -53,14 +53,14 @@ class PixelObjective(base.ModelObjective):
   """One model, one optimizer, a pixel loss: the restoration (and PSNR-oriented SR) objective."""
 
   def __init__(self, model, tx, plan, loss_kind: str, charbonnier_eps: float = 1e-3,
-               schedule=None):
-    super().__init__(model, tx, plan, schedule)
+               schedule=None, unmerged: frozenset[str] = frozenset()):
+    super().__init__(model, tx, plan, schedule, unmerged)
     self.loss_kind, self.charbonnier_eps = loss_kind, charbonnier_eps
 
   def update(self, state, frozen, batch):
     """One optimizer step; gradients exist only for the trainable half of the tree."""
     def loss_fn(trainable):
-      pred = self.apply(lora.combine(trainable, frozen[base.MODEL]), batch["lq"])
+      pred = self.train_forward(lora.combine(trainable, frozen[base.MODEL]), batch["lq"])
       loss = pixel_loss(self.loss_kind, pred, batch["gt"], self.charbonnier_eps)
       return loss, pred
 
@@ -77,7 +77,7 @@ def build(context: base.BuildContext) -> base.Built:
   loss = context.config.loss
   pixel_loss(loss.kind, jnp.zeros(()), jnp.zeros(()))  # An unknown loss fails here, early.
   objective = PixelObjective(context.model, context.tx, context.plan, loss.kind,
-                             loss.charbonnier_eps, context.schedule)
+                             loss.charbonnier_eps, context.schedule, context.unmerged)
   return base.Built(objective, step.init_state(context.trainable, context.tx, context.seed))
 
 

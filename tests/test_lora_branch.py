@@ -1,0 +1,178 @@
+"""LoRA trained unmerged (sr_jax.lora_branch): the same function and gradients as the merged
+form for every layer kind and model, fewer FLOPs where the cost model says so, no state for
+frozen leaves, and adapters trained unmerged that export merged to the same outputs."""
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import lora_nafnet
+from sr_jax import checkpoint, lora, lora_branch, run_setup, sharding, train
+from sr_jax.models import layers, registry
+from sr_jax.tools import step_timing
+
+
+class EveryLayerKind(nn.Module):
+  """Each layer kind an adapter may sit on: 3x3 conv, strided patchify conv, 1x1 conv, a flax
+  grouped conv, a flax strided conv and a dense layer (the CPU formulation where there is one)."""
+  impl: str = "shifted"
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.gelu(layers.Conv(8, 3, padding=1, impl=self.impl, name="dense3x3")(x))
+    x = nn.gelu(layers.Conv(16, 2, strides=2, padding=0, impl=self.impl, name="patchify")(x))
+    x = nn.gelu(layers.Conv1x1(12, impl=self.impl, name="pointwise")(x))
+    x = nn.gelu(nn.Conv(12, (3, 3), feature_group_count=3, name="grouped")(x))
+    x = nn.gelu(nn.Conv(6, (3, 3), strides=(2, 2), padding="SAME", name="strided")(x))
+    return nn.Dense(5, name="dense")(x)
+
+
+def _random_adapters(base, plan, seed=1):
+  """Adapters with a nonzero B, so the branch contributes."""
+  adapters = lora.init_adapters(jax.random.PRNGKey(seed), base, plan)
+  leaves, treedef = jax.tree.flatten(adapters)
+  key = jax.random.PRNGKey(seed + 1)
+  return treedef.unflatten([v + 0.05 * jax.random.normal(jax.random.fold_in(key, i), v.shape)
+                            for i, v in enumerate(leaves)])
+
+
+def _loss_and_grads(model, params, plan, inputs, unmerged, extra=r".*/bias"):
+  """Loss and gradients with respect to the adapters and the biases (as a LoRA run trains)."""
+  labels = lora.labels(params, (extra,))
+  trainable, frozen = lora.split(params, labels)
+
+  def loss_fn(t):
+    out = lora_branch.apply_model(model, lora.combine(t, frozen), plan, *inputs,
+                                  unmerged=unmerged)
+    return jnp.mean(jnp.square(out))
+
+  return jax.jit(jax.value_and_grad(loss_fn))(trainable)
+
+
+def _assert_same_loss_and_grads(model, base, plan, inputs, rtol=2e-4):
+  params = {"base": base, "lora": _random_adapters(base, plan)}
+  everything = frozenset(plan.paths)
+  loss_m, grads_m = _loss_and_grads(model, params, plan, inputs, frozenset())
+  loss_u, grads_u = _loss_and_grads(model, params, plan, inputs, everything)
+  np.testing.assert_allclose(loss_u, loss_m, rtol=rtol)
+  flat_m, flat_u = lora.flatten(grads_m), lora.flatten(grads_u)
+  assert flat_m.keys() == flat_u.keys() and any(k.startswith("lora/") for k in flat_m)
+  for path, value in flat_m.items():
+    scale = float(np.max(np.abs(value))) or 1.0
+    np.testing.assert_allclose(flat_u[path], value, atol=rtol * scale, err_msg=path)
+
+
+@pytest.mark.parametrize("impl", ["shifted", "xla"])
+def test_every_layer_kind_unmerged_equals_merged(impl):
+  model = EveryLayerKind(impl=impl)
+  x = jnp.asarray(np.random.default_rng(0).random((2, 8, 8, 3)), jnp.float32)
+  base = model.init(jax.random.PRNGKey(0), x)["params"]
+  plan = lora.make_plan(base, targets=(r".*/kernel",), rank=2, alpha=3.0)
+  assert len(plan.paths) == 6
+  _assert_same_loss_and_grads(model, base, plan, (x,))
+
+
+MODELS = [("nafnet", "micro", 16), ("restormer", "micro", 16), ("rrdbnet", "micro", 8),
+          ("srresnet", "micro", 8), ("mesrgan", "micro", 8), ("sr3", "micro", 16)]
+
+
+@pytest.mark.parametrize("name,preset,size", MODELS, ids=[m[0] for m in MODELS])
+def test_every_model_unmerged_equals_merged(name, preset, size):
+  model = registry.build_preset(name, preset)
+  inputs = [jnp.asarray(np.random.default_rng(i).random(np.shape(v)), jnp.float32)
+            for i, v in enumerate(registry.example_inputs(model, size, batch=2))]
+  base = model.init(jax.random.PRNGKey(0), *inputs)["params"]
+  depthwise = registry.entry(name).depthwise_kernels
+  rank = 2 if name != "sr3" else 1
+  plan = lora.make_plan(base, targets=(r".*/kernel",), rank=rank, alpha=2.0, exclude=(depthwise,))
+  _assert_same_loss_and_grads(model, base, plan, inputs)
+
+
+def _compiled_flops(formulation):
+  c = lora_nafnet.get_config("demo")
+  c.model.preset, c.lora.enabled, c.lora.rank, c.lora.alpha = "tiny", True, 4, 4.0
+  c.lora.formulation, c.data.crop_size, c.batch_size, c.mesh.data = formulation, 64, 8, 1
+  run = run_setup.build_run(c, "/tmp/unused", None)
+  batch = sharding.global_batch(step_timing.random_batch(c), run.mesh)
+  compiled = run.train_step().lower(run.state, run.frozen, batch).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return cost["flops"], run, c
+
+
+def test_the_compiled_step_drops_the_unmerged_kernels_weight_gradients():
+  """FLOPs fall from merged to 'auto' by the weight gradients of the kernels run unmerged
+  (2 x pixels x kernel size each) less their branches' cost, as XLA counts them."""
+  merged, _, _ = _compiled_flops("merged")
+  auto, run, c = _compiled_flops("auto")
+  assert run.objective.unmerged  # The wide layers go unmerged...
+  assert len(run.objective.unmerged) < len(run.plan.paths)  # ...the narrowest stay merged.
+  model = registry.build_model(c.model)
+  base = run_setup.init_base(model, c.data.crop_size, jax.random.PRNGKey(0))
+  per_device = c.batch_size // run.mesh.size
+  costs = {x.path: x for x in lora_branch.layer_costs(
+      model, base, run.plan, jnp.zeros((per_device, 64, 64, 3)))}
+  weight_grads = sum(2 * costs[p].out_pixels * np.prod(costs[p].kernel)
+                     for p in run.objective.unmerged)
+  branches = sum(2 * costs[p].unmerged_macs for p in run.objective.unmerged)
+  assert merged - auto >= 0.85 * (weight_grads - branches), (merged, auto, weight_grads, branches)
+  assert merged - auto <= 1.1 * sum(2 * (costs[p].merged_macs - costs[p].unmerged_macs)
+                                    for p in run.objective.unmerged)
+
+
+def test_cost_model_sends_wide_layers_unmerged_and_narrow_ones_merged():
+  """Per output pixel: 3 r (kh kw cin + cout) against kh kw cin cout (the issue's example: a
+  1x1 conv 32 -> 32 at r = 8 is cheaper merged; 512 -> 1024 unmerged)."""
+  def cost(cin, cout, rank):
+    model = nn.Sequential([layers.Conv1x1(cout, name="c")])
+    x = jnp.zeros((1, 64, 64, cin))
+    base = model.init(jax.random.PRNGKey(0), x)["params"]
+    plan = lora.make_plan(base, targets=(r".*/kernel",), rank=rank, alpha=1.0)
+    (only,) = lora_branch.layer_costs(model, base, plan, x)
+    assert only.merged_macs == 64 * 64 * cin * cout + 3 * cin * rank * cout
+    assert only.unmerged_macs == 3 * 64 * 64 * rank * (cin + cout)
+    return only.cheaper
+
+  assert cost(32, 32, 8) == "merged"
+  assert cost(512, 1024, 8) == "unmerged"
+  with pytest.raises(ValueError, match="config.lora.formulation"):
+    lora_branch.unmerged_paths([], "fast")
+
+
+def test_unmerged_run_keeps_no_state_for_frozen_leaves_and_exports_merged(tmp_path):
+  """Two steps trained all-unmerged: optimizer moments only for adapters and tuned leaves, the
+  frozen kernels bit-identical, and the merged export computes what the adapters did."""
+  c = lora_nafnet.get_config("demo")
+  c.model.preset, c.data.crop_size, c.data.eval_max_size, c.batch_size = "micro", 32, 48, 8
+  c.base.num_steps, c.num_steps, c.log_every, c.checkpoint_every = 0, 2, 1, 2
+  c.lora.enabled, c.lora.rank, c.lora.alpha, c.lora.formulation = True, 2, 2.0, "unmerged"
+  c.num_image_summaries = 0
+  run = run_setup.build_run(c, str(tmp_path), None)
+  assert run.objective.unmerged == frozenset(run.plan.paths)
+  trainable = lora.count(run.state.trainable)
+  moments = sum(int(np.size(x)) for x in jax.tree.leaves(run.state.opt_state)
+                if jnp.issubdtype(x.dtype, jnp.floating))
+  assert moments == 2 * trainable  # Adam's two moments, for trainable leaves only.
+  train.train_and_evaluate(c, str(tmp_path))
+  export, _ = checkpoint.load_params(os.path.join(tmp_path, "export", "params"))
+  adapters, tuned, meta = checkpoint.load_adapters(os.path.join(tmp_path, "export", "adapters"))
+  plan = lora.LoraPlan.from_json(meta["lora_plan"])
+  init = run_setup.init_base(registry.build_model(c.model), 32, jax.random.PRNGKey(c.seed))
+  flat_init, flat_tuned = lora.flatten(init), lora.flatten(tuned)
+  for path in plan.paths:
+    assert path not in flat_tuned
+    # The merged export is the untouched kernel plus its adapter's delta.
+    assert not np.allclose(lora.flatten(export)[path], flat_init[path])
+  base = lora.unflatten(dict(flat_init, **flat_tuned))
+  model = registry.build_model(c.model)
+  x = jnp.asarray(np.random.default_rng(5).random((2, 32, 32, 3)), jnp.float32)
+  expected = lora_branch.apply_model(model, {"base": base, "lora": adapters}, plan, x,
+                                     unmerged=frozenset(plan.paths))
+  np.testing.assert_allclose(model.apply({"params": export}, x), expected, atol=2e-5)
+  assert json.loads((tmp_path / "export" / "adapters" / "meta.json").read_text())["lora_plan"]
