@@ -17,9 +17,10 @@ to the window size (and training) are unchanged.
 Where the windows go:
 
   NAFNet     `local_mean`: the mean over the window centred on each position (the valid sliding
-             positions, replicate-padded back to the map's size, as TLC does), computed with
-             cumulative sums in O(1) per value whatever the window. Translation-equivariant
-             away from the image border.
+             positions, replicate-padded back to the map's size, as TLC does), separably along
+             each axis with window sums built by doubling (O(log window) per value; TLC uses a
+             summed-area table, which computes the same means). Translation-equivariant away
+             from the image border.
   Restormer  `local_channel_attention`: the map is covered by a grid of windows (as few as
              cover it, evenly spaced, the first and last at the borders, as TLC's grids); each
              window runs the transposed attention on its own pixels, and a pixel covered by
@@ -58,18 +59,37 @@ def covers(window: int, height: int, width: int) -> bool:
   return window <= 0 or (window >= height and window >= width)
 
 
+def _window_sums(x: Array, window: int, axis: int) -> Array:
+  """Sums of `window` consecutive values along `axis` (the n - window + 1 valid positions).
+
+  Built by doubling: sums over 2, 4, 8, ... values, each from two shifted halves, then the
+  powers of two in `window`'s binary expansion added side by side; about 2 log2(window)
+  shifted adds per value. (A cumulative sum would need one pass, but XLA lowers cumsum to a
+  reduce_window over the whole axis, quadratic in its length on CPU and GPU; and differences of
+  large running sums lose float32 precision that sums over windows keep.)
+  """
+  n = x.shape[axis]
+  count = n - window + 1
+  part = lambda t, start: jax.lax.slice_in_dim(t, start, start + count, axis=axis)
+  total, offset, power, width = None, 0, x, 1  # power[i] = x[i:i + width].sum().
+  while True:
+    if window & width:
+      total = part(power, offset) if total is None else total + part(power, offset)
+      offset += width
+    if 2 * width > window:
+      return total
+    length = power.shape[axis]
+    power = (jax.lax.slice_in_dim(power, 0, length - width, axis=axis)
+             + jax.lax.slice_in_dim(power, width, length, axis=axis))
+    width *= 2
+
+
 def _sliding_mean(x: Array, window: int, axis: int) -> Array:
   """Mean over `window` consecutive values along `axis`, replicate-padded back to its length;
   a window of the whole length gives the plain mean (length 1 along the axis)."""
-  n = x.shape[axis]
-  if window >= n:
+  if window >= x.shape[axis]:
     return jnp.mean(x, axis=axis, keepdims=True)
-  sums = jnp.cumsum(x, axis=axis)
-  zero = jnp.zeros_like(jax.lax.slice_in_dim(sums, 0, 1, axis=axis))
-  sums = jnp.concatenate([zero, sums], axis=axis)  # sums[i] = x[:i].sum().
-  upper = jax.lax.slice_in_dim(sums, window, n + 1, axis=axis)
-  lower = jax.lax.slice_in_dim(sums, 0, n + 1 - window, axis=axis)
-  mean = (upper - lower) / window  # Position i: x[i:i + window].mean(), n - window + 1 of them.
+  mean = _window_sums(x, window, axis) / window  # Position i: x[i:i + window].mean().
   pad = [(0, 0)] * x.ndim
   pad[axis] = ((window - 1) // 2, window // 2)
   return jnp.pad(mean, pad, mode='edge')
