@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sr_jax.models import tlc
+from sr_jax.models import tlc, tlc_attention
 from sr_jax.models.layers import (Conv, Conv1x1, DepthwiseConv3x3, LayerNorm2d, pixel_shuffle,
                                   pixel_unshuffle)
 
@@ -121,7 +121,7 @@ class Attention(nn.Module):
   """MDTA: multi-Dconv head transposed attention over channels (C/h x C/h per head).
 
   `window` > 0 gathers the attention statistics in local windows of that many pixels (TLC,
-  sr_jax.models.tlc.local_channel_attention); 0 uses the whole map, as trained.
+  sr_jax.models.tlc_attention); 0 uses the whole map, as trained.
   """
   num_heads: int
   bias: bool = False
@@ -141,8 +141,11 @@ class Attention(nn.Module):
     # Channel index = head * (C / h) + channel within the head, as the official rearrange.
     heads = lambda t: t.reshape(n, height, width, self.num_heads, c // self.num_heads)
     q, k, v = (heads(t) for t in jnp.split(qkv, 3, axis=-1))
-    attend = lambda q, k, v: transposed_attention(q, k, v, temperature, self.dtype)
-    out = tlc.local_channel_attention(attend, q, k, v, self.window)
+    if tlc.covers(self.window, height, width):
+      out = transposed_attention(q, k, v, temperature, self.dtype)
+    else:
+      out = tlc_attention.local_transposed_attention(q, k, v, temperature, self.window,
+                                                     self.dtype)
     return Conv1x1(c, name='project_out', **kw)(out.reshape(n, height, width, c))
 
 

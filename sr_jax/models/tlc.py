@@ -21,10 +21,11 @@ Where the windows go:
              each axis with window sums built by doubling (O(log window) per value; TLC uses a
              summed-area table, which computes the same means). Translation-equivariant away
              from the image border.
-  Restormer  `local_channel_attention`: the map is covered by a grid of windows (as few as
-             cover it, evenly spaced, the first and last at the borders, as TLC's grids); each
-             window runs the transposed attention on its own pixels, and a pixel covered by
-             several windows gets the average of their outputs.
+  Restormer  sr_jax.models.tlc_attention: the transposed attention's statistics (q k^T and the
+             norms of q and k) summed over windows laid on a grid of cells (an eighth of the
+             window), one attention matrix per window, and every pixel's matrix interpolated
+             bilinearly between the window centres around it: the sliding-window analogue of
+             the pooling above at 1/64 of the cost of one window per pixel.
 
 The models take the window as a field (`NAFNet.tlc_window`, `Restormer.tlc_window`; 0 = global,
 the training behaviour): it is not part of the parameter tree or the recorded architecture, so
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 Array = jax.Array
 
@@ -59,7 +59,7 @@ def covers(window: int, height: int, width: int) -> bool:
   return window <= 0 or (window >= height and window >= width)
 
 
-def _window_sums(x: Array, window: int, axis: int) -> Array:
+def window_sums(x: Array, window: int, axis: int) -> Array:
   """Sums of `window` consecutive values along `axis` (the n - window + 1 valid positions).
 
   Built by doubling: sums over 2, 4, 8, ... values, each from two shifted halves, then the
@@ -89,7 +89,7 @@ def _sliding_mean(x: Array, window: int, axis: int) -> Array:
   a window of the whole length gives the plain mean (length 1 along the axis)."""
   if window >= x.shape[axis]:
     return jnp.mean(x, axis=axis, keepdims=True)
-  mean = _window_sums(x, window, axis) / window  # Position i: x[i:i + window].mean().
+  mean = window_sums(x, window, axis) / window  # Position i: x[i:i + window].mean().
   pad = [(0, 0)] * x.ndim
   pad[axis] = ((window - 1) // 2, window // 2)
   return jnp.pad(mean, pad, mode='edge')
@@ -108,43 +108,3 @@ def local_mean(x: Array, window: int) -> Array:
   if covers(window, x.shape[1], x.shape[2]):
     return jnp.mean(x, axis=(1, 2), keepdims=True)
   return _sliding_mean(_sliding_mean(x, window, 1), window, 2)
-
-
-def grid_starts(length: int, window: int) -> np.ndarray:
-  """Starts of the fewest `window`-long windows covering `length`, evenly spaced from 0 to
-  length - window (one window at 0 when it covers the length)."""
-  if window >= length:
-    return np.zeros(1, np.int64)
-  count = -(-length // window)
-  return np.round(np.linspace(0, length - window, count)).astype(np.int64)
-
-
-def local_channel_attention(attend, q: Array, k: Array, v: Array, window: int) -> Array:
-  """Runs `attend(q, k, v)` (each (N, H, W, heads, c) -> output of v's shape) in TLC's grid of
-  windows (`grid_starts` along each side) and averages the outputs where windows overlap.
-
-  A window covering the map is one call on the whole map, i.e. the global attention.
-  """
-  n, height, width = q.shape[:3]
-  if covers(window, height, width):
-    return attend(q, k, v)
-  kh, kw = min(window, height), min(window, width)
-  rows = grid_starts(height, kh)[:, None] + np.arange(kh)  # (windows down, kh)
-  cols = grid_starts(width, kw)[:, None] + np.arange(kw)  # (windows across, kw)
-  nr, nc = len(rows), len(cols)
-
-  def windows(t: Array) -> Array:  # (N, H, W, ...) -> (N * nr * nc, kh, kw, ...)
-    t = t[:, rows][:, :, :, cols]  # (N, nr, kh, nc, kw, ...)
-    t = jnp.moveaxis(t, 3, 2)  # (N, nr, nc, kh, kw, ...)
-    return t.reshape((n * nr * nc, kh, kw) + t.shape[5:])
-
-  out = attend(windows(q), windows(k), windows(v)).astype(jnp.float32)
-  out = out.reshape((n, nr, nc, kh, kw) + out.shape[3:])
-  total = jnp.zeros((n, height, width) + out.shape[5:], jnp.float32)
-  total = total.at[:, rows[:, None, :, None], cols[None, :, None, :]].add(out)
-  counts = np.zeros((height, width), np.float32)
-  for r in rows:
-    for c in cols:
-      counts[r[0]:r[-1] + 1, c[0]:c[-1] + 1] += 1
-  counts = counts.reshape((1, height, width) + (1,) * (total.ndim - 3))
-  return (total / counts).astype(v.dtype)
