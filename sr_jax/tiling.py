@@ -87,7 +87,7 @@ class _Blender:
                scale: int):
     self.size, self.tile_hw = (height, width), tile_hw
     self.overlap, self.scale = overlap, scale
-    self.total, self.done = None, []
+    self.total, self.count = None, 0  # Tiles added so far.
     self.weights = np.zeros((height * scale, width * scale, 1), np.float64)
 
   def add(self, y: int, x: int, out: np.ndarray) -> None:
@@ -100,7 +100,7 @@ class _Blender:
     rows, cols = slice(y * s, (y + th) * s), slice(x * s, (x + tw) * s)
     self.total[rows, cols] += out * weight
     self.weights[rows, cols] += weight
-    self.done.append((y, x))
+    self.count += 1
 
   def result(self) -> np.ndarray:
     return (self.total / self.weights).astype(np.float32)
@@ -162,7 +162,7 @@ def tiled_apply(fn: ApplyFn, image: np.ndarray, *, tile: int, overlap: int, scal
     blender.add(y, x, out[(y - gy) * scale:(y - gy + th) * scale,
                           (x - gx) * scale:(x - gx + tw) * scale])
     if progress is not None:
-      progress(len(blender.done), len(starts))
+      progress(blender.count, len(starts))
 
   for y, x in starts:
     grown = _with_context(y, th, context, h) + _with_context(x, tw, context, w)
