@@ -11,9 +11,14 @@ a .png file (or an existing folder) for one image, a folder (created) for a fold
 same file names with .png. Outputs are clamped to [0, 1] and rounded to 8 bits exactly as the
 PSNR/SSIM protocol rounds them (sr_jax.metrics.to_uint8_grid), so metrics on the files equal
 metrics on the arrays. `--tile N` bounds memory for large images (see sr_jax.tiling: exact away
-from tile borders for models with a finite receptive field; NAFNet's channel attention pools
-over the whole input, so for NAFNet tiles change the result, less the larger they are: use the
-largest tile that fits). `--tile 0` runs whole images.
+from tile borders for models with a finite receptive field). `--tile 0` runs whole images; many
+tiles show a progress bar (log lines when stderr is not a terminal).
+
+NAFNet and Restormer gather statistics over their whole input; `--tlc auto` (the default) makes
+them local at test time (TLC, windows of 1.5x the training crop, sr_jax.tlc_inference) when the
+training crop size is known: from `--train_size`, else the checkpoint's meta.json. Tiles then
+also see `--context` pixels around them (-1: half the window), so they join without seams.
+`--tlc off` restores with the trained global statistics.
 
 SR3 diffusion checkpoints are sampled instead (whole images, no tiles): `--sampler ddim|ddpm`,
 `--steps` (0 = every step of the noise schedule), `--eta`, `--seed`. A run's export records its
@@ -42,6 +47,7 @@ from absl import logging
 from PIL import Image
 
 from sr_jax import adapters, checkpoint as checkpoint_lib, metrics, runtime, tiling
+from sr_jax import tlc_inference
 from sr_jax.data import sources
 from sr_jax.diffusion import samplers, sr3
 from sr_jax.models import registry
@@ -115,10 +121,12 @@ class DiffusionRestorer:
 class Restorer:
   """A model and its parameters with one jitted apply (compiled once per tile shape)."""
 
-  def __init__(self, model: nn.Module, params: PyTree, tile: int = 0, overlap: int = 0):
+  def __init__(self, model: nn.Module, params: PyTree, tile: int = 0, overlap: int = 0,
+               context: int = 0):
     self.model, self.params, self.tile, self.overlap = model, params, tile, overlap
-    self.multiple = downsampling(model)
-    tiling.check_tiling(tile, overlap, self.multiple)  # Flag errors before any image is read.
+    self.multiple, self.context = downsampling(model), context
+    # Flag errors before any image is read.
+    tiling.check_tiling(tile, overlap, self.multiple, context)
     self.channels = registry.facts(registry.name_of(model), model).in_channels
     if self.channels not in (1, 3):
       raise ValueError(f"The model takes {self.channels}-channel inputs (e.g. Restormer's "
@@ -136,7 +144,8 @@ class Restorer:
     if self.channels == 1 and image.shape[-1] == 3:
       image = (image @ np.asarray([0.299, 0.587, 0.114], np.float32))[..., None]
     return tiling.tiled_apply(self._fn, image, tile=self.tile, overlap=self.overlap,
-                              scale=self.scale, multiple=self.multiple)
+                              scale=self.scale, multiple=self.multiple, context=self.context,
+                              progress=tiling.TileProgress())
 
   def num_tiles(self, height: int, width: int) -> int:
     if self.tile <= 0 or (height <= self.tile and width <= self.tile):
@@ -256,7 +265,8 @@ def diffusion_restorer(checkpoint: str, adapter: str | None, *, dtype: str = "fl
 
 def run(checkpoint: str, adapter: str | None, input_path: str, output_path: str, *,
         tile: int = 0, overlap: int = 0, dtype: str = "float32", scale: int = 0,
-        sampling: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        sampling: dict[str, Any] | None = None, tlc: str = "auto", train_size: int = 0,
+        context: int = -1) -> list[dict[str, Any]]:
   """The whole CLI as a function: load, check, restore every input, write PNGs."""
   if is_diffusion(checkpoint):
     if tile:
@@ -266,7 +276,12 @@ def run(checkpoint: str, adapter: str | None, input_path: str, output_path: str,
                                   **(sampling or {}))
   else:
     model, params = load_model(checkpoint, adapter, dtype=dtype)
-    restorer = Restorer(model, params, tile, overlap)
+    local = tlc_inference.plan(
+        model, tlc, train_size or tlc_inference.train_size_of(checkpoint, adapter),
+        context=context, multiple=downsampling(model), name=checkpoint)
+    restorer = Restorer(tlc_inference.convert(model, local), params, tile, overlap,
+                        local.context)
+    logging.info("Large images: %s.", local.describe())
   pairs = plan_outputs(input_path, output_path)
   logging.info("Restoring %d image(s) with %s%s, %s.", len(pairs), checkpoint,
                f" + adapter {adapter}" if adapter else "",
@@ -286,7 +301,8 @@ def main(argv: Sequence[str]) -> None:
   try:
     run(args.checkpoint, args.adapter, args.input, args.output, tile=args.tile,
         overlap=args.overlap, dtype=args.dtype, scale=args.scale,
-        sampling=dict(sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed))
+        sampling=dict(sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed),
+        tlc=args.tlc, train_size=args.train_size, context=args.context)
   except (UsageError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -302,6 +318,11 @@ def _define_flags() -> None:
   flags.DEFINE_integer("tile", 0, "Tile size in input pixels; 0 = whole images.")
   flags.DEFINE_integer("overlap", 32, "Pixels shared by neighbouring tiles (< tile / 2).")
   flags.DEFINE_string("dtype", "float32", "Compute dtype: float32, bfloat16 or float16.")
+  flags.DEFINE_enum("tlc", "auto", tlc_inference.MODES, "NAFNet/Restormer: local statistics "
+                    "for large inputs (TLC); auto = on when the training crop size is known.")
+  flags.DEFINE_integer("train_size", 0, "Training crop size for TLC; 0 = from meta.json.")
+  flags.DEFINE_integer("context", -1, "Pixels each tile also sees around it; -1 = half the "
+                       "TLC window (0 without TLC).")
   flags.DEFINE_string("sampler", "ddim", "SR3 only: 'ddim' or 'ddpm'.")
   flags.DEFINE_integer("steps", 50, "SR3 only: sampling steps (0 = the whole noise schedule).")
   flags.DEFINE_float("eta", 0.0, "SR3 only: DDIM stochasticity (0 = deterministic).")

@@ -133,9 +133,10 @@ def export(run: Run) -> None:
   trainable = jax.device_get(sharding.gather(run.objective.eval_trainable(run.state), run.mesh))
   params = lora.combine(trainable, jax.device_get(sharding.gather(run.model_frozen, run.mesh)))
   merged = lora.merge(params["base"], params["lora"], run.plan)
-  # The objective's record travels with the export (e.g. what sr_jax.infer needs to sample SR3).
+  # The objective's record travels with the export (e.g. what sr_jax.infer needs to sample SR3),
+  # and the training crop size (sr_jax.infer sizes TLC's windows from it).
   export_meta = {"model": run.meta["model"], "job": run.config.job, "step": int(run.state.step),
-                 **run.objective_meta}
+                 "train_size": int(run.config.data.crop_size), **run.objective_meta}
   checkpoint.save_params(os.path.join(run.workdir, "export", "params"), merged, export_meta)
   if run.plan is not None:
     tuned_base = lora.flatten(trainable["base"])  # Drops the frozen (MaskedNode) positions.

@@ -10,14 +10,22 @@ For a model whose receptive field reaches r pixels, a tile's output is exact whe
 least r pixels from the tile's inner borders (along the image border the tile sees the same
 zero padding as the whole image), so the blended result equals the whole-image result away from
 tile borders. Models with global operations (NAFNet's simplified channel attention averages over
-the whole input) have no finite receptive field: their tiled output is an approximation.
+the whole input) have no finite receptive field: their tiled output is an approximation, unless
+they are made local (TLC, sr_jax.models.tlc) and each tile is given `context`: surrounding
+pixels the model sees but whose output is dropped (sr_jax.tlc_inference picks it).
+
+`TileProgress` reports tiles as they complete (a bar on a terminal, log lines otherwise).
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable
+from typing import TextIO
 
 import numpy as np
+from absl import logging
 
 ApplyFn = Callable[[np.ndarray], object]  # (1, h, w, C) -> (1, h*scale, w*scale, C').
 
@@ -29,12 +37,16 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
   return list(range(0, length - tile, tile - overlap)) + [length - tile]
 
 
-def check_tiling(tile: int, overlap: int, multiple: int = 1) -> None:
-  """Raises ValueError for a tile size or overlap tiled_apply cannot use (tile <= 0: no tiling)."""
+def check_tiling(tile: int, overlap: int, multiple: int = 1, context: int = 0) -> None:
+  """Raises ValueError for a tile size, overlap or context tiled_apply cannot use (tile <= 0:
+  no tiling)."""
   if multiple < 1:
     raise ValueError(f"multiple must be >= 1, got {multiple}.")
   if tile <= 0:
     return
+  if context < 0 or context % multiple:
+    raise ValueError(f"Tile context must be a non-negative multiple of {multiple}, got "
+                     f"{context}.")
   if tile % multiple:
     lower, upper = tile // multiple * multiple, -(-tile // multiple) * multiple
     raise ValueError(f"Tile size {tile} is not a multiple of {multiple}, which the model needs "
@@ -75,7 +87,7 @@ class _Blender:
                scale: int):
     self.size, self.tile_hw = (height, width), tile_hw
     self.overlap, self.scale = overlap, scale
-    self.total = None
+    self.total, self.count = None, 0  # Tiles added so far.
     self.weights = np.zeros((height * scale, width * scale, 1), np.float64)
 
   def add(self, y: int, x: int, out: np.ndarray) -> None:
@@ -88,13 +100,25 @@ class _Blender:
     rows, cols = slice(y * s, (y + th) * s), slice(x * s, (x + tw) * s)
     self.total[rows, cols] += out * weight
     self.weights[rows, cols] += weight
+    self.count += 1
 
   def result(self) -> np.ndarray:
     return (self.total / self.weights).astype(np.float32)
 
 
+def _with_context(start: int, size: int, context: int, length: int) -> tuple[int, int]:
+  """(start, size) of a tile grown by `context` on each side, shifted inward to stay inside
+  [0, length) (so all tiles keep one shape)."""
+  grown = min(size + 2 * context, length)
+  return min(max(start - context, 0), length - grown), grown
+
+
+ProgressFn = Callable[[int, int], None]  # (tiles done, tiles in all).
+
+
 def tiled_apply(fn: ApplyFn, image: np.ndarray, *, tile: int, overlap: int, scale: int = 1,
-                multiple: int = 1) -> np.ndarray:
+                multiple: int = 1, context: int = 0,
+                progress: ProgressFn | None = None) -> np.ndarray:
   """Applies `fn` to `image` (HWC float32) tile by tile and blends; see the module docstring.
 
   Args:
@@ -104,7 +128,13 @@ def tiled_apply(fn: ApplyFn, image: np.ndarray, *, tile: int, overlap: int, scal
     tile: tile size in input pixels; <= 0, or an image no larger than a tile, runs in one call.
     overlap: input pixels shared by neighbouring tiles, 0 <= overlap < tile / 2.
     scale: output pixels per input pixel (super-resolution factor).
-    multiple: tile sizes must be multiples of this (models that downsample need it).
+    multiple: tile sizes (and `context`) must be multiples of this (models that downsample
+      need it).
+    context: input pixels of surrounding image each tile also sees on every side (where the
+      image has them); only the tile's own part of the output is kept. A model whose output
+      depends on more than its immediate surroundings (TLC's local windows) then sees at a
+      tile's border what it sees there in the whole image.
+    progress: called with (tiles done, tiles in all) after each tile is blended.
 
   Returns:
     The (H*scale, W*scale, C') float32 output.
@@ -114,18 +144,62 @@ def tiled_apply(fn: ApplyFn, image: np.ndarray, *, tile: int, overlap: int, scal
     raise ValueError(f"tiled_apply needs an HWC image, got shape {image.shape}.")
   if scale < 1:
     raise ValueError(f"scale must be >= 1, got {scale}.")
-  check_tiling(tile, overlap, multiple)
+  check_tiling(tile, overlap, multiple, context)
   h, w = image.shape[:2]
   if tile <= 0 or (h <= tile and w <= tile):
-    return np.asarray(_output(fn(image[None]), image.shape, scale), np.float32)
+    out = np.asarray(_output(fn(image[None]), image.shape, scale), np.float32)
+    if progress is not None:
+      progress(1, 1)
+    return out
   th, tw = min(tile, h), min(tile, w)
   blender = _Blender(h, w, (th, tw), overlap, scale)
+  starts = [(y, x) for y in tile_starts(h, tile, overlap) for x in tile_starts(w, tile, overlap)]
   pending = None
-  for y in tile_starts(h, tile, overlap):
-    for x in tile_starts(w, tile, overlap):
-      result = fn(image[None, y:y + th, x:x + tw])  # Dispatched before the previous blends.
-      if pending is not None:
-        blender.add(pending[0], pending[1], _output(pending[2], (th, tw, image.shape[2]), scale))
-      pending = (y, x, result)
-  blender.add(pending[0], pending[1], _output(pending[2], (th, tw, image.shape[2]), scale))
+
+  def finish(y: int, x: int, grown: tuple[int, int, int, int], result: object) -> None:
+    gy, gh, gx, gw = grown
+    out = _output(result, (gh, gw, image.shape[2]), scale)
+    blender.add(y, x, out[(y - gy) * scale:(y - gy + th) * scale,
+                          (x - gx) * scale:(x - gx + tw) * scale])
+    if progress is not None:
+      progress(blender.count, len(starts))
+
+  for y, x in starts:
+    grown = _with_context(y, th, context, h) + _with_context(x, tw, context, w)
+    gy, gh, gx, gw = grown
+    result = fn(image[None, gy:gy + gh, gx:gx + gw])  # Dispatched before the previous blends.
+    if pending is not None:
+      finish(*pending)
+    pending = (y, x, grown, result)
+  finish(*pending)
   return blender.result()
+
+
+class TileProgress:
+  """A `progress` callable for tiled_apply: silent below `min_tiles` tiles; otherwise a
+  progress bar on `stream` when it is a terminal, else a log line about every tenth of the
+  tiles (tiles done / all, tiles per second, time left)."""
+
+  def __init__(self, what: str = "tiles", min_tiles: int = 16, stream: TextIO | None = None):
+    self.what, self.min_tiles = what, min_tiles
+    self.stream = sys.stderr if stream is None else stream
+    self.start = time.perf_counter()
+    self.logged = 0
+
+  def line(self, done: int, total: int) -> str:
+    elapsed = max(time.perf_counter() - self.start, 1e-9)
+    rate = done / elapsed
+    left = (total - done) / rate if rate > 0 else float("inf")
+    return f"{self.what} {done}/{total}, {rate:.2f} tiles/s, {left:.0f} s left"
+
+  def __call__(self, done: int, total: int) -> None:
+    if total < self.min_tiles:
+      return
+    if getattr(self.stream, "isatty", lambda: False)():
+      filled = 30 * done // total
+      bar = "#" * filled + "." * (30 - filled)
+      self.stream.write(f"\r[{bar}] {self.line(done, total)}" + ("\n" if done == total else ""))
+      self.stream.flush()
+    elif done == total or done - self.logged >= max(total // 10, 1):
+      self.logged = done
+      logging.info("%s.", self.line(done, total))

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sr_jax.models import tlc
 from sr_jax.models.layers import Conv, Conv1x1, DepthwiseConv3x3, LayerNorm2d, pixel_shuffle
 
 Array = jax.Array
@@ -60,14 +61,16 @@ class NAFBlock(nn.Module):
 
   y = inp + beta * conv3(sca(gate(dw(conv1(norm1(inp))))));
   out = y + gamma * conv5(gate(conv4(norm2(y)))).
-  beta and gamma start at zero, so a fresh block is the identity.
+  beta and gamma start at zero, so a fresh block is the identity. `pool_window` > 0 makes the
+  channel attention's pooling local (TLC, see sr_jax.models.tlc); 0 pools globally, as trained.
   """
   dtype: Dtype = jnp.float32
   impl: str = 'auto'
+  pool_window: int = 0
 
   def _channel_attention(self, x: Array) -> Array:
-    """Simplified channel attention: global average pool -> 1x1 conv -> multiply."""
-    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(self.dtype)
+    """Simplified channel attention: average pool (global, or TLC's local) -> 1x1 conv -> x *."""
+    pooled = tlc.local_mean(x, self.pool_window).astype(self.dtype)
     weights = Conv1x1(x.shape[-1], dtype=self.dtype, impl=self.impl, name='sca')(pooled)
     return x * weights
 
@@ -93,10 +96,11 @@ class NAFBlock(nn.Module):
     return y + x * jnp.asarray(gamma, self.dtype)
 
 
-def _blocks(x: Array, count: int, prefix: str, dtype: Dtype, impl: str) -> Array:
+def _blocks(x: Array, count: int, prefix: str, dtype: Dtype, impl: str,
+            pool_window: int = 0) -> Array:
   """Applies `count` NAFBlocks named f'{prefix}_{b}' (called inside a compact method)."""
   for b in range(count):
-    x = NAFBlock(dtype=dtype, impl=impl, name=f'{prefix}_{b}')(x)
+    x = NAFBlock(dtype=dtype, impl=impl, pool_window=pool_window, name=f'{prefix}_{b}')(x)
   return x
 
 
@@ -115,6 +119,10 @@ class NAFNet(nn.Module):
 
   Fields mirror the official constructor. `dtype` is the compute dtype (params are float32);
   `impl` selects the conv formulation ('auto', 'xla' or 'shifted'; see layers.resolve_impl).
+  `tlc_window` > 0 converts the model for large test images (TLC, sr_jax.models.tlc): the
+  channel attention averages over windows of that many input pixels (tlc.window_for(training
+  crop size)) instead of the whole map; 0, the default, is the trained model. It changes no
+  parameter.
   """
   img_channel: int = 3
   width: int = 32
@@ -123,6 +131,7 @@ class NAFNet(nn.Module):
   dec_blk_nums: Sequence[int] = (2, 2, 2, 2)
   dtype: Dtype = jnp.float32
   impl: str = 'auto'
+  tlc_window: int = 0
 
   @property
   def size_multiple(self) -> int:
@@ -141,18 +150,20 @@ class NAFNet(nn.Module):
     height, width = inp.shape[1], inp.shape[2]
     inp = pad_to_multiple(jnp.asarray(inp, jnp.float32), self.size_multiple)
     kw = dict(dtype=self.dtype, impl=self.impl)
+    levels = len(self.enc_blk_nums)
+    window = lambda level: tlc.level_window(self.tlc_window, level)
 
     x = Conv(self.width, 3, padding=1, name='intro', **kw)(inp)
     skips = []
     for s, num in enumerate(self.enc_blk_nums):
-      x = _blocks(x, num, f'encoders_{s}', **kw)
+      x = _blocks(x, num, f'encoders_{s}', pool_window=window(s), **kw)
       skips.append(x)
       x = Conv(2 * x.shape[-1], 2, strides=2, padding=0, name=f'downs_{s}', **kw)(x)
-    x = _blocks(x, self.middle_blk_num, 'middle_blks', **kw)
+    x = _blocks(x, self.middle_blk_num, 'middle_blks', pool_window=window(levels), **kw)
     for s, num in enumerate(self.dec_blk_nums):
       x = Conv1x1(2 * x.shape[-1], use_bias=False, name=f'ups_{s}', **kw)(x)
       x = pixel_shuffle(x, 2) + skips[-1 - s]
-      x = _blocks(x, num, f'decoders_{s}', **kw)
+      x = _blocks(x, num, f'decoders_{s}', pool_window=window(levels - 1 - s), **kw)
     x = Conv(self.img_channel, 3, padding=1, name='ending', **kw)(x)
     out = x.astype(jnp.float32) + inp
     return out[:, :height, :width, :]

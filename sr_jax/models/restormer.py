@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from sr_jax.models import tlc, tlc_attention
 from sr_jax.models.layers import (Conv, Conv1x1, DepthwiseConv3x3, LayerNorm2d, pixel_shuffle,
                                   pixel_unshuffle)
 
@@ -102,12 +103,31 @@ def _l2_normalise(x: Array, axis: int) -> Array:
   return x / jnp.maximum(norm, 1e-12)
 
 
+def transposed_attention(q: Array, k: Array, v: Array, temperature: Array,
+                         dtype: Dtype = jnp.float32) -> Array:
+  """MDTA's core on (N, H, W, heads, c) arrays: per head, q and k L2-normalised over the pixels,
+  softmax(temperature * q^T k) (c x c) applied to every pixel's v. Output: v's shape, `dtype`."""
+  n, height, width, heads, c = q.shape
+  flat = lambda t: t.reshape(n, height * width, heads, c)
+  q = _l2_normalise(flat(q).astype(jnp.float32), axis=1)
+  k = _l2_normalise(flat(k).astype(jnp.float32), axis=1)
+  logits = jnp.einsum('nphc,nphd->nhcd', q, k) * temperature[None, :, None, None]
+  attn = jax.nn.softmax(logits, axis=-1).astype(dtype)
+  out = jnp.einsum('nhcd,nphd->nphc', attn, flat(v).astype(dtype))
+  return out.reshape(n, height, width, heads, c)
+
+
 class Attention(nn.Module):
-  """MDTA: multi-Dconv head transposed attention over channels (C/h x C/h per head)."""
+  """MDTA: multi-Dconv head transposed attention over channels (C/h x C/h per head).
+
+  `window` > 0 gathers the attention statistics in local windows of that many pixels (TLC,
+  sr_jax.models.tlc_attention); 0 uses the whole map, as trained.
+  """
   num_heads: int
   bias: bool = False
   dtype: Dtype = jnp.float32
   impl: str = 'auto'
+  window: int = 0
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -119,15 +139,14 @@ class Attention(nn.Module):
     temperature = self.param('temperature', nn.initializers.ones, (self.num_heads,), jnp.float32)
     qkv = DepthwiseConv3x3(name='qkv_dwconv', **kw)(Conv1x1(3 * c, name='qkv', **kw)(x))
     # Channel index = head * (C / h) + channel within the head, as the official rearrange.
-    heads = lambda t: t.reshape(n, height * width, self.num_heads, c // self.num_heads)
+    heads = lambda t: t.reshape(n, height, width, self.num_heads, c // self.num_heads)
     q, k, v = (heads(t) for t in jnp.split(qkv, 3, axis=-1))
-    q = _l2_normalise(q.astype(jnp.float32), axis=1)
-    k = _l2_normalise(k.astype(jnp.float32), axis=1)
-    logits = jnp.einsum('nphc,nphd->nhcd', q, k) * temperature[None, :, None, None]
-    attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum('nhcd,nphd->nphc', attn, v.astype(self.dtype))
-    out = out.reshape(n, height, width, c)
-    return Conv1x1(c, name='project_out', **kw)(out)
+    if tlc.covers(self.window, height, width):
+      out = transposed_attention(q, k, v, temperature, self.dtype)
+    else:
+      out = tlc_attention.local_transposed_attention(q, k, v, temperature, self.window,
+                                                     self.dtype)
+    return Conv1x1(c, name='project_out', **kw)(out.reshape(n, height, width, c))
 
 
 class FeedForward(nn.Module):
@@ -157,13 +176,14 @@ class TransformerBlock(nn.Module):
   layernorm_type: str = 'WithBias'
   dtype: Dtype = jnp.float32
   impl: str = 'auto'
+  attn_window: int = 0  # Attention.window (TLC); 0 = global.
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """Applies the block; the output has the input's shape and the compute dtype."""
     x = jnp.asarray(x, self.dtype)
     kw = dict(bias=self.bias, dtype=self.dtype, impl=self.impl)
-    x = x + Attention(self.num_heads, name='attn', **kw)(
+    x = x + Attention(self.num_heads, window=self.attn_window, name='attn', **kw)(
         _norm(self.layernorm_type, self.dtype, 'norm1')(x))
     return x + FeedForward(self.ffn_expansion_factor, name='ffn', **kw)(
         _norm(self.layernorm_type, self.dtype, 'norm2')(x))
@@ -186,7 +206,10 @@ class Restormer(nn.Module):
 
   Fields mirror the official constructor (`layernorm_type` is its `LayerNorm_type`). `dtype` is
   the compute dtype (params are float32); `impl` selects the conv formulation ('auto', 'xla' or
-  'shifted'; see layers.resolve_impl).
+  'shifted'; see layers.resolve_impl). `tlc_window` > 0 converts the model for large test
+  images (TLC, sr_jax.models.tlc): attention statistics come from windows of that many input
+  pixels (tlc.window_for(training crop size)); 0, the default, is the trained model. It
+  changes no parameter.
   """
   inp_channels: int = 3
   out_channels: int = 3
@@ -200,6 +223,7 @@ class Restormer(nn.Module):
   dual_pixel_task: bool = False
   dtype: Dtype = jnp.float32
   impl: str = 'auto'
+  tlc_window: int = 0
 
   @property
   def size_multiple(self) -> int:
@@ -223,10 +247,13 @@ class Restormer(nn.Module):
       raise ValueError(f'inp_channels {self.inp_channels} != out_channels {self.out_channels}: '
                        'the output adds the input (only dual_pixel_task differs).')
 
-  def _level(self, x: Array, count: int, heads: int, prefix: str) -> Array:
+  def _level(self, x: Array, count: int, heads: int, prefix: str, level: int) -> Array:
+    """`count` blocks on a map downsampled 2**level times."""
+    window = tlc.level_window(self.tlc_window, level)
     for b in range(count):
       x = TransformerBlock(heads, self.ffn_expansion_factor, self.bias, self.layernorm_type,
-                           dtype=self.dtype, impl=self.impl, name=f'{prefix}_{b}')(x)
+                           dtype=self.dtype, impl=self.impl, attn_window=window,
+                           name=f'{prefix}_{b}')(x)
     return x
 
   def _conv3(self, x: Array, features: int, name: str, use_bias: bool) -> Array:
@@ -255,18 +282,18 @@ class Restormer(nn.Module):
     nb, nh = self.num_blocks, self.heads
 
     x0 = self._conv3(inp, self.dim, 'patch_embed', False)  # Bias-free whatever `bias` says.
-    e1 = self._level(x0, nb[0], nh[0], 'encoder_level1')
-    e2 = self._level(self._down(e1, 'down1_2'), nb[1], nh[1], 'encoder_level2')
-    e3 = self._level(self._down(e2, 'down2_3'), nb[2], nh[2], 'encoder_level3')
-    latent = self._level(self._down(e3, 'down3_4'), nb[3], nh[3], 'latent')
+    e1 = self._level(x0, nb[0], nh[0], 'encoder_level1', 0)
+    e2 = self._level(self._down(e1, 'down1_2'), nb[1], nh[1], 'encoder_level2', 1)
+    e3 = self._level(self._down(e2, 'down2_3'), nb[2], nh[2], 'encoder_level3', 2)
+    latent = self._level(self._down(e3, 'down3_4'), nb[3], nh[3], 'latent', 3)
 
     d3 = jnp.concatenate([self._up(latent, 'up4_3'), e3], axis=-1)
-    d3 = self._level(self._reduce(d3, 'reduce_chan_level3'), nb[2], nh[2], 'decoder_level3')
+    d3 = self._level(self._reduce(d3, 'reduce_chan_level3'), nb[2], nh[2], 'decoder_level3', 2)
     d2 = jnp.concatenate([self._up(d3, 'up3_2'), e2], axis=-1)
-    d2 = self._level(self._reduce(d2, 'reduce_chan_level2'), nb[1], nh[1], 'decoder_level2')
+    d2 = self._level(self._reduce(d2, 'reduce_chan_level2'), nb[1], nh[1], 'decoder_level2', 1)
     d1 = jnp.concatenate([self._up(d2, 'up2_1'), e1], axis=-1)
-    d1 = self._level(d1, nb[0], nh[0], 'decoder_level1')
-    d1 = self._level(d1, self.num_refinement_blocks, nh[0], 'refinement')
+    d1 = self._level(d1, nb[0], nh[0], 'decoder_level1', 0)
+    d1 = self._level(d1, self.num_refinement_blocks, nh[0], 'refinement', 0)
 
     if self.dual_pixel_task:
       d1 = d1 + Conv1x1(2 * self.dim, use_bias=self.bias, dtype=self.dtype, impl=self.impl,
