@@ -210,6 +210,11 @@ def base_config() -> ml_collections.ConfigDict:
       # folders; after too-small images are dropped); 0 = all.
       num_train_images=0,
       eval_max_size=0,  # Centre-crop eval images to at most this many pixels per side (0 = full).
+      # A validation split carved from the training images: the last N of them, which training
+      # then never sees (0 = none). Hyper-parameters are chosen on it, never on the eval images.
+      val_images=0,
+      # What evaluation scores: 'eval' (the held-out images) or 'val' (the validation split).
+      eval_split="eval",
       degradation=degradation_config(),
   ))
 

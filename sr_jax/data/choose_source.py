@@ -13,37 +13,57 @@ from sr_jax.data import sources
 from sr_jax.data.sources import FolderSource, ImageSource, PairedFolderSource
 
 
+SPLITS = ("train", "val", "eval")
+
+
 def make_source(data_config: Any, split: str, scale: int = 1) -> Any:
-  """The grain source of `split` ('train' or 'eval') for `data.source`.
+  """The grain source of `split` ('train', 'val' or 'eval') for `data.source`.
 
   Training sources drop images smaller than data.crop_size (data.small_images); evaluation
-  sources keep every image; data.num_train_images > 0 keeps only the first N training images
-  (the few-shot setting). `scale` is the LR:HR ratio of paired data (degradation.scale).
+  sources keep every image. data.val_images = N > 0 carves a validation split out of the
+  training images: the last N of them (in the source's order) form 'val' and 'train' never
+  sees them, so hyper-parameters can be chosen without touching the evaluation images.
+  data.num_train_images > 0 then keeps only the first N training images (the few-shot
+  setting). `scale` is the LR:HR ratio of paired data (degradation.scale).
   """
-  source = _make_source(data_config, split, scale)
+  if split not in SPLITS:
+    raise ValueError(f"Unknown split {split!r}; valid splits: {list(SPLITS)}.")
+  if split == "eval":
+    return _make_source(data_config, "eval", scale)
+  source = _make_source(data_config, "train", scale)
+  held = int(data_config.get("val_images", 0))
+  if held >= len(source):
+    raise ValueError(f"data.val_images={held} holds out every one of the {len(source)} "
+                     "training images; lower it so that some are left to train on.")
+  if split == "val":
+    if held <= 0:
+      raise ValueError("data.eval_split='val' (or a validation source) needs data.val_images "
+                       "> 0: the number of training images held out for validation.")
+    return Records(source, len(source) - held, len(source))
+  source = Records(source, 0, len(source) - held) if held > 0 else source
   limit = data_config.num_train_images
-  if split == "train" and 0 < limit < len(source):
-    source = FirstRecords(source, limit)
+  if 0 < limit < len(source):
+    source = Records(source, 0, limit)
   return source
 
 
-class FirstRecords:
-  """The first `count` records of a source: few-shot fine-tuning on N images."""
+class Records:
+  """Records [start, stop) of a source: a validation split, or the first N training images."""
 
-  def __init__(self, source: Any, count: int):
-    self.source, self.count = source, int(count)
-    self.names = tuple(source.names[i] for i in range(self.count))
+  def __init__(self, source: Any, start: int, stop: int):
+    self.source, self.start, self.stop = source, int(start), int(stop)
+    self.names = tuple(source.names[i] for i in range(self.start, self.stop))
 
   def __len__(self) -> int:
-    return self.count
+    return self.stop - self.start
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    if not 0 <= index < self.count:
-      raise IndexError(f"Record {index} of {self.count}.")
-    return self.source[index]
+    if not 0 <= index < len(self):
+      raise IndexError(f"Record {index} of {len(self)}.")
+    return self.source[self.start + index]
 
   def __repr__(self) -> str:
-    return f"FirstRecords({self.count} of {self.source!r})"
+    return f"Records([{self.start}, {self.stop}) of {self.source!r})"
 
 
 def _make_source(data_config: Any, split: str, scale: int) -> Any:

@@ -238,7 +238,8 @@ def center_crop(image: np.ndarray, max_size: int, max_width: int | None = None,
 
 
 def make_eval_set(data_config: Any, *, seed: int, degradation: Any = None) -> list[dict[str, Any]]:
-  """The evaluation images as [{'name', 'lq', 'gt'}], full resolution (float32 HWC).
+  """The evaluation images as [{'name', 'lq', 'gt'}], full resolution (float32 HWC): the
+  held-out images, or with data.eval_split='val' the validation split of the training images.
 
   Clean images are centre-cropped to data.eval_max_size, modcropped to the scale for SR, and
   degraded with an rng derived from (seed, image index), so every evaluation of a run (and
@@ -247,7 +248,11 @@ def make_eval_set(data_config: Any, *, seed: int, degradation: Any = None) -> li
   """
   spec = degradations.as_spec(data_config.degradation if degradation is None else degradation)
   scale = spec.effective_scale
-  source = choose_source.make_source(data_config, "eval", scale)
+  split = data_config.get("eval_split", "eval")
+  if split not in ("eval", "val"):
+    raise ValueError(f"Unknown data.eval_split {split!r}; use 'eval' (the held-out images) or "
+                     "'val' (the validation split carved from the training images).")
+  source = choose_source.make_source(data_config, split, scale)
   examples = []
   for index in range(len(source)):
     record = source[index]

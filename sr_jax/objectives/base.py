@@ -44,6 +44,7 @@ MODEL, EXTRA = "model", "extra"
 class Objective(Protocol):
   """The interface the trainer, evaluation and export use (see the module docstring)."""
   plan: lora.LoraPlan | None
+  unmerged: frozenset[str]  # Adapted kernels its step trains unmerged (sr_jax.lora_branch).
 
   def update(self, state: Any, frozen: PyTree, batch: dict[str, jax.Array]
              ) -> tuple[Any, Metrics]: ...

@@ -36,12 +36,17 @@ The parameters are initialised once, as a training run initialises them, and sha
 measurements. Each measurement is compiled ahead of time (compile time reported apart), called
 once untimed (one-off transfers), then timed as the median wall time of `--repeats` forward
 passes or `--steps` steps, each blocked on with `jax.block_until_ready`. GFLOPs and
-temp/argument memory come from XLA's analyses of the compiled function. Where a PyTorch reference
-time exists for the same (model, preset, batch, size) it is printed beside
-ours, as speed-up = PyTorch ms / sr_jax ms (above 1: sr_jax faster) and time ratio = sr_jax ms /
-PyTorch ms. The references are the official PyTorch implementations on 2 CPU cores in float32
-with AdamW and an L1 loss, training all parameters; compare like with like (device, dtype, arm)
-when reading them.
+temp/argument memory come from XLA's analyses of the compiled function. The LoRA arm trains
+each adapted layer unmerged or merged as config.lora.formulation decides (sr_jax.lora_branch;
+`--layers` lists them).
+
+PyTorch, beside it: with PyTorch installed (and `--torch`, the default) the same network in
+PyTorch (a transcription of the official architecture: NAFNet, Restormer, RRDBNet) is timed in
+this process first, on the same shapes, with the official training recipe (AdamW, L1, all
+parameters trained, float32); otherwise the reference table of earlier measurements is used
+where it has the same (model, preset, batch, size). Both print as speed-up = PyTorch ms /
+sr_jax ms (above 1: sr_jax faster) and time ratio = sr_jax ms / PyTorch ms; compare like with
+like (device, dtype, arm) when reading them.
 """
 
 from __future__ import annotations
@@ -69,6 +74,10 @@ flags.DEFINE_integer("repeats", 5, "Timed forward passes (after one warm-up pass
 flags.DEFINE_list("arms", ["full", "lora"], "Train-step arms to measure: 'full', 'lora'.")
 flags.DEFINE_bool("skip_forward", False, "Do not measure the forward pass.")
 flags.DEFINE_bool("skip_step", False, "Do not measure the train step.")
+flags.DEFINE_bool("torch", True, "Also time the PyTorch model (a transcription of the official "
+                  "architecture) in this process, when PyTorch is installed.")
+flags.DEFINE_bool("layers", False, "List every adapted layer with the formulation its LoRA "
+                  "step trains it in (merged or unmerged) and both costs.")
 flags.DEFINE_string("output", "", "Also write the markdown report to this file.")
 
 # The flag-free pieces live in step_timing, so that other commands (sr_jax.tools.perf_report)
@@ -90,21 +99,55 @@ def init_params(config: ml_collections.ConfigDict, size: int) -> Any:
 
 
 def measure_forward(config: ml_collections.ConfigDict, params: Any, batch: int, size: int,
-                    repeats: int) -> dict[str, Any]:
-  """The forward-pass timing of the config's model (inputs of size / scale), with its PyTorch
-  reference if any."""
+                    repeats: int, pytorch_ms: float | None = None) -> dict[str, Any]:
+  """The forward-pass timing of the config's model (inputs of size / scale), beside PyTorch's
+  (measured here, `pytorch_ms`, or the reference table's)."""
   result = step_timing.measure_forward(config.model, batch,
                                        step_timing.input_size(config.model, size), repeats,
                                        params=params, seed=config.seed)
+  if pytorch_ms is not None:
+    return step_timing.with_pytorch_ms(result, batch, pytorch_ms)
   return with_reference(result, PYTORCH_FORWARD_MS, config.model, batch, size)
 
 
 def measure_steps(config: ml_collections.ConfigDict, params: Any, arms: list[str], batch: int,
-                  size: int, steps: int) -> list[dict[str, Any]]:
-  """One train-step timing per arm, each with the PyTorch (full training) reference if any."""
-  return [with_reference(
-      step_timing.measure_step(arm_config(config, arm, batch, size), steps, base=params),
-      PYTORCH_STEP_MS, config.model, batch, size) for arm in arms]
+                  size: int, steps: int, pytorch_ms: float | None = None) -> list[dict[str, Any]]:
+  """One train-step timing per arm, each beside PyTorch's full-training step (measured here,
+  `pytorch_ms`, or the reference table's)."""
+  rows = []
+  for arm in arms:
+    result = step_timing.measure_step(arm_config(config, arm, batch, size), steps, base=params)
+    rows.append(step_timing.with_pytorch_ms(result, batch, pytorch_ms) if pytorch_ms is not None
+                else with_reference(result, PYTORCH_STEP_MS, config.model, batch, size))
+  return rows
+
+
+def measure_pytorch(config: ml_collections.ConfigDict, batch: int, forward_batch: int,
+                    size: int, steps: int, repeats: int) -> dict[str, Any]:
+  """PyTorch's step and forward times in this process (sr_jax.tools.torch_step)."""
+  from sr_jax.tools import torch_step  # pylint: disable=g-import-not-at-top
+  return torch_step.measure(config.model, batch, size, steps, forward_batch, repeats,
+                            seed=config.seed)
+
+
+def layer_table(config: ml_collections.ConfigDict, params: Any, batch: int,
+                size: int) -> list[str]:
+  """Every adapted layer of the LoRA arm: its formulation in the step and both costs."""
+  from sr_jax import lora_branch, run_setup  # pylint: disable=g-import-not-at-top
+  from sr_jax.models import registry  # pylint: disable=g-import-not-at-top
+  c = arm_config(config, "lora", batch, size)
+  model = registry.build_model(c.model)
+  plan = run_setup.lora_plan(c, params)
+  inputs = registry.example_inputs(model, step_timing.lq_size(c), batch)
+  costs = lora_branch.layer_costs(model, params, plan, *inputs)
+  chosen = lora_branch.unmerged_paths(costs, c.lora.formulation)
+  lines = ["| layer | kind | kernel | rank | trained | merged MMAC | unmerged MMAC |",
+           "|---|---|---|---|---|---|---|"]
+  for x in costs:
+    lines.append(f"| {x.path} | {x.layer} | {'x'.join(map(str, x.kernel))} | {x.rank} | "
+                 f"{'unmerged' if x.path in chosen else 'merged'} | "
+                 f"{x.merged_macs / 1e6:.1f} | {x.unmerged_macs / 1e6:.1f} |")
+  return lines
 
 
 def _vs(r: dict[str, Any]) -> str:
@@ -140,11 +183,34 @@ def step_section(rows: list[dict[str, Any]], config: ml_collections.ConfigDict,
     lines.append(f"\n{b['arm']} / {a['arm']}: time {b['ms'] / a['ms']:.2f}, FLOPs "
                  f"{b['gflops'] / a['gflops']:.2f}, temp memory "
                  f"{b['temp_mb'] / max(a['temp_mb'], 1e-9):.2f}.")
+  for r in rows:
+    if r.get("adapted"):
+      lines.append(f"{r['arm']}: {r['unmerged']} of {r['adapted']} adapted layers trained "
+                   f"unmerged (config.lora.formulation={config.lora.formulation!r}: no weight "
+                   f"gradient of their frozen kernel), {r['adapted'] - r['unmerged']} merged "
+                   "(cheaper for narrow layers); --layers lists them.")
   return lines
 
 
+def pytorch_note(model: ml_collections.ConfigDict, torch_result: dict[str, Any] | None) -> str:
+  """Where the PyTorch column comes from."""
+  if torch_result and torch_result.get("step_ms") or torch_result and torch_result.get(
+      "forward_ms"):
+    return (f"\nPyTorch {torch_result['torch']}: measured in this process, "
+            f"{torch_result['threads']} threads on {torch_result['cores']} cores, float32, a "
+            "transcription of the official architecture (sr_jax.tools.torch_models); train "
+            "steps with AdamW, L1, all parameters trained. speed-up = PyTorch ms / sr_jax ms "
+            "(above 1: sr_jax faster); time ratio = sr_jax ms / PyTorch ms.")
+  skipped = f" (not measured here: {torch_result['skipped']})" if torch_result else ""
+  return ("\nPyTorch: the official implementation timed earlier on a machine of this class, 2 "
+          "CPU cores, float32; train steps with AdamW, L1, all parameters trained "
+          f"(step_timing.PYTORCH_*_MS){skipped}. speed-up = PyTorch ms / sr_jax ms "
+          "(above 1: sr_jax faster); time ratio = sr_jax ms / PyTorch ms.")
+
+
 def report(config: ml_collections.ConfigDict, size: int, forward: dict[str, Any] | None,
-           steps: list[dict[str, Any]], repeats: int = 0, num_steps: int = 0) -> str:
+           steps: list[dict[str, Any]], repeats: int = 0, num_steps: int = 0,
+           torch_result: dict[str, Any] | None = None, layers: list[str] = ()) -> str:
   """The markdown report: a header, the forward table, the train-step table and notes."""
   model = config.model
   name = DISPLAY_NAMES.get(model.name, model.name)
@@ -157,12 +223,11 @@ def report(config: ml_collections.ConfigDict, size: int, forward: dict[str, Any]
   if steps:
     lines += [""] + step_section(steps, config, num_steps)
   if any(r["pytorch_ms"] for r in ([forward] if forward else []) + steps):
-    lines.append("\nPyTorch: official implementation on the same machine class, 2 CPU cores, "
-                 "float32; train steps with AdamW, L1, all parameters trained "
-                 "(step_timing.PYTORCH_*_MS). speed-up = PyTorch ms / sr_jax ms "
-                 "(above 1: sr_jax faster); time ratio = sr_jax ms / PyTorch ms.")
+    lines.append(pytorch_note(model, torch_result))
     if model.dtype != "float32":
       lines.append(f"Note: sr_jax ran in {model.dtype}, the reference in float32.")
+  if layers:
+    lines += ["", "LoRA layers and the formulation the step trains them in:", ""] + list(layers)
   return "\n".join(lines)
 
 
@@ -175,11 +240,20 @@ def main(argv: list[str]) -> None:
   if not FLAGS.skip_step:
     check_arms(FLAGS.arms)
   params = init_params(config, FLAGS.size)
+  torch_result = None
+  if FLAGS.torch:  # First: PyTorch's threads then leave the cores to XLA's.
+    torch_result = measure_pytorch(
+        config, FLAGS.batch, 0 if FLAGS.skip_forward else FLAGS.forward_batch, FLAGS.size,
+        0 if FLAGS.skip_step else FLAGS.steps, FLAGS.repeats)
+  measured = torch_result or {}
   forward = None if FLAGS.skip_forward else measure_forward(
-      config, params, FLAGS.forward_batch, FLAGS.size, FLAGS.repeats)
+      config, params, FLAGS.forward_batch, FLAGS.size, FLAGS.repeats, measured.get("forward_ms"))
   steps = [] if FLAGS.skip_step else measure_steps(config, params, FLAGS.arms, FLAGS.batch,
-                                                   FLAGS.size, FLAGS.steps)
-  text = report(config, FLAGS.size, forward, steps, FLAGS.repeats, FLAGS.steps)
+                                                   FLAGS.size, FLAGS.steps,
+                                                   measured.get("step_ms"))
+  layers = layer_table(config, params, FLAGS.batch, FLAGS.size) if FLAGS.layers else []
+  text = report(config, FLAGS.size, forward, steps, FLAGS.repeats, FLAGS.steps, torch_result,
+                layers)
   print(text, flush=True)
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:

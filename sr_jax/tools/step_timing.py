@@ -87,6 +87,11 @@ def with_reference(result: dict[str, Any], table: dict[tuple[str, str, int, int]
   """
   ref = None if model_config.get("width") else table.get(
       (model_config.name, model_config.preset, batch, size))
+  return with_pytorch_ms(result, batch, ref)
+
+
+def with_pytorch_ms(result: dict[str, Any], batch: int, ref: float | None) -> dict[str, Any]:
+  """`result` plus a PyTorch time `ref` (ms, or None) and both ratios."""
   return dict(result, batch=batch, pytorch_ms=ref,
               speedup=ref / result["ms"] if ref else None,
               time_ratio=result["ms"] / ref if ref else None)
@@ -223,8 +228,9 @@ def measure_step(config: ml_collections.ConfigDict, steps: int,
 
   ms = median_ms(one_step, steps)
   return dict(arm=arm_label(config), ms=ms, compile_s=compile_s, trainable=trainable,
-              devices=run.mesh.size,
-              pct=100 * trainable / run.num_base_params, **compiled_costs(compiled))
+              devices=run.mesh.size, pct=100 * trainable / run.num_base_params,
+              adapted=len(run.plan.paths) if run.plan else 0,
+              unmerged=len(run.objective.unmerged), **compiled_costs(compiled))
 
 
 def measure_forward(model_config: ml_collections.ConfigDict, batch: int, size: int,
