@@ -22,6 +22,14 @@ and with every arm (full, uniform LoRA, CoLoRA):
 
   python -m sr_jax.main --config configs/colora_nafnet.py:demo_ablation --workdir /tmp/colora_abl
 
+The adaptation study (every arm at its own learning rate, chosen on a validation split; three
+unseen tasks; several seeds; a budget curve), on the embedded photos or on folders of photos
+(a base set and a fine-tuning set from data.train_dir, the test set from data.eval_dir):
+
+  python -m sr_jax.study --config configs/colora_nafnet.py:study --workdir /tmp/study \
+      --config.data.source=folder --config.data.train_dir=/data/Sun_Hays80 \
+      --config.data.eval_dir=/data/CBSD68
+
 Expected demo results (about 6 minutes for :demo, 9 for :demo_ablation from scratch; PSNR/SSIM
 on RGB of the three held-out photos at 128x128): hazy input 13.50 dB / 0.695, PROD base 13.55 /
 0.671, CoLoRA (7.00% of the parameters) 17.46 / 0.696; with :demo_ablation also full
@@ -73,9 +81,32 @@ def colora_demo(config: ml_collections.ConfigDict, variants: set[str]) -> None:
     config.colora.arms = ("full", "uniform", "colora")
 
 
+def study_settings(config: ml_collections.ConfigDict, quick: bool) -> None:
+  """The adaptation study (python -m sr_jax.study): a tiny NAFNet PROD base, three unseen tasks,
+  every arm at its own learning rate chosen on a validation split (see sr_jax/study)."""
+  common.apply_demo(config)
+  config.model.preset = "tiny"
+  config.base.num_steps = 2000
+  config.colora.probe_steps, config.colora.probe_learning_rate = 150, 1e-3
+  config.colora.faig_images = 8
+  config.num_steps, config.checkpoint_every = 300, 300
+  config.optimizer.learning_rate = 1e-3
+  config.study.tasks = ("haze", "low_light", "poisson_noise")
+  config.study.base_images, config.study.train_images, config.study.val_images = 48, 16, 8
+  if quick:  # For tests: micro model, one task, seconds per run.
+    config.model.preset, config.data.crop_size, config.data.eval_max_size = "micro", 32, 48
+    config.base.num_steps, config.num_steps, config.checkpoint_every = 4, 2, 2
+    config.colora.probe_steps, config.colora.faig_steps, config.colora.faig_images = 2, 2, 8
+    config.study.tasks, config.study.curve_tasks = ("haze",), ("haze",)
+    config.study.curve_budgets, config.study.seeds = (0.15,), (0, 1)
+    config.study.full_learning_rates, config.study.lora_learning_rates = (1e-3, 3e-3), (3e-3, 1e-2)
+    config.study.val_images, config.log_every = 2, 1
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the config; `arg` is a comma-separated list of variants, e.g. 'demo'."""
-  variants = common.parse_variants(arg, allowed=("demo", "demo_ablation"))
+  variants = common.parse_variants(arg, allowed=("demo", "demo_ablation", "study",
+                                                 "study_quick"))
   config = common.base_config()
   config.job = "colora_nafnet"
   config.objective = "pixel"
@@ -94,4 +125,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variants & {"demo", "demo_ablation"}:
     config.model.preset = "tiny"
     config.base.num_steps = 1500
+  if variants & {"study", "study_quick"}:
+    study_settings(config, quick="study_quick" in variants)
   return config

@@ -234,6 +234,9 @@ def base_config() -> ml_collections.ConfigDict:
       # 'merged' (W + scale * A @ B, differentiated whole), or 'auto' (per layer, whichever
       # costs fewer multiply-adds). Inference and exports always merge.
       formulation="auto",
+      # A LoRA run trains at optimizer.learning_rate x this: adapters start at zero and need a
+      # higher rate than full fine-tuning (the adaptation study in the README measures it).
+      learning_rate_multiplier=1.0,
   ))
 
   # CoLoRA (sr_jax/colora.py, sr_jax/colora_job.py): base -> probe fine-tune -> FAIG ->
@@ -265,7 +268,29 @@ def base_config() -> ml_collections.ConfigDict:
       learning_rate=1e-3,
       milestones=(),  # Replaces optimizer.milestones in pre-training (multistep schedules).
       embedded_set="",  # Pre-train on this data.embedded_set ('' = the task's own).
+      train_dir="",  # Pre-train on this folder of clean images ('' = the task's data).
       degradation=degradation_config(),
+  ))
+
+  # The adaptation study (sr_jax/study): per task and seed, every arm at its own learning rate
+  # chosen on a validation split of the training images (python -m sr_jax.study).
+  c.study = ml_collections.ConfigDict(dict(
+      # Tasks the base never saw: 'haze', 'low_light', 'poisson_noise' (or any degradation op).
+      tasks=("haze", "low_light", "poisson_noise"),
+      arms=("full", "uniform", "colora"),  # 'full', 'uniform' (LoRA), 'colora'.
+      budget=0.07,  # Trainable share of the LoRA arms in the main table.
+      curve_budgets=(0.01, 0.03, 0.15),  # More budgets of the LoRA arms: the budget curve.
+      curve_tasks=("haze",),  # Tasks the budget curve is measured on.
+      seeds=(0, 1, 2),  # The main table's seeds (mean +- std); curve points use the first.
+      full_learning_rates=(3e-4, 1e-3, 3e-3),  # Candidates, chosen on the validation split.
+      lora_learning_rates=(1e-3, 3e-3, 1e-2),
+      # A folder source's training folder is split once (fixed shuffle): base_images for the
+      # base's pre-training, then train_images to fine-tune on, then val_images to choose
+      # learning rates on; the evaluation folder (data.eval_dir) is the reported test set.
+      base_images=0,
+      train_images=16,
+      val_images=8,
+      test_images=0,  # Evaluation images reported (0 = all of data.eval_dir).
   ))
 
   c.loss = ml_collections.ConfigDict(dict(

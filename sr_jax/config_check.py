@@ -105,6 +105,7 @@ RULES: dict[str, Rule] = {
     "data.crop_size": Int(1), "data.num_workers": Int(0), "data.num_train_images": Int(0),
     "data.eval_max_size": Int(0), "data.val_images": Int(0),
     "lora.rank": Int(1, when=_lora_on), "lora.alpha": Real(0, lo_open=True, when=_lora_on),
+    "lora.learning_rate_multiplier": Real(0, lo_open=True),
     "colora.probe_steps": Int(1, when=_probe_runs),
     "colora.probe_learning_rate": Real(0, lo_open=True, when=_probe_runs),
     "colora.faig_steps": Int(1), "colora.faig_images": Int(1), "colora.faig_batch": Int(0),
@@ -124,6 +125,12 @@ RULES: dict[str, Rule] = {
     "eval.crop_border": Int(0, also=(-1,)),
     "mesh.data": Int(1, also=(-1,)), "mesh.fsdp": Int(1), "mesh.fsdp_min_size": Int(0),
     "guard.max_loss": Real(), "guard.max_param_abs": Real(0, lo_open=True),
+    "study.budget": Real(0, 1, lo_open=True), "study.curve_budgets": Real(0, 1, sequence=True),
+    "study.seeds": Int(0, sequence=True),
+    "study.full_learning_rates": Real(0, lo_open=True, sequence=True),
+    "study.lora_learning_rates": Real(0, lo_open=True, sequence=True),
+    "study.base_images": Int(0), "study.train_images": Int(1), "study.val_images": Int(1),
+    "study.test_images": Int(0),
 }
 DEGRADATION_KEYS = ("data.degradation", "base.degradation")
 

@@ -150,7 +150,9 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, base: PyTree | No
   sharding.check_batch_size(config.batch_size, mesh)
   rng = jax.random.PRNGKey(config.seed)
   params, plan, labels = initial_params(config, model, base, rng)
-  schedule = step_lib.learning_rate_schedule(config.optimizer, config.num_steps)
+  peak = config.optimizer.learning_rate * (
+      config.lora.learning_rate_multiplier if config.lora.enabled else 1.0)
+  schedule = step_lib.learning_rate_schedule(config.optimizer, config.num_steps, peak)
   tx = lora.partitioned_optimizer(step_lib.make_optimizer(config.optimizer, schedule), labels)
   trainable, model_frozen = lora.split(params, labels)
   unmerged = unmerged_kernels(config, model, facts, params["base"], plan, mesh.size)

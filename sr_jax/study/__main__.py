@@ -1,0 +1,106 @@
+r"""python -m sr_jax.study --config configs/colora_nafnet.py:study --workdir W
+
+Runs the adaptation study of the config (see sr_jax.study) and writes W/study.md and
+W/study.png. Stages, each resumable: splits -> base -> per task: CoLoRA's probe and FAIG ->
+per arm: learning rates on the validation split -> the chosen rate per seed on the test set.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+from absl import app, flags, logging
+from clu import metric_writers
+from ml_collections import config_flags
+
+from sr_jax import config_check, paths, plots, runtime, train, workdir_lock
+from sr_jax.study import arms as arms_lib
+from sr_jax.study import select, splits as splits_lib, table
+
+FLAGS = flags.FLAGS
+
+
+def base_config(config: ml_collections.ConfigDict,
+                splits: splits_lib.Splits) -> ml_collections.ConfigDict:
+  """The config whose base stage pre-trains (or loads) the study's one base."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.data.update(splits.data)
+  c.base.update(splits.base_data)
+  return c
+
+
+def run_task(config, workdir: str, task: str, splits: splits_lib.Splits, base_dir: str,
+             base: Any, writer, trainer: select.Trainer = train.train_and_evaluate
+             ) -> tuple[dict[str, list[dict]], dict[str, float]]:
+  """Every arm of one task: its chosen learning rate and its test rows per seed."""
+  task_dir = os.path.join(workdir, task)
+  task_cfg = arms_lib.task_config(config, task, base_dir, splits.data)
+  scores = None
+  task_arms = arms_lib.arms(config, task)
+  if any(a.name == "colora" for a in task_arms):
+    scores = select.faig_scores(task_cfg, task_dir, base_dir, base, writer)
+  results, chosen = {}, {}
+  seeds = list(config.study.seeds)
+  for arm in task_arms:
+    plan = select.plan_file(task_cfg, task_dir, arm, base, scores)
+    lr = select.select_rate(task_cfg, workdir, task, arm, plan, seeds[0], trainer)
+    main = arm.name == "full" or arm.budget == config.study.budget
+    results[arm.label] = select.test_runs(task_cfg, workdir, task, arm, plan, lr,
+                                          seeds if main else seeds[:1], trainer)
+    chosen[arm.label] = lr
+  return results, chosen
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, argv: list[str] = (),
+        trainer: select.Trainer = train.train_and_evaluate) -> str:
+  """The whole study; returns study.md's text (also written to workdir). `trainer` runs one
+  training run (train.train_and_evaluate; tests wrap it)."""
+  arms_lib.check_study(config)
+  config_check.validate_all(config)
+  workdir = paths.absolute(workdir)
+  start = time.perf_counter()
+  with workdir_lock.hold(workdir, jax.process_index()):
+    paths.makedirs(workdir)
+    splits = splits_lib.make_splits(config, workdir)
+    bconfig = base_config(config, splits)
+    base = train.base_stage(bconfig, workdir)
+    base_dir = config.base.checkpoint or os.path.join(workdir, "base", "export", "params")
+    writer = metric_writers.create_default_writer(workdir, just_logging=True)
+    results, chosen = {}, {}
+    for i, task in enumerate(config.study.tasks, 1):
+      logging.info("Study task %d/%d: %s.", i, len(config.study.tasks), task)
+      results[task], chosen[task] = run_task(bconfig, workdir, task, splits, base_dir, base,
+                                             writer, trainer)
+    header = [f"# Adaptation study: {config.job}", "",
+              "Command: `" + " ".join(shlex.quote(a) for a in argv) + "`" if argv else "",
+              f"Wall time: {(time.perf_counter() - start) / 60:.1f} min (resumed stages "
+              "count only their remaining work).",
+              f"Model: {config.model.name} {config.model.preset}; {config.num_steps} steps at "
+              f"batch {config.batch_size}, {config.data.crop_size}px crops; base: "
+              f"{config.base.checkpoint or 'pre-trained here'}."]
+    text = table.markdown(results, chosen, splits.to_json(), header)
+    paths.write_text(os.path.join(workdir, "study.md"), text)
+    plots.save_png(os.path.join(workdir, "study.png"), table.budget_plot(results))
+  print(text, flush=True)
+  return text
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  runtime.setup()
+  run(FLAGS.config, FLAGS.workdir, ["python", "-m", "sr_jax.study"] + sys.argv[1:])
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("workdir", None, "Directory for the study's runs and its report.")
+  config_flags.DEFINE_config_file("config", None, "Study config, e.g. "
+                                  "configs/colora_nafnet.py:study.", lock_config=True)
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

@@ -1,0 +1,120 @@
+"""The configs of the study's runs: a task, an arm at a budget, a learning rate, a seed, a split.
+
+Arms: 'full' fine-tuning (every parameter), 'uniform' LoRA (one rank for every dense kernel)
+and 'colora' (ranks from FAIG contributions), the two LoRA arms at the same trainable budget
+(adapters plus the fully tuned biases and norms; sr_jax.colora.allocate). A task is a
+degradation chain of one op the base never saw ('haze', 'low_light', 'poisson_noise', ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import ml_collections
+
+from sr_jax import colora
+from sr_jax.data import ops
+from sr_jax.models import registry
+
+ARMS = ("full", "uniform", "colora")
+LORA_ARMS = ("uniform", "colora")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """One arm at one budget (0 for full fine-tuning)."""
+  name: str
+  budget: float = 0.0
+
+  @property
+  def label(self) -> str:
+    return self.name if self.name == "full" else f"{self.name}@{100 * self.budget:g}%"
+
+  @property
+  def family(self) -> str:
+    """Which learning-rate candidates it draws from: 'full' or 'lora'."""
+    return "full" if self.name == "full" else "lora"
+
+
+def check_study(config: ml_collections.ConfigDict) -> None:
+  """Unknown arms or tasks, or no seeds, are errors naming the valid choices (before any run)."""
+  s = config.study
+  unknown = [a for a in s.arms if a not in ARMS]
+  if unknown or not s.arms:
+    raise ValueError(f"Unknown study.arms {unknown or '(none)'}; choose from {list(ARMS)}.")
+  bad = [t for t in s.tasks if t not in ops.OPS]
+  if bad or not s.tasks:
+    raise ValueError(f"Unknown study.tasks {bad or '(none)'}; each is a degradation op: "
+                     f"{list(ops.OPS)}.")
+  seen = set(config.base.degradation.ops) if config.base.degradation.kind in (
+      "prod", "chain", "fixed", "single") else set()
+  overlap = [t for t in s.tasks if t in seen]
+  if overlap:
+    raise ValueError(f"study.tasks {overlap} are among the base's own degradations "
+                     f"(base.degradation.ops); the study adapts to tasks the base never saw.")
+  if not s.seeds:
+    raise ValueError("study.seeds is empty; give at least one seed.")
+  missing = [t for t in s.curve_tasks if t not in s.tasks]
+  if missing:
+    raise ValueError(f"study.curve_tasks {missing} are not in study.tasks {list(s.tasks)}.")
+
+
+def arms(config: ml_collections.ConfigDict, task: str) -> list[Arm]:
+  """The task's arms: the main table's, then (on curve tasks) the LoRA arms at other budgets."""
+  s = config.study
+  main = [Arm(a, 0.0 if a == "full" else s.budget) for a in s.arms]
+  if task not in s.curve_tasks:
+    return main
+  return main + [Arm(a, b) for b in s.curve_budgets for a in s.arms if a in LORA_ARMS
+                 and b != s.budget]
+
+
+def learning_rates(config: ml_collections.ConfigDict, arm: Arm) -> tuple[float, ...]:
+  s = config.study
+  return tuple(s.full_learning_rates if arm.family == "full" else s.lora_learning_rates)
+
+
+def task_degradation(config: ml_collections.ConfigDict, task: str) -> ml_collections.ConfigDict:
+  """The task as a degradation config: its one op, with config.data.degradation's ranges."""
+  d = ml_collections.ConfigDict(config.data.degradation.to_dict())
+  d.kind, d.ops, d.min_ops, d.max_ops = "chain", (task,), 1, 1
+  return d
+
+
+def task_config(config: ml_collections.ConfigDict, task: str, base_dir: str,
+                data: dict) -> ml_collections.ConfigDict:
+  """The study's config for one task: its data, degradation and base; CoLoRA and the study's
+  own stages off (each run is a plain training run)."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.data.update(data)
+  c.data.degradation = task_degradation(config, task)
+  c.job = f"{config.job}/{task}"
+  c.colora.enabled = False
+  c.base.checkpoint, c.base.num_steps = base_dir, 0
+  c.lora.plan_file = ""
+  return c
+
+
+def run_config(task_cfg: ml_collections.ConfigDict, arm: Arm, plan_file: str, learning_rate: float,
+               seed: int, split: str) -> ml_collections.ConfigDict:
+  """One training run: the arm's trainable set, its learning rate, the seed, and what it is
+  evaluated on ('val': the validation split, to choose the rate; 'eval': the test images)."""
+  c = ml_collections.ConfigDict(task_cfg.to_dict())
+  c.job = f"{task_cfg.job}/{arm.label}/lr{learning_rate:g}/seed{seed}/{split}"
+  c.seed, c.optimizer.learning_rate, c.data.eval_split = seed, learning_rate, split
+  c.lora.enabled = arm.name != "full"
+  c.lora.learning_rate_multiplier = 1.0  # The study sets every arm's rate itself.
+  c.lora.plan_file = plan_file
+  if c.lora.enabled:
+    extras = colora.EXTRA_TRAINABLE if task_cfg.colora.tune_extras else ()
+    if task_cfg.colora.depthwise == "full":
+      extras += (registry.entry(task_cfg.model.name).depthwise_kernels,)
+    c.lora.extra_trainable = extras
+  return c
+
+
+def run_dir(workdir: str, task: str, arm: Arm, learning_rate: float, seed: int,
+            split: str) -> str:
+  return os.path.join(workdir, task, arm.label.replace("%", "pct"),
+                      f"lr{learning_rate:g}_seed{seed}_{split}")

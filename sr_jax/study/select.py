@@ -1,0 +1,93 @@
+"""Running the study's arms: allocations, the learning-rate choice on validation, the test runs.
+
+For each arm of a task: every candidate learning rate is trained once (the first seed) and
+scored on the validation split; the rate with the best validation PSNR is chosen (the first
+of equals: the candidates are ordered) and written to <arm>/selection.json; then the arm runs
+at that rate for each seed and is scored on the test images. The test images never take part
+in a choice. Each run is train_and_evaluate in its own directory, so the study resumes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+from absl import logging
+
+from sr_jax import colora, colora_job, jsonfile, paths, train
+from sr_jax.models import registry
+from sr_jax.study import arms as arms_lib
+
+Row = dict[str, Any]
+Trainer = Callable[[ml_collections.ConfigDict, str], dict[str, Row]]
+
+
+def tuned_row(rows: dict[str, Row]) -> Row:
+  """The trained model's row of a run's table (the last one)."""
+  return rows[list(rows)[-1]]
+
+
+def choose(scores: dict[float, float]) -> float:
+  """The learning rate of the best validation PSNR (the first listed among equals)."""
+  if not scores:
+    raise ValueError("No candidate learning rate was scored.")
+  return max(scores, key=lambda lr: (scores[lr], -list(scores).index(lr)))
+
+
+def plan_file(task_cfg: ml_collections.ConfigDict, workdir: str, arm: arms_lib.Arm, base: Any,
+              scores: Sequence[Any] | None) -> str:
+  """The arm's LoRA plan file at its budget (CoLoRA from FAIG scores; uniform from none)."""
+  if arm.name == "full":
+    return ""
+  c = ml_collections.ConfigDict(task_cfg.colora.to_dict())
+  c.budget = arm.budget
+  means = {s.path: getattr(s, task_cfg.colora.score) for s in scores} if scores else {}
+  allocation = colora.allocate(base, means, c, task_cfg.lora.targets,
+                               registry.entry(task_cfg.model.name).depthwise_kernels,
+                               uniform=arm.name == "uniform")
+  path = os.path.join(workdir, "allocations", f"{arm.label.replace('%', 'pct')}.json")
+  paths.makedirs(os.path.dirname(path))
+  allocation.save(path, c.lora_scale, settings={"arm": arm.label})
+  return path
+
+
+def faig_scores(task_cfg: ml_collections.ConfigDict, workdir: str, base_dir: str,
+                base: Any, writer) -> list[Any]:
+  """CoLoRA's per-layer FAIG contributions for the task (a probe fine-tune on its training
+  images, then integrated gradients; both cached in the task's directory)."""
+  probe = colora_job.probe_stage(task_cfg, workdir, base_dir)
+  return colora_job.faig_stage(task_cfg, workdir, base_dir, base, probe, writer)
+
+
+def select_rate(task_cfg: ml_collections.ConfigDict, workdir: str, task: str,
+                arm: arms_lib.Arm, plan: str, seed: int, trainer: Trainer = train.train_and_evaluate
+                ) -> float:
+  """Trains every candidate rate on the validation split and returns the chosen one."""
+  path = os.path.join(workdir, task, arm.label.replace("%", "pct"), "selection.json")
+  scores = {}
+  for lr in arms_lib.learning_rates(task_cfg, arm):
+    config = arms_lib.run_config(task_cfg, arm, plan, lr, seed, "val")
+    rows = trainer(config, arms_lib.run_dir(workdir, task, arm, lr, seed, "val"))
+    scores[lr] = float(tuned_row(rows)["psnr"])
+  chosen = choose(scores)
+  paths.makedirs(os.path.dirname(path))
+  jsonfile.write(path, {"validation_psnr": {f"{lr:g}": v for lr, v in scores.items()},
+                        "chosen": chosen, "seed": seed})
+  logging.info("%s on %s: validation PSNR %s -> learning rate %g.", arm.label, task,
+               ", ".join(f"{lr:g}: {v:.2f}" for lr, v in scores.items()), chosen)
+  return chosen
+
+
+def test_runs(task_cfg: ml_collections.ConfigDict, workdir: str, task: str, arm: arms_lib.Arm,
+              plan: str, learning_rate: float, seeds: Sequence[int],
+              trainer: Trainer = train.train_and_evaluate) -> list[Row]:
+  """The arm at its chosen rate, one run per seed, scored on the test images."""
+  results = []
+  for seed in seeds:
+    config = arms_lib.run_config(task_cfg, arm, plan, learning_rate, seed, "eval")
+    row = tuned_row(trainer(config, arms_lib.run_dir(workdir, task, arm, learning_rate, seed,
+                                                     "eval")))
+    results.append(dict(row, seed=seed, learning_rate=learning_rate, steps=config.num_steps))
+  return results
