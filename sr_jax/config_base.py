@@ -129,12 +129,39 @@ def diffusion_config() -> ml_collections.ConfigDict:
       # model (the chain is fine-tuned only where it was trained); False uses the tuned model
       # for every step.
       base_outside_range=True,
-      # Evaluation sampler: 'ddim' or 'ddpm'; sample_steps 0 = every step of the schedule (the
-      # paper's ancestral sampler), fewer = a shortened chain.
+      # Evaluation sampler: 'ddim', 'ddpm' or 'dpmpp_2m' (DPM-Solver++(2M)); sample_steps 0 =
+      # every step of the schedule (the paper's ancestral sampler), fewer = a shortened chain.
       sampler="ddim",
       sample_steps=50,
       eta=0.0,  # DDIM stochasticity (0 = deterministic, 1 = DDPM-like).
+      # Timesteps of a shortened chain: even in t ('uniform'), in log-SNR ('logsnr'), or
+      # 'auto' ('logsnr' for dpmpp_2m, 'uniform' for DDPM and DDIM).
+      spacing="auto",
       clip_x0=True,  # Clip the predicted clean image to [-1, 1] at every step.
+      sample_seed=0,  # Sampling noise seed: evaluations are reproducible.
+  ))
+
+
+def resshift_config() -> ml_collections.ConfigDict:
+  """The ResShift objective (config.objective='resshift', sr_jax/objectives/resshift.py):
+  residual-shifting diffusion with an SR3 UNet (config.model) as the x0 network."""
+  return ml_collections.ConfigDict(dict(
+      # The shifting schedule (the paper's Eq. 10): T steps, noise scale kappa, power p, and
+      # eta_T (the paper's text: 0.999; its public configs: 0.99^2 = 0.9801).
+      num_steps=15,
+      kappa=2.0,
+      power=0.3,
+      eta_T=0.999,
+      normalize_input=True,  # Scale x_t by 1 / (1 + 3 kappa sqrt(eta_t)) at the network input.
+      level="sqrt_eta",  # The network's noise level: 'sqrt_eta' or 'timestep' (t / T).
+      # The network's output: 'x0' (the paper's) or 'residual' (x0_hat = y + output).
+      output="residual",
+      # Train only timesteps t in [t_min, t_max] (1..num_steps; t_max 0 = the last): partial
+      # fine-tuning of the chain; small t is the data end.
+      t_min=1,
+      t_max=0,
+      base_outside_range=True,  # After a range fine-tune, the base samples the other steps.
+      clip_x0=True,  # Clip the predicted x0 to [-1, 1] at every step.
       sample_seed=0,  # Sampling noise seed: evaluations are reproducible.
   ))
 
@@ -163,7 +190,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.mode = "train"  # 'train' (resumes; evaluates at the end) or 'eval' (latest checkpoint).
   c.seed = 0
   # What training optimises (sr_jax/objectives): 'pixel' (config.loss on one model's output),
-  # 'gan' (config.gan: generator and discriminator) or 'diffusion' (config.diffusion: SR3).
+  # 'gan' (config.gan: generator and discriminator), 'diffusion' (config.diffusion: SR3) or
+  # 'resshift' (config.resshift: residual-shifting diffusion).
   # Every job config sets it.
   c.objective = ""
 
@@ -301,6 +329,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer = optimizer_config()
   c.gan = gan_config()
   c.diffusion = diffusion_config()
+  c.resshift = resshift_config()
   c.eval = eval_config()
 
   # The device mesh (sr_jax/sharding.py); the batch is split over all its devices.

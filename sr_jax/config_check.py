@@ -122,6 +122,9 @@ RULES: dict[str, Rule] = {
     "diffusion.beta_end": Real(0, 1, lo_open=True), "diffusion.t_min": Int(1),
     "diffusion.t_max": Int(0), "diffusion.sample_steps": Int(0), "diffusion.eta": Real(0, 1),
     "diffusion.sample_seed": Int(0),
+    "resshift.num_steps": Int(2), "resshift.kappa": Real(0, lo_open=True),
+    "resshift.power": Real(0, lo_open=True), "resshift.eta_T": Real(0, 1, lo_open=True),
+    "resshift.t_min": Int(1), "resshift.t_max": Int(0), "resshift.sample_seed": Int(0),
     "eval.crop_border": Int(0, also=(-1,)),
     "mesh.data": Int(1, also=(-1,)), "mesh.fsdp": Int(1), "mesh.fsdp_min_size": Int(0),
     "guard.max_loss": Real(), "guard.max_param_abs": Real(0, lo_open=True),
@@ -169,6 +172,25 @@ def degradation_problems(config: ConfigDict) -> list[str]:
   return problems
 
 
+def resshift_problems(config: ConfigDict) -> list[str]:
+  """ResShift's names and its training timestep range (when it is the objective)."""
+  r = config.get("resshift")
+  if config.objective != "resshift" or r is None:
+    return []
+  from sr_jax.diffusion import resshift, resshift_sr  # pylint: disable=g-import-not-at-top
+  problems = []
+  last = r.t_max or r.num_steps
+  if not r.t_min <= last <= r.num_steps:
+    problems.append(f"config.resshift.t_min={r.t_min}, t_max={r.t_max}: need 1 <= t_min <= "
+                    f"t_max <= resshift.num_steps={r.num_steps} (t_max 0 = the last)")
+  if r.level not in resshift.LEVELS:
+    problems.append(f"config.resshift.level={r.level!r}: must be one of {resshift.LEVELS}")
+  if r.output not in resshift_sr.OUTPUTS:
+    problems.append(f"config.resshift.output={r.output!r}: must be one of "
+                    f"{resshift_sr.OUTPUTS}")
+  return problems
+
+
 def joint_problems(config: ConfigDict) -> list[str]:
   """Rules tying keys together (each message names every key involved)."""
   from sr_jax import lora_branch  # pylint: disable=g-import-not-at-top
@@ -189,6 +211,7 @@ def joint_problems(config: ConfigDict) -> list[str]:
     if d.schedule != "cosine" and not d.beta_start < d.beta_end:
       problems.append(f"config.diffusion.beta_start={d.beta_start:g} must be below "
                       f"diffusion.beta_end={d.beta_end:g}")
+  problems += resshift_problems(config)
   if config.colora.faig_batch and config.colora.faig_images % config.colora.faig_batch:
     problems.append(f"config.colora.faig_batch={config.colora.faig_batch}: must divide "
                     f"colora.faig_images={config.colora.faig_images} (0 = all at once)")

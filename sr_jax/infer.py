@@ -20,11 +20,13 @@ training crop size is known: from `--train_size`, else the checkpoint's meta.jso
 also see `--context` pixels around them (-1: half the window), so they join without seams.
 `--tlc off` restores with the trained global statistics.
 
-SR3 diffusion checkpoints are sampled instead (whole images, no tiles): `--sampler ddim|ddpm`,
-`--steps` (0 = every step of the noise schedule), `--eta`, `--seed`. A run's export records its
-noise schedule and scale; a converted checkpoint of the common implementation needs `--scale`
-(its schedule is that implementation's: linear 1e-6 -> 1e-2 over 2000 steps). An adapter tuned
-on part of the chain (config.diffusion.t_min/t_max) samples the other steps with the base, as
+Diffusion checkpoints are sampled instead (whole images, no tiles). SR3: `--sampler
+ddim|ddpm|dpmpp_2m`, `--steps` (0 = every step of the noise schedule), `--eta`, `--seed`. A
+run's export records its noise schedule and scale; a converted checkpoint of the common
+implementation needs `--scale` (its schedule is that implementation's: linear 1e-6 -> 1e-2
+over 2000 steps). ResShift (an export whose meta.json holds a 'resshift' record) always runs
+its recorded T-step chain (15 by default) from the upsampled input; only `--seed` applies. An
+adapter tuned on part of either chain (t_min/t_max) samples the other steps with the base, as
 the run evaluated it.
 
 The library entry points are `load_model` and `restore_images` / `restore_files`.
@@ -49,7 +51,7 @@ from PIL import Image
 from sr_jax import adapters, checkpoint as checkpoint_lib, metrics, runtime, tiling
 from sr_jax import tlc_inference
 from sr_jax.data import sources
-from sr_jax.diffusion import samplers, sr3
+from sr_jax.diffusion import resshift_sr, samplers, sr3
 from sr_jax.models import registry
 
 PyTree = Any
@@ -93,8 +95,9 @@ class DiffusionRestorer:
 
   def __init__(self, model: nn.Module, base: PyTree, tuned: PyTree, record: dict[str, Any],
                sampler: str = "ddim", steps: int = 50, eta: float = 0.0, seed: int = 0,
-               split: bool = False):
-    sampler_config = samplers.SamplerConfig(kind=sampler, num_steps=steps, eta=eta)
+               split: bool = False, spacing: str = "auto"):
+    sampler_config = samplers.SamplerConfig(kind=sampler, num_steps=steps, eta=eta,
+                                            spacing=spacing)
     self.sr3 = sr3.SR3.from_record(model, record, sampler_config, split=split, seed=seed)
     self.params = {"base": tuned, "lora": {}}
     if self.sr3.split_sampling:
@@ -102,6 +105,7 @@ class DiffusionRestorer:
     self.scale, self.multiple = self.sr3.scale, 1
     self.channels = registry.facts("sr3", model).in_channels
     self.steps = steps or self.sr3.noise.num_steps
+    self.sample, self.label = self.sr3.sample, self.sr3.sampler_label
     self._jitted = jax.jit(self.sr3.sample)
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
@@ -112,6 +116,31 @@ class DiffusionRestorer:
     else:
       out = self._jitted(self.params, x)
     return np.asarray(out[0])
+
+  def num_tiles(self, height: int, width: int) -> int:
+    del height, width
+    return 1
+
+
+class ResShiftRestorer:
+  """ResShift: each image is super-resolved by the recorded T-step chain
+  (sr_jax.diffusion.resshift_sr), whole."""
+
+  def __init__(self, model: nn.Module, base: PyTree, tuned: PyTree, record: dict[str, Any],
+               seed: int = 0, split: bool = False):
+    self.sr = resshift_sr.ResShiftSR.from_record(model, record, split=split, seed=seed)
+    self.params = {"base": tuned, "lora": {}}
+    if self.sr.split_sampling:
+      self.params["reference"] = base
+    self.scale, self.multiple = self.sr.scale, 1
+    self.channels = registry.facts("sr3", model).in_channels
+    self.steps = self.sr.schedule.num_steps
+    self.sample, self.label = self.sr.sample, self.sr.sampler_label
+    self._jitted = jax.jit(self.sr.sample)
+
+  def __call__(self, image: np.ndarray) -> np.ndarray:
+    """HWC float32 LR image in [0, 1] -> the sampled HR image (HWC float32 in [0, 1])."""
+    return np.asarray(self._jitted(self.params, jnp.asarray(image, jnp.float32)[None])[0])
 
   def num_tiles(self, height: int, width: int) -> int:
     del height, width
@@ -244,22 +273,28 @@ def is_diffusion(checkpoint: str) -> bool:
 
 
 def diffusion_restorer(checkpoint: str, adapter: str | None, *, dtype: str = "float32",
-                       scale: int = 0, **sampling) -> DiffusionRestorer:
-  """An SR3 checkpoint (and adapter) ready to sample; the scale from its record or `scale`."""
+                       scale: int = 0, **sampling) -> DiffusionRestorer | ResShiftRestorer:
+  """A diffusion checkpoint (and adapter) ready to sample: ResShift when its meta.json holds a
+  'resshift' record (only `seed` of `sampling` applies), else SR3; the scale from the record
+  or `scale`."""
   base, meta = adapters.load_base(checkpoint)
-  record, tuned = dict(meta.get("diffusion") or {}), base
+  family = "resshift" if meta.get("resshift") else "diffusion"
+  record, tuned = dict(meta.get(family) or {}), base
   if adapter:
     loaded = adapters.load_adapter(adapter)
     adapters.check_compatible(meta, loaded, base)
     tuned = adapters.apply_adapter(base, loaded)
-    record.update(loaded.meta.get("diffusion") or {})
+    record.update(loaded.meta.get(family) or {})
   if scale:
     record["scale"] = scale
   if not record.get("scale"):
     raise UsageError(f"{checkpoint} records no SR scale (a converted SR3 checkpoint): pass "
                      "--scale, e.g. --scale 8 for the 16 -> 128 model.")
-  record = dict(sr3.COMMON_SCHEDULE, **record)  # A converted checkpoint records no schedule.
   model = adapters.model_from_architecture(meta["model"], dtype=dtype)
+  if family == "resshift":
+    return ResShiftRestorer(model, base, tuned, record, seed=sampling.get("seed", 0),
+                            split=bool(adapter))
+  record = dict(sr3.COMMON_SCHEDULE, **record)  # A converted checkpoint records no schedule.
   return DiffusionRestorer(model, base, tuned, record, split=bool(adapter), **sampling)
 
 
@@ -323,7 +358,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("train_size", 0, "Training crop size for TLC; 0 = from meta.json.")
   flags.DEFINE_integer("context", -1, "Pixels each tile also sees around it; -1 = half the "
                        "TLC window (0 without TLC).")
-  flags.DEFINE_string("sampler", "ddim", "SR3 only: 'ddim' or 'ddpm'.")
+  flags.DEFINE_string("sampler", "ddim", "SR3 only: 'ddim', 'ddpm' or 'dpmpp_2m' "
+                      "(DPM-Solver++(2M): ~20 steps).")
   flags.DEFINE_integer("steps", 50, "SR3 only: sampling steps (0 = the whole noise schedule).")
   flags.DEFINE_float("eta", 0.0, "SR3 only: DDIM stochasticity (0 = deterministic).")
   flags.DEFINE_integer("seed", 0, "SR3 only: sampling seed.")

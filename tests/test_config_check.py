@@ -11,7 +11,8 @@ from sr_jax import config_base, config_check
 JOBS = {"colora_nafnet": ("", "demo", "demo_ablation"), "colora_restormer": ("", "demo"),
         "esrgan": ("", "demo"), "esrgan_lora": ("", "demo"), "lora_nafnet": ("", "demo"),
         "mesrgan": ("", "demo"), "prod_nafnet": ("", "demo"), "sr3": ("", "demo"),
-        "sr3_finetune": ("", "demo", "lora", "range"), "srgan": ("", "demo")}
+        "sr3_finetune": ("", "demo", "lora", "range"), "srgan": ("", "demo"),
+        "resshift": ("", "demo"), "resshift_finetune": ("", "demo", "lora", "range")}
 
 
 def numeric_keys(node, prefix=""):

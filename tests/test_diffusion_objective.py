@@ -143,6 +143,19 @@ def test_apply_samples_reproducibly_in_the_unit_range():
   assert float(jnp.max(jnp.abs(other - first))) > 1e-3
 
 
+def test_the_spacing_key_reaches_the_sampler_and_its_label():
+  fast = _objective(sampler="dpmpp_2m", sample_steps=5)
+  assert fast.sr3.sampler.spacing == "auto" and fast.sampler_label == "DPM-Solver++(2M) 5 steps"
+  uniform = _objective(sampler="dpmpp_2m", sample_steps=5, spacing="uniform")
+  assert uniform.sampler_label == "DPM-Solver++(2M) 5 steps, uniform spacing"
+  ts = samplers.timesteps(uniform.noise, uniform.sr3.sampler)
+  np.testing.assert_array_equal(ts, samplers.sampling_timesteps(T, 5))
+  assert not np.array_equal(ts, samplers.timesteps(fast.noise, fast.sr3.sampler))
+  assert _objective(sampler="ddpm", sample_steps=0).sampler_label == f"DDPM {T} steps"
+  with pytest.raises(ValueError, match="config.diffusion.spacing"):
+    _objective(spacing="karras")
+
+
 def test_consistency_is_the_mse_of_the_downscaled_output_in_units_of_1e5():
   rng = np.random.default_rng(4)
   hr = rng.random((16, 16, 3))

@@ -17,7 +17,7 @@ import pytest
 
 from sr_jax import sharding
 from sr_jax.diffusion import resshift
-from sr_jax.models import sr3_unet
+from sr_jax.models import registry
 
 PAPER = resshift.ShiftSchedule.create()  # T = 15, kappa = 2, p = 0.3, eta_T = 0.999.
 
@@ -262,7 +262,7 @@ def test_sampler_on_a_mesh_in_chunks_and_jit():
 def test_with_the_sr3_unet():
   """The micro SR3 UNet as the x0 network: fitting one pair drives the loss down, and the
   sampler then recovers x0 from its degraded y far better than y itself."""
-  model = sr3_unet.sr3_from_preset("micro", impl="xla")
+  model = registry.build_preset("sr3", "micro", impl="xla")
   rng = np.random.default_rng(11)
   x0 = rng.uniform(-0.9, 0.9, (2, 8, 8, 3)).astype(np.float32)
   y = np.clip(x0 + 0.3 * rng.standard_normal(x0.shape), -1, 1).astype(np.float32)

@@ -89,15 +89,19 @@ def test_lora_on_part_of_the_chain_end_to_end(tmp_path):
 
   # The sampler comparison: the run's own sampler reproduces its row; the full chain runs too.
   compared = sr3_sampling.compare(base_dir, str(tmp_path / "export" / "adapters"), config,
-                                  sr3_sampling.parse_samplers("ddim:4,ddpm:0"))
-  assert [r["sampler"] for r in compared] == ["DDIM 4 steps", "DDPM 20 steps"]
-  assert compared[0]["psnr"] == pytest.approx(rows[arm]["psnr"], abs=1e-3)
-  assert "| DDPM 20 steps |" in sr3_sampling.table(compared, 1)
+                                  sr3_sampling.parse_samplers("ddim:4,ddpm:0,dpmpp_2m:3"))
+  assert [r["sampler"] for r in compared] == ["bicubic", "DDIM 4 steps", "DDPM 20 steps",
+                                              "DPM-Solver++(2M) 3 steps"]
+  assert [r["steps"] for r in compared] == [0, 4, 20, 3]
+  assert compared[0]["psnr"] == pytest.approx(rows["bicubic"]["psnr"], abs=1e-6)
+  assert compared[1]["psnr"] == pytest.approx(rows[arm]["psnr"], abs=1e-3)
+  assert "| SR3 | DDPM 20 steps | 20 |" in sr3_sampling.table(compared, 1)
 
 
 def test_sampler_list_errors_name_the_flag():
-  assert sr3_sampling.parse_samplers("ddim:50, ddpm:0") == [("ddim", 50), ("ddpm", 0)]
-  for bad in ("ddim", "euler:10", "ddpm:-1", ""):
+  assert sr3_sampling.parse_samplers("ddim:50, ddpm:0,dpmpp_2m:20:uniform") == [
+      ("ddim", 50, "auto"), ("ddpm", 0, "auto"), ("dpmpp_2m", 20, "uniform")]
+  for bad in ("ddim", "euler:10", "ddpm:-1", "", "dpmpp_2m:20:karras"):
     with pytest.raises(ValueError, match="--samplers"):
       sr3_sampling.parse_samplers(bad)
 

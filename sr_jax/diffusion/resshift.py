@@ -198,24 +198,36 @@ def network_input(schedule: ShiftSchedule, x_t: jax.Array,
   return x_t * _per_image(schedule.input_scale, t, x_t), level
 
 
-def draw_training(schedule: ShiftSchedule, x0: jax.Array, y: jax.Array,
-                  rng: jax.Array) -> dict[str, jax.Array]:
-  """A training step's draws: per image t uniform on 1..T, the noise, and x_t."""
+def check_range(schedule: ShiftSchedule, t_min: int, t_max: int) -> tuple[int, int]:
+  """(t_min, t_max) with t_max 0 meaning T; an error naming the keys when outside 1..T."""
+  last = t_max or schedule.num_steps
+  if not 1 <= t_min <= last <= schedule.num_steps:
+    raise ValueError(f"config.resshift.t_min={t_min}, t_max={t_max}: need 1 <= t_min <= "
+                     f"t_max <= resshift.num_steps={schedule.num_steps} (t_max 0 = the last).")
+  return int(t_min), int(last)
+
+
+def draw_training(schedule: ShiftSchedule, x0: jax.Array, y: jax.Array, rng: jax.Array,
+                  t_range: tuple[int, int] = (1, 0)) -> dict[str, jax.Array]:
+  """A training step's draws: per image t uniform on t_range (default 1..T; t_max 0 = T),
+  the noise, and x_t. A range fine-tunes part of the chain."""
   _check_pair(x0, y)
+  t_min, t_max = check_range(schedule, *t_range)
   k_t, k_noise = jax.random.split(rng)
-  t = jax.random.randint(k_t, x0.shape[:1], 1, schedule.num_steps + 1, dtype=jnp.int32)
+  t = jax.random.randint(k_t, x0.shape[:1], t_min, t_max + 1, dtype=jnp.int32)
   noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
   return {"t": t, "noise": noise, "x_t": q_sample(schedule, x0, y, t, noise)}
 
 
 def training_loss(predict_x0: X0Predictor, schedule: ShiftSchedule, x0: jax.Array, y: jax.Array,
-                  rng: jax.Array) -> jax.Array:
+                  rng: jax.Array, t_range: tuple[int, int] = (1, 0)) -> jax.Array:
   """The mean squared error of predict_x0(y, x_in, level, t) against x0 (float32 scalar).
 
   x0 is the HR image and y the upsampled LR image, both (B, H, W, C) in [-1, 1]; `rng` draws t
-  and the noise (`draw_training`). Differentiable in whatever predict_x0 closes over.
+  (on t_range) and the noise (`draw_training`). Differentiable in whatever predict_x0 closes
+  over.
   """
-  draw = draw_training(schedule, x0, y, rng)
+  draw = draw_training(schedule, x0, y, rng, t_range)
   x_in, level = network_input(schedule, draw["x_t"], draw["t"])
   x0_hat = predict_x0(y, x_in, level, draw["t"])
   return jnp.mean(jnp.square(x0_hat.astype(jnp.float32) - x0.astype(jnp.float32)))

@@ -63,10 +63,19 @@ def sampling_record(diffusion: Any, scale: int) -> dict[str, Any]:
   return dict({k: diffusion[k] for k in RECORDED}, scale=int(scale))
 
 
+SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)"}
+
+
 def sampler_label(sampler: samplers.SamplerConfig, num_timesteps: int) -> str:
-  """E.g. 'DDIM 50 steps' or 'DDPM 2000 steps' (eta shown when DDIM's is not 0)."""
+  """E.g. 'DDIM 50 steps', 'DDPM 2000 steps' or 'DPM-Solver++(2M) 20 steps' (DDIM's eta when
+  not 0, and a spacing other than the sampler's default)."""
   eta = f", eta {sampler.eta:g}" if sampler.kind == "ddim" and sampler.eta else ""
-  return f"{sampler.kind.upper()} {sampler.num_steps or num_timesteps} steps{eta}"
+  default = "logsnr" if sampler.kind == "dpmpp_2m" else "uniform"
+  shortened = 0 < sampler.num_steps < num_timesteps
+  spacing = (f", {sampler.spacing} spacing"
+             if shortened and sampler.spacing not in ("auto", default) else "")
+  return (f"{SAMPLER_NAMES[sampler.kind]} {sampler.num_steps or num_timesteps} steps"
+          f"{eta}{spacing}")
 
 
 @dataclasses.dataclass

@@ -1,8 +1,9 @@
 """Training objectives as plugins: `config.objective` names one, the registry builds it.
 
 Built in: 'pixel' (restoration and PSNR-oriented SR: one model, a pixel loss), 'gan' (a
-generator against a discriminator, perceptual and adversarial losses) and 'diffusion' (SR3:
-noise-level sampling and epsilon prediction). Each lives in its own module, which defines `SPEC`
+generator against a discriminator, perceptual and adversarial losses), 'diffusion' (SR3:
+noise-level sampling and epsilon prediction) and 'resshift' (residual-shifting diffusion: a
+15-step chain from the upsampled input, x0 prediction). Each lives in its own module, which defines `SPEC`
 (a base.ObjectiveSpec); the trainer only sees the protocol in base.py. To add an objective,
 write a module with a `build(context) -> base.Built` and call `register` with its spec before
 the run starts: nothing in the trainer changes.
@@ -17,7 +18,8 @@ from sr_jax.objectives.base import ObjectiveSpec
 # Built-in objectives, imported when first asked for (the GAN pulls in VGG, the diffusion
 # objective the samplers).
 _BUILTIN = {"pixel": "sr_jax.objectives.pixel", "gan": "sr_jax.objectives.gan",
-            "diffusion": "sr_jax.objectives.diffusion"}
+            "diffusion": "sr_jax.objectives.diffusion",
+            "resshift": "sr_jax.objectives.resshift"}
 _REGISTERED: dict[str, ObjectiveSpec] = {}
 
 

@@ -50,7 +50,8 @@ def epsilon_loss(kind: str, eps_hat: jax.Array, eps: jax.Array) -> jax.Array:
 
 def sampler_config(diffusion: ml_collections.ConfigDict) -> samplers.SamplerConfig:
   return samplers.SamplerConfig(kind=diffusion.sampler, num_steps=diffusion.sample_steps,
-                                eta=diffusion.eta, clip_x0=diffusion.clip_x0)
+                                eta=diffusion.eta, clip_x0=diffusion.clip_x0,
+                                spacing=diffusion.get("spacing", "auto"))
 
 
 class DiffusionObjective(base.ModelObjective):

@@ -1,14 +1,18 @@
-r"""SR3 samplers side by side: time per image and quality of each on a config's held-out images.
+r"""Diffusion samplers side by side: time per image and quality on a config's held-out images.
 
-  python -m sr_jax.tools.sr3_sampling --checkpoint W/export/params \
-      --config configs/sr3.py:demo --samplers ddim:50,ddpm:0 --output sampling.md
+  python -m sr_jax.tools.sr3_sampling --config configs/resshift.py:demo \
+      --checkpoint W_SR3/export/params,W_RESSHIFT/export/params \
+      --samplers ddpm:0,ddim:50,dpmpp_2m:20 --output sampling.md
 
-Each `kind:steps` entry (steps 0 = every step of the noise schedule, i.e. the paper's ancestral
-sampler over all T steps) super-resolves the held-out images of `--config` (its data section:
-source, eval_max_size, degradation) with the checkpoint (and `--adapter`), from the same seed.
-Each image shape is compiled before its timed run; the reported time is the mean wall time of
-sampling one image. Scores follow the config's eval section (PSNR /
-SSIM protocol, LPIPS networks) plus SR3's consistency.
+`--checkpoint` lists one or more diffusion parameter directories (exports or converted
+checkpoints), of either family: each SR3 checkpoint is sampled with every `--samplers` entry
+(`kind:steps` or `kind:steps:spacing`, kind ddpm, ddim or dpmpp_2m, steps 0 = every step of
+the noise schedule, spacing uniform or logsnr); each ResShift checkpoint with its recorded
+chain (its entry is 'ResShift T steps'). All rows super-resolve the held-out images of
+`--config` (its data section: source, eval_max_size, degradation) from the same seed and are
+scored with its eval section (PSNR / SSIM protocol, LPIPS networks) plus SR3's consistency;
+the first row is MATLAB bicubic. Each image shape is compiled before its timed run; the time
+is the mean wall time of sampling one image. `--adapter` applies to a single checkpoint.
 """
 
 from __future__ import annotations
@@ -26,13 +30,17 @@ from ml_collections import config_flags
 from sr_jax import runtime
 
 FLAGS = flags.FLAGS
+KINDS = ("ddpm", "ddim", "dpmpp_2m")
+SPACINGS = ("uniform", "logsnr")
 
 
 def _define_flags() -> None:
   """Command-line flags, defined only when run as a program (tests import this module)."""
-  flags.DEFINE_string("checkpoint", None, "SR3 parameter directory (export/params or converted).")
-  flags.DEFINE_string("adapter", None, "Optional adapter directory (a run's export/adapters).")
-  flags.DEFINE_string("samplers", "ddim:50,ddpm:0", "Comma-separated kind:steps entries.")
+  flags.DEFINE_string("checkpoint", None, "Comma-separated diffusion parameter directories "
+                      "(SR3 or ResShift exports, or converted SR3 checkpoints).")
+  flags.DEFINE_string("adapter", None, "Optional adapter directory (one checkpoint only).")
+  flags.DEFINE_string("samplers", "ddim:50,ddpm:0", "SR3's samplers: comma-separated "
+                      "kind:steps[:spacing] entries, kind in ddpm, ddim, dpmpp_2m.")
   flags.DEFINE_float("eta", 0.0, "DDIM stochasticity.")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
   flags.DEFINE_string("output", "", "Also write the markdown table here.")
@@ -46,15 +54,18 @@ _COLUMNS = (("psnr", "PSNR (dB)", "{:.3f}"), ("ssim", "SSIM", "{:.4f}"),
             ("consistency", "consistency (1e-5)", "{:.2f}"))
 
 
-def parse_samplers(text: str) -> list[tuple[str, int]]:
-  """'ddim:50,ddpm:0' -> [('ddim', 50), ('ddpm', 0)]; a malformed entry names the flag."""
+def parse_samplers(text: str) -> list[tuple[str, int, str]]:
+  """'ddim:50,dpmpp_2m:20:uniform' -> [('ddim', 50, 'auto'), ('dpmpp_2m', 20, 'uniform')];
+  a malformed entry names the flag."""
   out = []
   for entry in (e.strip() for e in text.split(",") if e.strip()):
-    kind, _, steps = entry.partition(":")
-    if kind not in ("ddim", "ddpm") or not steps.isdigit():
-      raise ValueError(f"--samplers entry {entry!r} must be 'ddim:STEPS' or 'ddpm:STEPS' "
-                       "(STEPS 0 = the whole schedule).")
-    out.append((kind, int(steps)))
+    kind, _, rest = entry.partition(":")
+    steps, _, spacing = rest.partition(":")
+    if kind not in KINDS or not steps.isdigit() or spacing not in SPACINGS + ("",):
+      raise ValueError(f"--samplers entry {entry!r} must be 'KIND:STEPS' or "
+                       f"'KIND:STEPS:SPACING' with KIND in {KINDS} (STEPS 0 = the whole "
+                       f"schedule) and SPACING in {SPACINGS}.")
+    out.append((kind, int(steps), spacing or "auto"))
   if not out:
     raise ValueError("--samplers lists no sampler.")
   return out
@@ -63,7 +74,7 @@ def parse_samplers(text: str) -> list[tuple[str, int]]:
 def sample_timed(restorer, eval_set) -> tuple[list[np.ndarray], float]:
   """Each image's sample and the mean seconds per image (compilation excluded: each shape
   is compiled ahead of its timed run)."""
-  apply = jax.jit(restorer.sr3.sample)
+  apply = jax.jit(restorer.sample)
   compiled, outputs, seconds = {}, [], []
   for item in eval_set:
     lq = jnp.asarray(item["lq"], jnp.float32)[None]
@@ -76,36 +87,71 @@ def sample_timed(restorer, eval_set) -> tuple[list[np.ndarray], float]:
   return outputs, float(np.mean(seconds))
 
 
-def compare(checkpoint: str, adapter: str | None, config, entries: Sequence[tuple[str, int]],
-            eta: float = 0.0, seed: int = 0) -> list[dict[str, Any]]:
-  """One row per sampler: its label, seconds per image and mean scores."""
-  from sr_jax import evaluate, infer  # pylint: disable=g-import-not-at-top
-  from sr_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  eval_set = pipeline.make_eval_set(config.data, seed=config.seed)
-  rows = []
-  for kind, steps in entries:
-    restorer = infer.diffusion_restorer(checkpoint, adapter, scale=0, sampler=kind,
-                                        steps=steps, eta=eta, seed=seed)
-    options = evaluate.options(config.eval, restorer.scale)
-    options["consistency_scale"] = restorer.scale
-    outputs, seconds = sample_timed(restorer, eval_set)
-    # Scored as a baseline row is: the outputs stand in for the inputs of an identity model.
+def _score(outputs: Sequence[np.ndarray] | None, eval_set, options) -> dict[str, Any]:
+  """Scores outputs (None: the bicubic baseline) as a baseline row is scored."""
+  from sr_jax import evaluate  # pylint: disable=g-import-not-at-top
+  if outputs is None:
+    scored = evaluate.bicubic_set(eval_set, options["consistency_scale"])
+  else:  # The outputs stand in for the inputs of an identity model.
     scored = [dict(item, lq=out, lr=item["lq"]) for item, out in zip(eval_set, outputs)]
-    result = evaluate.evaluate(lambda params, lq: lq, None, scored, **options)
-    label = restorer.sr3.sampler_label
-    logging.info("%s: %.2f s per image, PSNR %.3f dB.", label, seconds, result["psnr"])
-    rows.append(dict({k: v for k, v in result.items() if isinstance(v, float)},
-                     sampler=label, seconds=seconds, steps=restorer.steps))
+  result = evaluate.evaluate(lambda params, lq: lq, None, scored, **options)
+  return {k: v for k, v in result.items() if isinstance(v, float)}
+
+
+def _restorers(checkpoints: Sequence[str], adapter: str | None,
+               entries: Sequence[tuple[str, int, str]], eta: float, seed: int):
+  """(model family, restorer) for each row: an SR3 checkpoint per sampler, ResShift once."""
+  from sr_jax import infer  # pylint: disable=g-import-not-at-top
+  for checkpoint in checkpoints:
+    first = infer.diffusion_restorer(checkpoint, adapter, sampler=entries[0][0],
+                                     steps=entries[0][1], eta=eta, seed=seed,
+                                     spacing=entries[0][2])
+    if isinstance(first, infer.ResShiftRestorer):
+      yield "ResShift", first
+      continue
+    yield "SR3", first
+    for kind, steps, spacing in entries[1:]:
+      yield "SR3", infer.diffusion_restorer(checkpoint, adapter, sampler=kind, steps=steps,
+                                            eta=eta, seed=seed, spacing=spacing)
+
+
+def compare(checkpoints: str | Sequence[str], adapter: str | None, config,
+            entries: Sequence[tuple[str, int, str]], eta: float = 0.0,
+            seed: int = 0) -> list[dict[str, Any]]:
+  """The bicubic row, then one row per (checkpoint, sampler): model, sampler, steps, seconds
+  per image and mean scores."""
+  from sr_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from sr_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  if isinstance(checkpoints, str):
+    checkpoints = [c for c in checkpoints.split(",") if c]
+  if adapter and len(checkpoints) != 1:
+    raise ValueError("--adapter applies to one --checkpoint; list one checkpoint with it.")
+  eval_set = pipeline.make_eval_set(config.data, seed=config.seed)
+  scale = int(config.data.degradation.scale)
+  options = dict(evaluate.options(config.eval, scale), consistency_scale=scale)
+  rows = [dict(_score(None, eval_set, options), model="-", sampler="bicubic", steps=0,
+               seconds=float("nan"))]
+  for family, restorer in _restorers(checkpoints, adapter, entries, eta, seed):
+    if restorer.scale != scale:
+      raise ValueError(f"A checkpoint upscales by {restorer.scale} but --config's "
+                       f"data.degradation.scale is {scale}; compare models of one scale.")
+    outputs, seconds = sample_timed(restorer, eval_set)
+    scores = _score(outputs, eval_set, options)
+    logging.info("%s %s: %.2f s per image, PSNR %.3f dB.", family, restorer.label, seconds,
+                 scores["psnr"])
+    rows.append(dict(scores, model=family, sampler=restorer.label, seconds=seconds,
+                     steps=restorer.steps))
   return rows
 
 
 def table(rows: Sequence[dict[str, Any]], num_images: int) -> str:
   columns = [c for c in _COLUMNS if any(c[0] in r for r in rows)]
-  header = ["sampler", "s / image"] + [c[1] for c in columns]
-  lines = [f"SR3 samplers on {num_images} held-out image(s)", "",
+  header = ["model", "sampler", "steps", "s / image"] + [c[1] for c in columns]
+  lines = [f"Diffusion samplers on {num_images} held-out image(s)", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in rows:
-    cells = [r["sampler"], f"{r['seconds']:.2f}"]
+    seconds = "-" if np.isnan(r["seconds"]) else f"{r['seconds']:.2f}"
+    cells = [r["model"], r["sampler"], str(r["steps"] or "-"), seconds]
     cells += [fmt.format(r[k]) if k in r else "-" for k, _, fmt in columns]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
