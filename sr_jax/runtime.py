@@ -11,6 +11,7 @@ _QUIET = ("/orbax/", "/grain/", "/tensorflow/", "/jax/_src/", "/clu/")
 # sr_jax registers its own orbax array handler on purpose (checkpoint.use_whole_small_arrays),
 # and JAX reports each accelerator plugin it probes and does not find.
 _HARMLESS = (("type_handler_registry.py", "overriding"),
+             ("ocdbt_utils.py", "Skipping merge of OCDBT"),  # Exports are written without it.
              ("xla_bridge.py", "Unable to initialize backend"),
              ("xla_bridge.py", "Platform 'tpu' is experimental"))
 
@@ -18,7 +19,7 @@ _HARMLESS = (("type_handler_registry.py", "overriding"),
 class _QuietLibraries(py_logging.Filter):
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    if any(f in record.pathname and t in str(record.msg) for f, t in _HARMLESS):
+    if any(f in record.pathname and t in record.getMessage() for f, t in _HARMLESS):
       return False
     return record.levelno >= py_logging.WARNING or not any(q in record.pathname for q in _QUIET)
 
