@@ -116,8 +116,9 @@ class StepProgress:
     return (step - self.step0) / max(time.perf_counter() - self.t0, 1e-9)
 
   def metric_text(self, means: dict[str, float]) -> str:
+    """'loss (-PSNR, dB) -13.27, psnr 13.27, ...': the losses first, then the other metrics."""
     parts = []
-    for key, value in means.items():
+    for key, value in sorted(means.items(), key=lambda kv: "loss" not in kv[0]):
       label = f"{key} ({self.loss_label})" if key == "loss" and self.loss_label else key
       parts.append(f"{label} {value:.4g}")
     return ", ".join(parts)

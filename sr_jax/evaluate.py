@@ -7,6 +7,7 @@ config says otherwise; every printed number carries its protocol.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -61,9 +62,9 @@ def evaluate(apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree,
   scale and in units of 1e-5, over the whole image. `progress(images done)` is called after
   each image.
   """
-  run = jax.jit(apply_fn)
+  run = _jitted(apply_fn)
   kw = dict(crop_border=crop_border, y_channel=y_channel)
-  score = jax.jit(lambda p, g: (metrics.psnr(p, g, **kw), metrics.ssim(p, g, **kw)))
+  score = _scorer(crop_border, y_channel)
   per_image, outputs = [], []
   for item in eval_set:
     pred = run(params, jnp.asarray(item["lq"])[None])
@@ -83,6 +84,26 @@ def evaluate(apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree,
   keys = [k for k in per_image[0] if k != "name"] if per_image else ["psnr", "ssim"]
   means = {k: float(np.nanmean([r[k] for r in per_image])) for k in keys}
   return dict(means, per_image=per_image, outputs=outputs)
+
+
+def _jitted(apply_fn: Callable[[PyTree, jax.Array], jax.Array]) -> Callable:
+  """One jitted apply per function, so that periodic evaluations (config.eval_every) compile
+  once per image shape rather than at every evaluation; a bound method is the same key each
+  time it is looked up on the same object. An unhashable callable is jitted afresh."""
+  try:
+    return _jitted_cached(apply_fn)
+  except TypeError:
+    return jax.jit(apply_fn)
+
+
+_jitted_cached = functools.lru_cache(maxsize=16)(jax.jit)
+
+
+@functools.lru_cache(maxsize=8)
+def _scorer(crop_border: int, y_channel: bool) -> Callable:
+  """PSNR and SSIM of a batch under one protocol, jitted once per protocol."""
+  kw = dict(crop_border=crop_border, y_channel=y_channel)
+  return jax.jit(lambda p, g: (metrics.psnr(p, g, **kw), metrics.ssim(p, g, **kw)))
 
 
 def _perceptual_scores(pred: jax.Array, gt: jax.Array, crop_border: int,
