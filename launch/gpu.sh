@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs an sr_jax job on NVIDIA GPUs, with the XLA flags and memory setting that help.
 #
-# Usage: launch/gpu.sh [--dry-run] local -- SR_JAX_ARGS...
-#        launch/gpu.sh [--dry-run] slurm [--nodes N] [--gpus-per-node G] [--srun-arg ARG]...
+# Usage: launch/gpu.sh [--dry_run] local -- SR_JAX_ARGS...
+#        launch/gpu.sh [--dry_run] slurm [--nodes N] [--gpus_per_node G] [--srun_arg ARG]...
 #                      -- SR_JAX_ARGS...
 #
 #   local  one process on this host: `python -m sr_jax.main SR_JAX_ARGS`. It sees every local
@@ -10,11 +10,11 @@
 #   slurm  `srun` with one task per node, each owning all of its node's GPUs, running
 #          `python -m sr_jax.main --distributed SR_JAX_ARGS`: jax.distributed.initialize() takes
 #          the coordinator, process count and process id from Slurm. --nodes and
-#          --gpus-per-node default to the allocation's (SLURM_JOB_NUM_NODES and
-#          SLURM_GPUS_PER_NODE, set by `sbatch --gpus-per-node`); --srun-arg adds an srun
-#          option (repeatable), e.g. --srun-arg=--partition=gpu. The workdir and the data must
+#          --gpus_per_node default to the allocation's (SLURM_JOB_NUM_NODES and
+#          SLURM_GPUS_PER_NODE, set by `sbatch --gpus-per-node`); --srun_arg adds an srun
+#          option (repeatable), e.g. --srun_arg=--partition=gpu. The workdir and the data must
 #          be on a file system that every node sees.
-#   --dry-run  print the command instead of running it (same as DRY_RUN=1; any non-empty
+#   --dry_run  print the command instead of running it (same as DRY_RUN=1; any non-empty
 #              DRY_RUN, as in launch/local.sh)
 #   -h, --help print this help
 # PYTHON picks the interpreter (default: python).
@@ -43,16 +43,17 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 dry_run=${DRY_RUN:-}; mode=""; nodes=""; gpus=""; srun_args=(); args=()
 while [[ $# -gt 0 ]]; do
+  [[ "$1" == --?* ]] && set -- "$(underscore_option "$1")" "${@:2}"
   case "$1" in
     -h|--help) usage; exit 0 ;;
-    --dry-run) dry_run=1; shift ;;
-    --nodes|--gpus-per-node|--srun-arg)
+    --dry_run) dry_run=1; shift ;;
+    --nodes|--gpus_per_node|--srun_arg)
       [[ $# -ge 2 ]] || die_usage "$1 needs a value"
       case "$1" in
-        --nodes) nodes=$2 ;; --gpus-per-node) gpus=$2 ;; --srun-arg) srun_args+=("$2") ;;
+        --nodes) nodes=$2 ;; --gpus_per_node) gpus=$2 ;; --srun_arg) srun_args+=("$2") ;;
       esac
       shift 2 ;;
-    --nodes=*|--gpus-per-node=*|--srun-arg=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
+    --nodes=*|--gpus_per_node=*|--srun_arg=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
     --) shift; args=("$@"); break ;;
     local|slurm)
       [[ -z "$mode" ]] || die_usage "one mode at a time ('$mode', then '$1')"
@@ -63,7 +64,7 @@ done
 [[ -n "$mode" ]] || die_usage "no mode given (local or slurm)"
 [[ ${#args[@]} -gt 0 ]] || die_usage "the sr_jax arguments go after '--'"
 if [[ "$mode" == local && ( -n "$nodes" || -n "$gpus" || ${#srun_args[@]} -gt 0 ) ]]; then
-  die_usage "--nodes, --gpus-per-node and --srun-arg are for slurm mode"
+  die_usage "--nodes, --gpus_per_node and --srun_arg are for slurm mode"
 fi
 
 # XLA flags for GPUs. The latency-hiding scheduler overlaps collectives (the gradient
@@ -91,7 +92,7 @@ if [[ "$mode" == slurm ]]; then
   [[ "$nodes" =~ ^[1-9][0-9]*$ ]] ||
     die_usage "slurm mode needs --nodes N (or an allocation's SLURM_JOB_NUM_NODES)"
   [[ "$gpus" =~ ^[1-9][0-9]*$ ]] ||
-    die_usage "slurm mode needs --gpus-per-node G (or SLURM_GPUS_PER_NODE from sbatch)"
+    die_usage "slurm mode needs --gpus_per_node G (or SLURM_GPUS_PER_NODE from sbatch)"
   # JAX's Slurm detection gives each process only the GPU numbered SLURM_LOCALID (0 with one
   # task per node) unless told otherwise: the task owns all of its node's GPUs.
   ids=0; for (( i = 1; i < gpus; i++ )); do ids+=",$i"; done

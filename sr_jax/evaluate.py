@@ -7,6 +7,7 @@ config says otherwise; every printed number carries its protocol.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+
+from PIL import Image, ImageDraw, ImageFont
 
 from sr_jax import metrics
 from sr_jax.data import resize
@@ -46,7 +49,8 @@ def options(eval_config: Any, scale: int) -> dict[str, Any]:
 def evaluate(apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree,
              eval_set: Sequence[dict[str, Any]], *, crop_border: int = 0,
              y_channel: bool = False, lpips_nets: Sequence[str] = (), rmse: bool = False,
-             niqe: bool = False, consistency_scale: int = 0) -> dict[str, Any]:
+             niqe: bool = False, consistency_scale: int = 0,
+             progress: Callable[[int], None] | None = None) -> dict[str, Any]:
   """Per-image and mean PSNR/SSIM (and the optional metrics) of `apply_fn(params, lq)`.
 
   Images are run one at a time at full resolution (shapes differ, so each new shape
@@ -55,11 +59,12 @@ def evaluate(apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree,
   scores the rounded output's Y channel with the same border crop, as BasicSR does.
   With `consistency_scale` s > 1, 'consistency' is SR3's: the MSE between the LR input and the
   output downscaled by 1/s with MATLAB's bicubic (how the LR images were made), on the [0, 1]
-  scale and in units of 1e-5, over the whole image.
+  scale and in units of 1e-5, over the whole image. `progress(images done)` is called after
+  each image.
   """
-  run = jax.jit(apply_fn)
+  run = _jitted(apply_fn)
   kw = dict(crop_border=crop_border, y_channel=y_channel)
-  score = jax.jit(lambda p, g: (metrics.psnr(p, g, **kw), metrics.ssim(p, g, **kw)))
+  score = _scorer(crop_border, y_channel)
   per_image, outputs = [], []
   for item in eval_set:
     pred = run(params, jnp.asarray(item["lq"])[None])
@@ -74,9 +79,31 @@ def evaluate(apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree,
       row["consistency"] = consistency(np.asarray(pred[0]), lr, consistency_scale)
     per_image.append(row)
     outputs.append(np.asarray(jnp.clip(pred[0], 0.0, 1.0)))
+    if progress is not None:
+      progress(len(per_image))
   keys = [k for k in per_image[0] if k != "name"] if per_image else ["psnr", "ssim"]
   means = {k: float(np.nanmean([r[k] for r in per_image])) for k in keys}
   return dict(means, per_image=per_image, outputs=outputs)
+
+
+def _jitted(apply_fn: Callable[[PyTree, jax.Array], jax.Array]) -> Callable:
+  """One jitted apply per function, so that periodic evaluations (config.eval_every) compile
+  once per image shape rather than at every evaluation; a bound method is the same key each
+  time it is looked up on the same object. An unhashable callable is jitted afresh."""
+  try:
+    return _jitted_cached(apply_fn)
+  except TypeError:
+    return jax.jit(apply_fn)
+
+
+_jitted_cached = functools.lru_cache(maxsize=16)(jax.jit)
+
+
+@functools.lru_cache(maxsize=8)
+def _scorer(crop_border: int, y_channel: bool) -> Callable:
+  """PSNR and SSIM of a batch under one protocol, jitted once per protocol."""
+  kw = dict(crop_border=crop_border, y_channel=y_channel)
+  return jax.jit(lambda p, g: (metrics.psnr(p, g, **kw), metrics.ssim(p, g, **kw)))
 
 
 def _perceptual_scores(pred: jax.Array, gt: jax.Array, crop_border: int,
@@ -120,12 +147,26 @@ def bicubic_set(eval_set: Sequence[dict[str, Any]], scale: int) -> list[dict[str
                lr=item["lq"]) for item in eval_set]
 
 
-def image_grid(lq: np.ndarray, output: np.ndarray, gt: np.ndarray) -> np.ndarray:
-  """input | output | target side by side (input resized by repetition when smaller)."""
+GRID_LABELS = ("input", "output", "target")
+_CAPTION_PX = 14
+
+
+def image_grid(lq: np.ndarray, output: np.ndarray, gt: np.ndarray,
+               labels: Sequence[str] = GRID_LABELS) -> np.ndarray:
+  """input | output | target side by side under a caption strip naming each panel (input
+  resized by repetition when smaller); float RGB in [0, 1]."""
   if lq.shape[0] != gt.shape[0]:
     factor = gt.shape[0] // lq.shape[0]
     lq = np.repeat(np.repeat(lq, factor, axis=0), factor, axis=1)
-  return np.concatenate([np.clip(lq, 0, 1), output, gt], axis=1)
+  panels = [np.clip(lq, 0, 1), np.clip(output, 0, 1), np.clip(gt, 0, 1)]
+  panels = [np.repeat(p, 3, axis=-1) if p.shape[-1] == 1 else p for p in panels]
+  strip = Image.new("RGB", (sum(p.shape[1] for p in panels), _CAPTION_PX), (255, 255, 255))
+  draw, font, left = ImageDraw.Draw(strip), ImageFont.load_default(), 0
+  for panel, label in zip(panels, labels):
+    draw.text((left + 2, 1), label, fill=(0, 0, 0), font=font)
+    left += panel.shape[1]
+  caption = np.asarray(strip, np.float32) / 255.0
+  return np.concatenate([caption, np.concatenate(panels, axis=1)], axis=0)
 
 
 # Optional results-table columns: (row key, header, format).

@@ -110,7 +110,8 @@ def _chunked(lq: Any, gt: Any, batch_size: int) -> tuple[jax.Array, jax.Array]:
 
 def integrated_gradients(apply_fn: Callable[[PyTree, jax.Array], jax.Array], base: PyTree,
                          tuned: PyTree, lq: Any, gt: Any, *, steps: int = 100,
-                         batch_size: int = 0) -> PyTree:
+                         batch_size: int = 0,
+                         progress: Callable[[int], None] | None = None) -> PyTree:
   """Per-entry FAIG attribution |(1/M) sum_s dL/dtheta(theta(s)) * (base - tuned)|.
 
   `apply_fn(params, lq_batch)` is the model on a plain parameter tree (merge LoRA adapters
@@ -118,15 +119,27 @@ def integrated_gradients(apply_fn: Callable[[PyTree, jax.Array], jax.Array], bas
   the compilation. `lq` and `gt` are (N, H, W, C); L is the sum of squared errors over all N
   images, evaluated in float32 in chunks of `batch_size` images (0: all at once) whose gradients
   are summed, so memory scales with the chunk while the cost stays M forward+backward passes
-  over the N images. Returns a float32 tree shaped like `base`.
+  over the N images. With `progress`, the M path points run in about ten jitted pieces (one
+  compilation: the bounds are traced) and `progress(points done)` is called after each; the
+  sum is accumulated in the same order either way. Returns a float32 tree shaped like `base`.
   """
   _check_same_tree(base, tuned)
   if steps < 1:
     raise ValueError(f"steps must be >= 1, got {steps}.")
   lq_chunks, gt_chunks = _chunked(lq, gt, batch_size)
   as_f32 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
-  return _attribution(as_f32(base), as_f32(tuned), lq_chunks, gt_chunks, apply_fn=apply_fn,
-                      steps=int(steps))
+  base, tuned = as_f32(base), as_f32(tuned)
+  delta = jax.tree.map(jnp.subtract, base, tuned)
+  grad_sum = jax.tree.map(jnp.zeros_like, base)
+  piece = steps if progress is None else max(1, -(-steps // 10))
+  for start in range(0, steps, piece):
+    stop = min(steps, start + piece)
+    grad_sum = _grad_sum(tuned, delta, lq_chunks, gt_chunks, grad_sum, jnp.int32(start),
+                         jnp.int32(stop), apply_fn=apply_fn, steps=int(steps))
+    if progress is not None:
+      jax.block_until_ready(grad_sum)
+      progress(stop)
+  return _finish(grad_sum, delta, steps=int(steps))
 
 
 def squared_error(apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree,
@@ -137,25 +150,28 @@ def squared_error(apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: Py
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "steps"))
-def _attribution(base: PyTree, tuned: PyTree, lq_chunks: jax.Array, gt_chunks: jax.Array, *,
-                 apply_fn: Callable[[PyTree, jax.Array], jax.Array], steps: int) -> PyTree:
-  """The whole integral in one program: a loop over the M path points, each over the chunks.
+def _grad_sum(tuned: PyTree, delta: PyTree, lq_chunks: jax.Array, gt_chunks: jax.Array,
+              grad_sum: PyTree, start: jax.Array, stop: jax.Array, *,
+              apply_fn: Callable[[PyTree, jax.Array], jax.Array], steps: int) -> PyTree:
+  """grad_sum plus the gradients at path points start..stop-1, each over the image chunks.
 
-  `fori_loop` rather than `scan` over a range: the scan version ran slower than M separate
+  A `fori_loop` rather than `scan` over a range: the scan version ran slower than M separate
   jitted value_and_grad calls on a CPU, this one faster (docs/speed.md).
   """
-  delta = jax.tree.map(jnp.subtract, base, tuned)
   add = functools.partial(jax.tree.map, jnp.add)
-
   grad_fn = jax.grad(functools.partial(squared_error, apply_fn))
 
-  def path_point(s, grad_sum):
+  def path_point(s, acc):
     alpha = s.astype(jnp.float32) / steps
     params = jax.tree.map(lambda t, d: t + alpha * d, tuned, delta)
-    chunk = lambda c, acc: add(acc, grad_fn(params, lq_chunks[c], gt_chunks[c]))
-    return lax.fori_loop(0, lq_chunks.shape[0], chunk, grad_sum)
+    chunk = lambda c, inner: add(inner, grad_fn(params, lq_chunks[c], gt_chunks[c]))
+    return lax.fori_loop(0, lq_chunks.shape[0], chunk, acc)
 
-  grad_sum = lax.fori_loop(0, steps, path_point, jax.tree.map(jnp.zeros_like, base))
+  return lax.fori_loop(start, stop, path_point, grad_sum)
+
+
+@functools.partial(jax.jit, static_argnames=("steps",))
+def _finish(grad_sum: PyTree, delta: PyTree, *, steps: int) -> PyTree:
   return jax.tree.map(lambda g, d: jnp.abs(g / steps * d), grad_sum, delta)
 
 

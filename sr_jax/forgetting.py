@@ -101,5 +101,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  from sr_jax import config_cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_cli.parse_flags)

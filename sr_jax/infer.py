@@ -8,7 +8,10 @@ model is rebuilt from the architecture recorded in its meta.json, so no config i
 `--adapter` applies a LoRA adapter (a run's export/adapters) after checking that it fits the
 base. `--input` is an image file or a folder (every image in it, sorted by name); `--output` is
 a .png file (or an existing folder) for one image, a folder (created) for a folder, holding the
-same file names with .png. Outputs are clamped to [0, 1] and rounded to 8 bits exactly as the
+same file names with .png. The output is checked before any work (writable; existing files are
+replaced only with `--overwrite`). An image that cannot be read or restored is named and
+skipped; every other one is written, and the command then lists the failures and exits 1.
+Outputs are clamped to [0, 1] and rounded to 8 bits exactly as the
 PSNR/SSIM protocol rounds them (sr_jax.metrics.to_uint8_grid), so metrics on the files equal
 metrics on the arrays. `--tile N` bounds memory for large images (see sr_jax.tiling: exact away
 from tile borders for models with a finite receptive field). `--tile 0` runs whole images; many
@@ -37,6 +40,7 @@ from __future__ import annotations
 import os
 import pathlib
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -191,15 +195,35 @@ def write_png(path: pathlib.Path, image: np.ndarray) -> None:
   Image.fromarray(pixels).save(path, format="PNG")
 
 
+class ImageErrors(ValueError):
+  """Some images could not be restored; every other one was written. Lists each failure."""
+
+  def __init__(self, failures: Sequence[tuple[pathlib.Path, str]], total: int):
+    self.failures = list(failures)
+    listing = "\n  ".join(f"{src}: {reason}" for src, reason in self.failures)
+    super().__init__(f"{len(self.failures)} of {total} image(s) could not be restored (every "
+                     f"other one was written):\n  {listing}")
+
+
 def restore_files(restorer: Restorer, pairs: Sequence[tuple[pathlib.Path, pathlib.Path]]
                   ) -> list[dict[str, Any]]:
-  """Restores each (input, output .png) pair, logging one line per image; returns the lines."""
-  report = []
+  """Restores each (input, output .png) pair, logging one line per image; returns the lines.
+
+  An image that cannot be read, restored or written is named in the log and skipped; once
+  every other image is written, ImageErrors lists them all.
+  """
+  report, failures = [], []
   for i, (src, dst) in enumerate(pairs):
     start = time.perf_counter()
-    image = sources.read_image(src)  # ValueError naming the file when it cannot be decoded.
-    out = restorer(image)
-    write_png(dst, out)
+    try:
+      image = sources.read_image(src)  # ValueError naming the file when it cannot be decoded.
+      out = restorer(image)
+      write_png(dst, out)
+    except Exception as e:  # pylint: disable=broad-except
+      reason = str(e) if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {e}"
+      logging.error("[%d/%d] %s: skipped: %s", i + 1, len(pairs), src.name, reason)
+      failures.append((src, reason))
+      continue
     h, w = image.shape[:2]
     row = dict(input=str(src), output=str(dst), size=(h, w), output_size=out.shape[:2],
                tiles=restorer.num_tiles(h, w), seconds=time.perf_counter() - start)
@@ -207,12 +231,15 @@ def restore_files(restorer: Restorer, pairs: Sequence[tuple[pathlib.Path, pathli
                  len(pairs), src.name, w, h, out.shape[1], out.shape[0], row["tiles"],
                  row["seconds"], dst)
     report.append(row)
+  if failures:
+    raise ImageErrors(failures, len(pairs))
   return report
 
 
-def folder_outputs(paths: Sequence[pathlib.Path],
-                   out_dir: pathlib.Path) -> list[tuple[pathlib.Path, pathlib.Path]]:
-  """(input, out_dir/<stem>.png) pairs; two inputs with one stem or an overwrite is an error."""
+def folder_outputs(paths: Sequence[pathlib.Path], out_dir: pathlib.Path, *,
+                   overwrite: bool = True) -> list[tuple[pathlib.Path, pathlib.Path]]:
+  """(input, out_dir/<stem>.png) pairs; two inputs with one stem, writing over an input, or
+  (without `overwrite`) an existing output is an error."""
   pairs, seen = [], {}
   for src in paths:
     dst = out_dir / f"{src.stem}.png"
@@ -222,21 +249,44 @@ def folder_outputs(paths: Sequence[pathlib.Path],
       raise UsageError(f"Writing {dst} would overwrite the input {src}; choose another --output.")
     seen[dst] = src
     pairs.append((src, dst))
+  _check_overwrite([dst for _, dst in pairs], overwrite)
   return pairs
+
+
+def _check_overwrite(outputs: Sequence[pathlib.Path], overwrite: bool) -> None:
+  existing = [p for p in outputs if p.exists()]
+  if existing and not overwrite:
+    names = ", ".join(p.name for p in existing[:5]) + (" ..." if len(existing) > 5 else "")
+    raise UsageError(f"{len(existing)} output(s) already exist in {existing[0].parent} "
+                     f"({names}); pass --overwrite to replace them, or choose another --output.")
+
+
+def check_writable(directory: pathlib.Path, flag: str = "--output") -> None:
+  """Creates `directory` if needed and writes (then deletes) a file there; one-line UsageError
+  when either fails, before any model is loaded or image restored."""
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".sr_jax_write_test"):
+      pass
+  except OSError as e:
+    raise UsageError(f"Cannot write to {flag} {directory}: {e.strerror or e}.") from e
 
 
 def restore_images(params: PyTree, model: nn.Module, paths: Sequence[str | os.PathLike],
                    out_dir: str | os.PathLike, *, tile: int = 0,
                    overlap: int = 0) -> list[dict[str, Any]]:
-  """Restores image files into `out_dir` (created) as <stem>.png; see restore_files."""
+  """Restores image files into `out_dir` (created) as <stem>.png, replacing files of the same
+  name; see restore_files."""
   out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  check_writable(out_dir)
   pairs = folder_outputs([pathlib.Path(p) for p in paths], out_dir)
   return restore_files(Restorer(model, params, tile, overlap), pairs)
 
 
-def plan_outputs(input_path: str, output_path: str) -> list[tuple[pathlib.Path, pathlib.Path]]:
-  """The CLI's (input, output) pairs for --input/--output; creates the output folder."""
+def plan_outputs(input_path: str, output_path: str, *,
+                 overwrite: bool = True) -> list[tuple[pathlib.Path, pathlib.Path]]:
+  """The CLI's (input, output) pairs for --input/--output; creates the output folder and checks
+  that it is writable (and, without `overwrite`, that no output exists yet)."""
   src, dst = pathlib.Path(input_path).expanduser(), pathlib.Path(output_path).expanduser()
   if not src.exists():
     raise UsageError(f"--input {src} does not exist.")
@@ -247,16 +297,18 @@ def plan_outputs(input_path: str, output_path: str) -> list[tuple[pathlib.Path, 
       raise UsageError(f"--output {dst} looks like an image file; a folder --input needs a "
                        "folder --output.")
     paths = sources.list_image_files(src)
-    dst.mkdir(parents=True, exist_ok=True)
-    return folder_outputs(paths, dst)
+    check_writable(dst)
+    return folder_outputs(paths, dst, overwrite=overwrite)
   if dst.is_dir():
-    return folder_outputs([src], dst)
+    check_writable(dst)
+    return folder_outputs([src], dst, overwrite=overwrite)
   if dst.suffix.lower() != ".png":
     raise UsageError(f"--output {dst} must be a .png file (or an existing folder) for a "
                      "single --input image.")
   if dst.exists() and dst.resolve() == src.resolve():
     raise UsageError(f"--output {dst} is the --input; choose another file.")
-  dst.parent.mkdir(parents=True, exist_ok=True)
+  check_writable(dst.parent)
+  _check_overwrite([dst], overwrite)
   return [(src, dst)]
 
 
@@ -301,8 +353,13 @@ def diffusion_restorer(checkpoint: str, adapter: str | None, *, dtype: str = "fl
 def run(checkpoint: str, adapter: str | None, input_path: str, output_path: str, *,
         tile: int = 0, overlap: int = 0, dtype: str = "float32", scale: int = 0,
         sampling: dict[str, Any] | None = None, tlc: str = "auto", train_size: int = 0,
-        context: int = -1) -> list[dict[str, Any]]:
-  """The whole CLI as a function: load, check, restore every input, write PNGs."""
+        context: int = -1, overwrite: bool = False) -> list[dict[str, Any]]:
+  """The whole CLI as a function: check the paths, load, restore every input, write PNGs.
+
+  The outputs are checked first (writable; existing ones only replaced with `overwrite`), so
+  a bad --output costs no model loading.
+  """
+  pairs = plan_outputs(input_path, output_path, overwrite=overwrite)
   if is_diffusion(checkpoint):
     if tile:
       raise UsageError("--tile does not apply to SR3: tiles sampled apart would not join; "
@@ -317,7 +374,6 @@ def run(checkpoint: str, adapter: str | None, input_path: str, output_path: str,
     restorer = Restorer(tlc_inference.convert(model, local), params, tile, overlap,
                         local.context)
     logging.info("Large images: %s.", local.describe())
-  pairs = plan_outputs(input_path, output_path)
   logging.info("Restoring %d image(s) with %s%s, %s.", len(pairs), checkpoint,
                f" + adapter {adapter}" if adapter else "",
                f"tiles {tile} overlapping by {overlap}" if tile > 0 else "whole images")
@@ -325,19 +381,23 @@ def run(checkpoint: str, adapter: str | None, input_path: str, output_path: str,
 
 
 def main(argv: Sequence[str]) -> None:
-  """Command-line entry (flags in _define_flags); user errors exit 2 with one line."""
+  """Command-line entry (flags in _define_flags); user errors exit 2 with one line; images
+  that could not be restored are listed at the end (every other one is written), exit 1."""
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   args = flags.FLAGS
   logging.set_verbosity(logging.INFO)
-  quiet = runtime._QuietLibraries()  # pylint: disable=protected-access
-  logging.get_absl_handler().addFilter(quiet)  # Orbax's INFO lines would drown the progress.
+  runtime.quiet_libraries()  # Orbax's INFO lines would drown the progress.
   try:
     run(args.checkpoint, args.adapter, args.input, args.output, tile=args.tile,
         overlap=args.overlap, dtype=args.dtype, scale=args.scale,
         sampling=dict(sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed),
-        tlc=args.tlc, train_size=args.train_size, context=args.context)
+        tlc=args.tlc, train_size=args.train_size, context=args.context,
+        overwrite=args.overwrite)
+  except ImageErrors as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   except (UsageError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -350,6 +410,7 @@ def _define_flags() -> None:
   flags.DEFINE_string("adapter", None, "Adapter directory (a run's export/adapters).")
   flags.DEFINE_string("input", None, "Image file, or folder of images.")
   flags.DEFINE_string("output", None, "PNG file (one input) or folder (created).")
+  flags.DEFINE_bool("overwrite", False, "Replace output files that already exist.")
   flags.DEFINE_integer("tile", 0, "Tile size in input pixels; 0 = whole images.")
   flags.DEFINE_integer("overlap", 32, "Pixels shared by neighbouring tiles (< tile / 2).")
   flags.DEFINE_string("dtype", "float32", "Compute dtype: float32, bfloat16 or float16.")

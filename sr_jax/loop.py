@@ -16,9 +16,8 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
-from clu import periodic_actions
 
-from sr_jax import checkpoint, guards, jsonfile, lora, report, resume, sharding, timers
+from sr_jax import checkpoint, console, guards, jsonfile, lora, report, resume, sharding, timers
 from sr_jax.data import pipeline, preview
 from sr_jax.run_setup import Run
 
@@ -50,7 +49,8 @@ def check_finite(pending: list[dict[str, jax.Array]], last_step: int,
 
 def compile_step(run: Run, batch: PyTree):
   """The jitted step compiled for this batch's shapes; records its memory in run.timing."""
-  compiled = run.train_step().lower(run.state, run.frozen, batch).compile()
+  with console.phase("compiling the train step"):
+    compiled = run.train_step().lower(run.state, run.frozen, batch).compile()
   memory = compiled.memory_analysis()
   if memory is not None:
     run.timing["step_memory_mb"] = (memory.temp_size_in_bytes + memory.argument_size_in_bytes
@@ -59,16 +59,29 @@ def compile_step(run: Run, batch: PyTree):
   return compiled
 
 
+def loss_label(config) -> str:
+  """What the logged 'loss' is, when its name does not say (NAFNet's loss is -PSNR in dB)."""
+  if config.objective == "pixel" and config.loss.kind == "psnr":
+    return "-PSNR, dB"
+  return ""
+
+
 def write_json(path: str, value: Any) -> None:
   """Writes JSON atomically (a reader never sees half a file), from process 0 only."""
   if jax.process_index() == 0:
     jsonfile.write(path, value)
 
 
-def _log_metrics(writer, step: int, means: dict[str, float], wait: timers.DataWait) -> None:
+def _log_metrics(writer, step: int, means: dict[str, float], wait: timers.DataWait,
+                 progress: console.StepProgress) -> None:
+  """TensorBoard's training scalars and the console's one line for this interval."""
   writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
-  writer.write_scalars(step, {"timing/data_wait_fraction": wait.fraction(reset=True)})
-  logging.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in means.items()))
+  timing = {"timing/data_wait_fraction": wait.fraction(reset=True)}
+  rate = progress.rate(step)
+  if rate is not None:
+    timing["timing/steps_per_sec"] = rate
+  writer.write_scalars(step, timing)
+  logging.info("%s", progress.line(step, means))
 
 
 def _check_before_save(run: Run, mgr, step: int, means: dict[str, float]) -> None:
@@ -94,8 +107,9 @@ def train(run: Run, mgr, writer) -> None:
     grid = preview.degradation_grid(config.data, seed=config.seed)
     writer.write_images(0, {"data/degradations": grid[None]})
   step_fn, clock, wait, pending = None, timers.StepClock(), timers.DataWait(), []
-  report_progress = periodic_actions.ReportProgress(num_train_steps=config.num_steps,
-                                                    writer=writer, every_steps=config.log_every)
+  progress = console.StepProgress(config.num_steps, loss_label(config))
+  if start < config.num_steps:
+    logging.info("Training steps %d-%d in %s.", start + 1, config.num_steps, run.workdir)
   for step in range(start + 1, config.num_steps + 1):
     with wait:  # Only the host-side wait: the device transfer may queue behind the step.
       local_batch = next(data_iter)
@@ -105,18 +119,22 @@ def train(run: Run, mgr, writer) -> None:
       clock.start(step)
     run.state, metrics = step_fn(run.state, run.frozen, batch)
     pending.append(metrics)
-    report_progress(step)
+    if step == start + 1:  # Rates are timed from the first finished step (see sr_jax.console).
+      jax.block_until_ready(metrics)
+      progress.start(step)
     saving = step % config.checkpoint_every == 0 or step == config.num_steps
     if step % config.log_every == 0 or saving:
       means = check_finite(pending, step, mgr.latest_step())
-      _log_metrics(writer, step, means, wait)
+      _log_metrics(writer, step, means, wait, progress)
       pending = []
     with clock.pause():  # Saves and evaluations do not count as step time.
       if saving:
         _check_before_save(run, mgr, step, means)
         checkpoint.save(mgr, step, run.state, run.model_frozen, data_iter, run.meta)
       if config.eval_every and step % config.eval_every == 0 and step < config.num_steps:
-        report.evaluate_tuned(run, writer, step)
+        result = report.evaluate_tuned(run, writer, step)
+        logging.info("step %d: held-out PSNR %.3f dB, SSIM %.4f (%d images).", step,
+                     result["psnr"], result["ssim"], len(result["per_image"]))
   mgr.wait_until_finished()
   jax.block_until_ready(run.state.step)
   step_ms = clock.step_ms(config.num_steps)
@@ -130,6 +148,11 @@ def train(run: Run, mgr, writer) -> None:
 
 def export(run: Run) -> None:
   """Writes the merged model (export/params) and, for LoRA runs, the adapters (export/adapters)."""
+  with console.phase(f"exporting to {os.path.join(run.workdir, 'export')}"):
+    _export(run)
+
+
+def _export(run: Run) -> None:
   trainable = jax.device_get(sharding.gather(run.objective.eval_trainable(run.state), run.mesh))
   params = lora.combine(trainable, jax.device_get(sharding.gather(run.model_frozen, run.mesh)))
   merged = lora.merge(params["base"], params["lora"], run.plan)

@@ -21,7 +21,7 @@ code is arranged to lose nothing that matters (agreement with a float64 referenc
   3e-5 on a flat 250-valued patch). Filtering is shift-and-add, not `lax.conv`, so GPUs cannot
   silently use TF32.
 
-Also a CLI: `python -m sr_jax.metrics --pred DIR --gt DIR [--crop-border N] [--y-channel]`.
+Also a CLI: `python -m sr_jax.metrics --pred DIR --gt DIR [--crop_border N] [--y_channel]`.
 """
 
 import argparse
@@ -353,11 +353,20 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                   "matched by file name, under the BasicSR protocol.")
   parser.add_argument("--pred", required=True, type=pathlib.Path, help="Folder of outputs.")
   parser.add_argument("--gt", required=True, type=pathlib.Path, help="Folder of ground truths.")
-  parser.add_argument("--crop-border", type=int, default=0,
+  parser.add_argument("--crop_border", "--crop-border", type=int, default=0,
                       help="Pixels removed on every side (SR convention: the scale).")
-  parser.add_argument("--y-channel", action="store_true",
+  parser.add_argument("--y_channel", "--y-channel", action="store_true",
                       help="Measure the Y channel of MATLAB's rgb2ycbcr (SR papers' tables).")
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  for old in OLD_SPELLINGS:
+    if any(a == old or a.startswith(old + "=") for a in (sys.argv[1:] if argv is None else argv)):
+      print(f"note: {old} is now spelled --{old[2:].replace('-', '_')} (as every sr_jax tool spells "
+            "its flags); the old spelling still works.", file=sys.stderr)
+  return args
+
+
+# Hyphenated flags of earlier versions, still accepted (sr_jax's tools spell flags with '_').
+OLD_SPELLINGS = ("--crop-border", "--y-channel")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
   args = _parse_args(argv)
   try:
     if args.crop_border < 0:
-      raise UsageError(f"--crop-border must be >= 0, got {args.crop_border}.")
+      raise UsageError(f"--crop_border must be >= 0, got {args.crop_border}.")
     pred = _list_images(args.pred, "--pred")
     gt = _list_images(args.gt, "--gt")
     rows = _score_all(_match(pred, gt), pred, gt, args.crop_border, args.y_channel)

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from sr_jax import checkpoint, evaluate, jsonfile, paths, sharding
+from sr_jax import checkpoint, console, evaluate, jsonfile, paths, sharding
 from sr_jax.data import pipeline
 from sr_jax.run_setup import Run
 
@@ -33,11 +33,16 @@ def tuned_params(run: Run) -> PyTree:
   return sharding.gather(run.objective.eval_params(run.state, run.frozen), run.mesh)
 
 
+def counter(what: str, eval_set: list[dict[str, Any]]) -> console.Counter | None:
+  """Per-image progress for evaluations long enough to need it (16 images or more)."""
+  return console.Counter(what, "images", len(eval_set)) if len(eval_set) >= 16 else None
+
+
 def evaluate_tuned(run: Run, writer, step: int) -> dict[str, Any]:
   """Evaluates the current parameters on the held-out set and writes metrics and images."""
   config, eval_set = run.config, run.eval_set
   result = evaluate.evaluate(run.objective.apply, tuned_params(run), eval_set,
-                             **eval_options(config))
+                             **eval_options(config), progress=counter("evaluating", eval_set))
   writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items()
                               if isinstance(v, float)})
   for i, (item, out) in enumerate(zip(eval_set, result["outputs"])):
@@ -112,31 +117,38 @@ def run_costs(run: Run) -> dict[str, float]:
   return costs
 
 
-def arm_name(run: Run, started_from_base: bool) -> str:
-  """The tuned model's row name: the objective's label of 'lora', 'fine-tuned' or 'trained'."""
+def arm_name(run: Run, started_from_base: bool, label: str | None = None) -> str:
+  """The tuned model's row name: `label` when the job names its arms (CoLoRA's 'uniform LoRA'),
+  else the objective's label of 'lora', 'fine-tuned' or 'trained'."""
+  if label:
+    return label
   default = "lora" if run.plan else ("fine-tuned" if started_from_base else "trained")
   return run.objective.arm_label(default)
 
 
 def evaluate_run(run: Run, base: PyTree | None, writer, trainable: int,
-                 pct: float) -> dict[str, Row]:
-  """Every row of the run's table (see the module docstring)."""
-  rows = evaluate_input(run)
-  if base is not None:
-    rows["base"] = evaluate_base(run, base)
-  arm = arm_name(run, base is not None)
-  rows[arm] = row(evaluate_tuned(run, writer, int(run.state.step)), trainable, pct)
-  rows[arm].update(run_costs(run))
-  rows.update(evaluate_general(run, base, arm, trainable, pct))
+                 pct: float, label: str | None = None) -> dict[str, Row]:
+  """Every row of the run's table (see the module docstring); `label` names the tuned row."""
+  arm = arm_name(run, base is not None, label)
+  with console.phase(f"evaluating {arm} on {len(run.eval_set)} held-out image(s)"):
+    rows = evaluate_input(run)
+    if base is not None:
+      rows["base"] = evaluate_base(run, base)
+    rows[arm] = row(evaluate_tuned(run, writer, int(run.state.step)), trainable, pct)
+    rows[arm].update(run_costs(run))
+    rows.update(evaluate_general(run, base, arm, trainable, pct))
   return rows
 
 
 def write_table(workdir: str, rows: dict[str, Row], writer,
-                config: ml_collections.ConfigDict | None = None) -> None:
-  """Writes the results table to workdir/results.md, stdout and TensorBoard."""
+                config: ml_collections.ConfigDict | None = None, *, title: str = "results",
+                echo: bool = True) -> None:
+  """Writes the results table to workdir/results.md and TensorBoard, and with `echo` prints it
+  under `title` (a job whose final table repeats a stage's rows prints only the final one)."""
   opts = eval_options(config) if config is not None else {"crop_border": 0, "y_channel": False}
   table = evaluate.results_table(rows, evaluate.protocol(opts["crop_border"], opts["y_channel"]))
   if jax.process_index() == 0:
     paths.write_text(os.path.join(workdir, "results.md"), table + "\n")
-    print(table, flush=True)
+    if echo:
+      print(f"\n=== {title} ({workdir}) ===\n{table}\n", flush=True)
   writer.write_texts(0, {"results": table})

@@ -8,6 +8,8 @@
 2. the run stage (`run_stage`): build the run (sr_jax.run_setup), train it from its latest
    checkpoint (sr_jax.loop) and export it, or with config.mode='eval' restore a checkpoint;
    then score it on held-out images and write the results table (sr_jax.report).
+   config.mode='eval' trains nothing: a workdir without a checkpoint (or a base pre-trained
+   here that is missing) is an error naming what is missing, before any work.
 
 Each stage leaves its results in its own directory, so re-running the same command resumes
 where it stopped; a finished run only re-evaluates. Before any work the whole config is
@@ -25,9 +27,9 @@ from typing import Any
 import jax
 import ml_collections
 from absl import logging
-from clu import metric_writers
+from etils import epath
 
-from sr_jax import checkpoint, config_check, loop, objectives, paths, report, resume
+from sr_jax import checkpoint, config_check, console, loop, objectives, paths, report, resume
 from sr_jax import run_setup, workdir_lock
 from sr_jax.models import registry
 
@@ -57,6 +59,57 @@ def base_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def base_title(config: ml_collections.ConfigDict) -> str:
+  """The base stage's name in logs and its printed table ('PROD base stage'; 'base' when
+  config.base.checkpoint gives it)."""
+  if config.base.checkpoint:
+    return "base"
+  return ("PROD " if config.base.degradation.kind == "prod" else "") + "base stage"
+
+
+def _base_export(config: ml_collections.ConfigDict, workdir: str) -> str:
+  return os.path.join(workdir, "base", "export", "params")
+
+
+def _finished_base(config: ml_collections.ConfigDict, export_dir: str) -> bool:
+  """Whether export_dir holds the base this config pre-trains (same steps and architecture)."""
+  if not paths.exists(os.path.join(export_dir, "meta.json")):
+    return False
+  meta = checkpoint.read_params_meta(export_dir)  # Its tensors are read only if it fits.
+  return (meta.get("step") == config.base.num_steps
+          and meta.get("model") == registry.architecture(config.model))
+
+
+def has_checkpoint(workdir: str) -> bool:
+  """Whether workdir/checkpoints holds at least one saved step."""
+  directory = os.path.join(workdir, "checkpoints")
+  return paths.exists(directory) and any(
+      p.name.isdigit() for p in epath.Path(directory).iterdir())
+
+
+def eval_missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """What config.mode='eval' needs in `workdir` and does not find (empty: ready)."""
+  missing = []
+  if config.base.checkpoint:
+    if not paths.exists(config.base.checkpoint):
+      missing.append(f"the base config.base.checkpoint={config.base.checkpoint}")
+  elif config.base.num_steps > 0 and not _finished_base(config, _base_export(config, workdir)):
+    missing.append(f"the pre-trained base {_base_export(config, workdir)} "
+                   f"({config.base.num_steps} steps)")
+  if not has_checkpoint(workdir):
+    missing.append(f"a checkpoint in {os.path.join(workdir, 'checkpoints')}")
+  return missing
+
+
+def check_eval_ready(missing: list[str], workdir: str) -> None:
+  """Raises FileNotFoundError naming everything eval mode lacks, before any work."""
+  if missing:
+    raise FileNotFoundError(
+        f"--config.mode=eval evaluates a finished run, but {workdir} has no " +
+        "; no ".join(missing) + ". Train first (the same command without "
+        "--config.mode=eval), or pass the --workdir of a finished run.")
+
+
 def base_stage(config: ml_collections.ConfigDict, workdir: str) -> PyTree | None:
   """The base parameters to start from: a given checkpoint, one pre-trained here, or None."""
   arch = registry.architecture(config.model)
@@ -68,25 +121,41 @@ def base_stage(config: ml_collections.ConfigDict, workdir: str) -> PyTree | None
   if config.base.num_steps <= 0:
     return None
   base_dir = os.path.join(workdir, "base")
-  export_dir = os.path.join(base_dir, "export", "params")
-  if paths.exists(os.path.join(export_dir, "meta.json")):
-    meta = checkpoint.read_params_meta(export_dir)  # Its tensors are read only if it fits.
-    if meta.get("step") == config.base.num_steps and meta.get("model") == arch:
-      logging.info("Using the base pre-trained earlier in %s.", base_dir)
-      return checkpoint.load_params(export_dir)[0]
-  logging.info("No config.base.checkpoint: pre-training a base in %s.", base_dir)
-  run_stage(base_config(config), base_dir, base=None)
+  export_dir = _base_export(config, workdir)
+  if _finished_base(config, export_dir):
+    logging.info("Using the base pre-trained earlier in %s.", base_dir)
+    return checkpoint.load_params(export_dir)[0]
+  check_eval_ready([f"the pre-trained base {export_dir}"] if config.mode == "eval" else [],
+                   workdir)
+  logging.info("No config.base.checkpoint: pre-training a base in %s (%d steps).", base_dir,
+               config.base.num_steps)
+  run_stage(base_config(config), base_dir, base=None, title=base_title(config))
   return checkpoint.load_params(export_dir)[0]
 
 
-def run_stage(config: ml_collections.ConfigDict, workdir: str,
-              base: PyTree | None) -> dict[str, Any]:
-  """Builds, trains (or restores) and evaluates one run in `workdir`; returns its rows."""
+def write_config(config: ml_collections.ConfigDict, workdir: str, writer) -> None:
+  """The whole config, to workdir/config.yaml and TensorBoard's text tab (the console gets
+  sr_jax.config_doc.summary)."""
+  text = str(config)
+  if jax.process_index() == 0:
+    paths.makedirs(workdir)
+    paths.write_text(os.path.join(workdir, "config.yaml"), text)
+  writer.write_texts(0, {"config": f"```\n{text}\n```"})
+
+
+def run_stage(config: ml_collections.ConfigDict, workdir: str, base: PyTree | None, *,
+              label: str | None = None, title: str = "final results",
+              echo: bool = True) -> dict[str, Any]:
+  """Builds, trains (or restores) and evaluates one run in `workdir`; returns its rows.
+
+  `label` names the tuned model's row, `title` the printed table; `echo=False` prints none.
+  """
   # A host copy: restored arrays may already carry the mesh's sharding, and the training state
   # built from them is donated to the step, which would delete the base evaluated at the end.
   base = None if base is None else jax.device_get(base)
   run = run_setup.build_run(config, workdir, base)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = console.tensorboard_writer(workdir)
+  write_config(config, workdir, writer)
   mgr = checkpoint.manager(workdir, config.keep_checkpoints)
   trainable, pct = run_setup.report_trainable(run)
   try:
@@ -98,22 +167,36 @@ def run_stage(config: ml_collections.ConfigDict, workdir: str,
       resume.restore_for_eval(run, mgr)
   finally:
     mgr.close()  # Finishes queued saves of good states even when training stopped on an error.
-  rows = report.evaluate_run(run, base, writer, trainable, pct)
-  report.write_table(workdir, rows, writer, config)
+  rows = report.evaluate_run(run, base, writer, trainable, pct, label)
+  report.write_table(workdir, rows, writer, config, title=title, echo=echo)
   writer.flush()
   return rows
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs the job's stages (see the module docstring); returns the run's rows {arm: metrics}."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       label: str | None = None, title: str = "final results",
+                       echo: bool = True) -> dict[str, Any]:
+  """Runs the job's stages (see the module docstring); returns the run's rows {arm: metrics}.
+
+  `label`, `title` and `echo` as in `run_stage` (a job made of several runs names them).
+  """
   if config.mode not in MODES:
     raise ValueError(f"Unknown config.mode {config.mode!r}; use one of {MODES}.")
   objectives.get(config.objective)  # An unknown objective fails before any work.
-  config_check.validate_all(config)  # Ranges, the LoRA plan and every image, before any work.
   workdir = paths.absolute(workdir)
+  if config.mode == "eval":  # Nothing is trained in eval mode: all of it must exist.
+    check_eval_ready(eval_missing(config, workdir), workdir)
+  config_check.validate_all(config)  # Ranges, the LoRA plan and every image, before any work.
+  pretrains = (not config.base.checkpoint and config.base.num_steps > 0
+               and not _finished_base(config, _base_export(config, workdir)))
+  stages = console.Stages([base_title(config), "training"]) if pretrains else None
   with workdir_lock.hold(workdir, jax.process_index()):  # One run per workdir.
+    if stages:
+      stages.begin(base_title(config), f"{config.base.num_steps} steps")
     base = base_stage(config, workdir)
-    return run_stage(config, workdir, base)
+    if stages:
+      stages.begin("training", f"{config.num_steps} steps")
+    return run_stage(config, workdir, base, label=label, title=title, echo=echo)
 
 
 def scalar_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:

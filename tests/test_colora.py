@@ -1,6 +1,7 @@
 """CoLoRA: rank allocation under a budget, plan files, and the whole job on a micro NAFNet."""
 
 import json
+import logging
 import os
 
 import ml_collections
@@ -129,11 +130,20 @@ def saved_micro_base(directory):
   return directory
 
 
-def test_colora_job_runs_every_arm_and_resumes(tmp_path):
+def test_colora_job_runs_every_arm_and_resumes(tmp_path, caplog):
   base_dir = saved_micro_base(str(tmp_path / "given_base"))
   tmp_path = tmp_path / "job"
+  caplog.set_level(logging.INFO, logger="absl")
   rows = colora_job.run(micro_colora(**{"base.checkpoint": base_dir}), str(tmp_path))
   assert list(rows) == ["degraded input", "base", "full fine-tuning", "uniform LoRA", "CoLoRA"]
+  # Progress: a stage counter, FAIG's points; each arm's own table names it as the final one.
+  logged = [r.getMessage() for r in caplog.records]
+  stages = [m for m in logged if m.startswith("stage ")]
+  assert stages[0] == "stage 1/6: base" and stages[2].startswith("stage 3/6: FAIG")
+  assert stages[-1] == "stage 6/6: CoLoRA arm (2 steps)"
+  assert any(m.startswith("FAIG: 2/2 path points") for m in logged)
+  assert "| CoLoRA |" in (tmp_path / "colora" / "results.md").read_text()
+  assert "| lora |" not in (tmp_path / "colora" / "results.md").read_text()
   for arm in ("uniform LoRA", "CoLoRA"):
     assert 0 < rows[arm]["trainable_pct"] <= 30.0 + 1e-6
     assert rows[arm]["export_mb"] > 0  # (The micro model is too small for adapters to be.)
@@ -166,8 +176,25 @@ def test_colora_job_runs_every_arm_and_resumes(tmp_path):
   again = colora_job.run(micro_colora(**{"base.checkpoint": base_dir}), str(tmp_path))
   assert os.path.getmtime(tmp_path / "faig" / "scores.json") == stamp
   assert again["CoLoRA"]["psnr"] == pytest.approx(rows["CoLoRA"]["psnr"], abs=1e-6)
+  # Eval mode evaluates every arm's checkpoint; no probe, no FAIG.
+  evaluated = colora_job.run(micro_colora(**{"base.checkpoint": base_dir, "mode": "eval"}),
+                             str(tmp_path))
+  assert list(evaluated) == list(rows)
+  assert evaluated["uniform LoRA"]["psnr"] == pytest.approx(rows["uniform LoRA"]["psnr"],
+                                                            abs=1e-6)
   # Another allocation for the same workdir: the colora arm's checkpoints refuse it by name.
   changed = micro_colora(**{"base.checkpoint": base_dir, "colora.alpha": 4.0,
                             "colora.beta": 0.0, "colora.arms": ("colora",)})
   with pytest.raises(ValueError, match="trained with another LoRA plan"):
     colora_job.run(changed, str(tmp_path))
+
+
+def test_colora_eval_mode_on_an_empty_workdir_names_everything_missing(tmp_path):
+  with pytest.raises(FileNotFoundError) as error:
+    colora_job.run(micro_colora(mode="eval"), str(tmp_path))
+  message = str(error.value)
+  assert f"pre-trained base {tmp_path}/base/export/params (2 steps)" in message
+  for arm in ("full fine-tuning", "uniform LoRA", "CoLoRA"):
+    assert f"checkpoint of the {arm} arm" in message
+  assert "CoLoRA allocation" in message and "full fine-tuning allocation" not in message
+  assert not list(tmp_path.iterdir())  # Nothing was trained or written.

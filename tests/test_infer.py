@@ -360,3 +360,39 @@ def test_grayscale_restormer_gets_luma_and_writes_gray_pngs(tmp_path):
   dual_params = jax.eval_shape(dual.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 6)))
   with pytest.raises(ValueError, match="6-channel inputs"):
     infer.Restorer(dual, dual_params["params"])
+
+
+def test_cli_keeps_going_past_a_bad_image_and_exits_1_naming_it(setup, tmp_path):
+  _write_pngs(tmp_path / "in", [(20, 24), (18, 22)])
+  (tmp_path / "in" / "im_broken.png").write_bytes(b"not a png")
+  proc = _cli("--checkpoint", setup["root"] / "base", "--input", tmp_path / "in",
+              "--output", tmp_path / "out")
+  assert proc.returncode == 1, proc.stderr
+  assert sorted(os.listdir(tmp_path / "out")) == ["im0.png", "im1.png"]  # Every good one.
+  assert "1 of 3 image(s) could not be restored" in proc.stderr
+  assert f"{tmp_path / 'in' / 'im_broken.png'}: Cannot read image file" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_cli_replaces_outputs_only_with_overwrite(setup, tmp_path):
+  _write_pngs(tmp_path / "in", [(20, 24)])
+  args = ("--checkpoint", setup["root"] / "base", "--input", tmp_path / "in",
+          "--output", tmp_path / "out")
+  assert _cli(*args).returncode == 0
+  proc = _cli(*args)
+  assert proc.returncode == 2
+  assert "1 output(s) already exist" in proc.stderr and "--overwrite" in proc.stderr
+  assert _cli(*args, "--overwrite").returncode == 0
+
+
+def test_an_unwritable_output_is_refused_before_the_model_is_read(tmp_path):
+  (path,) = _write_pngs(tmp_path / "in", [(20, 24)])
+  (tmp_path / "a_file").write_text("x")
+  # The checkpoint does not exist either: the output is checked first, in one line.
+  proc = _cli("--checkpoint", tmp_path / "no_such_dir", "--input", tmp_path / "in",
+              "--output", tmp_path / "a_file" / "out")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      f"error: Cannot write to --output {tmp_path / 'a_file' / 'out'}")
+  with pytest.raises(infer.UsageError, match="Cannot write to --output"):
+    infer.plan_outputs(str(path), str(tmp_path / "a_file" / "x.png"))

@@ -232,3 +232,18 @@ def test_gpu_xla_flags_are_accepted_by_this_jaxlib(env):
   # The check has teeth: an unknown flag fails the same way.
   bad = jax_with(assigns["XLA_FLAGS"] + " --xla_gpu_enable_async_collectives=true")
   assert bad.returncode != 0 and "Unknown flag in XLA_FLAGS" in bad.stderr
+
+
+def test_launcher_options_are_spelled_with_underscores_and_old_hyphens_still_work(env):
+  new = _run(GPU, "slurm", "--nodes", "2", "--gpus_per_node=8", "--srun_arg=--partition=gpu",
+             "--", *SR_ARGS, env=env)
+  old = _run(GPU, "slurm", "--nodes", "2", "--gpus-per-node=8", "--srun-arg=--partition=gpu",
+             "--", *SR_ARGS, env=env)
+  assert new.returncode == old.returncode == 0, old.stderr
+  assert new.stdout == old.stdout and "--partition=gpu" in new.stdout
+  assert "note:" not in new.stderr
+  assert "note: --gpus-per-node is now spelled --gpus_per_node" in old.stderr
+  flags = ["--name", "sr", "--zone", "z"]
+  new = _run(TPU, *flags, "--accelerator_type", "v6e-8", "create", env=env)
+  old = _run(TPU, *flags, "--accelerator-type", "v6e-8", "create", env=env)
+  assert new.stdout == old.stdout and "--accelerator-type=v6e-8" in new.stdout  # gcloud's own.

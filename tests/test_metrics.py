@@ -256,6 +256,20 @@ def test_cli_table(tmp_path, capsys):
   assert float(mean_line.split()[2]) == pytest.approx(np.mean(ssims), abs=1e-5)
 
 
+def test_cli_flags_are_spelled_with_underscores_and_the_old_hyphens_still_work(tmp_path,
+                                                                               capsys):
+  pred_dir, gt_dir, _ = _folders(tmp_path)
+  args = ["--pred", str(pred_dir), "--gt", str(gt_dir)]
+  assert metrics.main(args + ["--crop_border", "2", "--y_channel"]) == 0
+  new = capsys.readouterr()
+  assert "note:" not in new.err
+  assert metrics.main(args + ["--crop-border=2", "--y-channel"]) == 0  # test_cli_table too.
+  old = capsys.readouterr()
+  assert old.out == new.out
+  assert "note: --crop-border is now spelled --crop_border" in old.err
+  assert "note: --y-channel is now spelled --y_channel" in old.err
+
+
 def test_cli_unmatched_names(tmp_path, capsys):
   pred_dir, gt_dir, images = _folders(tmp_path)
   _write(pred_dir, "extra_one.png", images["baby"][0])

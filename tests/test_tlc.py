@@ -341,7 +341,7 @@ def test_infer_uses_the_recorded_crop_size_and_tile_context(tmp_path):
 
   def cli(name, **flags):
     infer.run(str(tmp_path / name), None, str(tmp_path / "in.png"), str(tmp_path / "out.png"),
-              tile=16, overlap=4, **flags)
+              tile=16, overlap=4, overwrite=True, **flags)
     return np.asarray(Image.open(tmp_path / "out.png"))
 
   def expected(window, context):

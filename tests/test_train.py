@@ -182,3 +182,42 @@ def test_resuming_with_another_worker_count_is_an_error_naming_both():
   with pytest.raises(ValueError, match=r"num_workers=2, but this run has data.num_workers=0.*"
                                        r"--config.data.num_workers=2"):
     resume.check_data_workers(saved, 0, "/w")
+
+
+def test_eval_mode_on_a_workdir_without_a_run_fails_at_once_naming_what_is_missing(tmp_path):
+  c = micro_config(mode="eval", **{"base.num_steps": 2})
+  with pytest.raises(FileNotFoundError) as error:
+    train.train_and_evaluate(c, str(tmp_path))
+  message = str(error.value)
+  assert "--config.mode=eval evaluates a finished run" in message
+  assert f"pre-trained base {tmp_path}/base/export/params (2 steps)" in message
+  assert f"a checkpoint in {tmp_path}/checkpoints" in message
+  assert not (tmp_path / "base").exists()  # Nothing was pre-trained.
+
+
+def test_the_console_is_a_page_with_progress_titles_and_no_echoed_scalars(tmp_path):
+  """The CLI on a micro job: a config summary, stage counter, compile line, one line per log
+  interval with a labelled loss and an ETA, titled tables; no YAML dump or hparams line."""
+  proc = subprocess.run(
+      [sys.executable, "-m", "sr_jax.main", "--config", "configs/lora_nafnet.py:demo",
+       "--workdir", str(tmp_path), "--config.model.preset=micro", "--config.data.crop_size=32",
+       "--config.data.eval_max_size=48", "--config.base.num_steps=4", "--config.num_steps=4",
+       "--config.log_every=2", "--config.checkpoint_every=4", "--config.eval_every=2"],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  text = proc.stdout + proc.stderr
+  assert "job lora_nafnet: pixel objective, nafnet 'micro'" in text
+  assert "stage 1/2: base stage (4 steps)" in text and "stage 2/2: training (4 steps)" in text
+  assert text.count("compiling the train step...") == 2
+  assert re.search(r"step 4/4 \(100%\): loss \(-PSNR, dB\) -?\d[\d.]*, .*; [\d.]+ steps/s, "
+                   r"ETA 0 s", text)
+  assert "step 2: held-out PSNR" in text  # eval_every.
+  assert "evaluating lora on 3 held-out image(s)..." in text
+  assert re.search(r"exporting to .*/export: done in", text)
+  assert "=== base stage (" in text and "=== final results (" in text
+  assert (tmp_path / "config.yaml").exists() and (tmp_path / "base" / "config.yaml").exists()
+  for noise in ("Hyperparameters", "steps_per_sec=", "train/loss=", "blur_kernel_size:",
+                "Setting work unit notes", "Unable to initialize backend", "overriding jax"):
+    assert noise not in text, noise
+  assert len(text.splitlines()) < 80, text

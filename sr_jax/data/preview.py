@@ -12,7 +12,6 @@ start of a run. LR inputs of SR configs are shown enlarged (nearest) to the targ
 
 from __future__ import annotations
 
-import textwrap
 from typing import Any, Sequence
 
 import numpy as np
@@ -21,7 +20,8 @@ from PIL import Image, ImageDraw, ImageFont
 from sr_jax.data import choose_source, degradations, pipeline
 
 _MIN_TILE = 128  # Small training crops are enlarged for display.
-_LABEL_LINES = 3
+_FONT = ImageFont.load_default()
+_LINE_PX = 12
 
 
 def _to_display(image: np.ndarray, size: int) -> np.ndarray:
@@ -31,19 +31,40 @@ def _to_display(image: np.ndarray, size: int) -> np.ndarray:
   return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _label_tile(image: np.ndarray, label: str, size: int) -> np.ndarray:
-  """The tile with `label` written (wrapped) on a strip beneath it."""
+def wrap_label(label: str, width_px: int, font: ImageFont.ImageFont) -> list[str]:
+  """The label in lines no wider than `width_px` pixels in `font` (a word longer than a line
+  is broken inside), all of it: nothing is cut off."""
+  measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+  lines: list[str] = []
+  for word in label.split():
+    while measure(word, font=font) > width_px and len(word) > 1:  # Break an overlong word.
+      cut = max([1] + [k for k in range(1, len(word)) if measure(word[:k], font=font) <= width_px])
+      lines.append(word[:cut])
+      word = word[cut:]
+    if lines and measure(f"{lines[-1]} {word}", font=font) <= width_px:
+      lines[-1] = f"{lines[-1]} {word}"
+    else:
+      lines.append(word)
+  return lines or [""]
+
+
+def _label_tile(image: np.ndarray, lines: Sequence[str], size: int, num_lines: int) -> np.ndarray:
+  """The tile with its caption `lines` written on a strip of `num_lines` lines beneath it."""
   tile = Image.fromarray(_to_display(image, size)[:size, :size])
-  font = ImageFont.load_default()
-  line_height = 12
-  canvas = Image.new("RGB", (size, size + _LABEL_LINES * line_height + 4), (255, 255, 255))
+  canvas = Image.new("RGB", (size, size + num_lines * _LINE_PX + 4), (255, 255, 255))
   canvas.paste(tile, (0, 0))
   draw = ImageDraw.Draw(canvas)
-  width_chars = max(8, size // 6)
-  lines = textwrap.wrap(label, width_chars)[:_LABEL_LINES]
   for i, line in enumerate(lines):
-    draw.text((2, size + 2 + i * line_height), line, fill=(0, 0, 0), font=font)
+    draw.text((2, size + 2 + i * _LINE_PX), line, fill=(0, 0, 0), font=_FONT)
   return np.asarray(canvas)
+
+
+def _captioned(tiles: Sequence[tuple[np.ndarray, str]], size: int) -> list[np.ndarray]:
+  """Every tile captioned in full, on strips as tall as the longest caption needs."""
+  wrapped = [wrap_label(label, size - 4, _FONT) for _, label in tiles]
+  num_lines = max(len(lines) for lines in wrapped)
+  return [_label_tile(image, lines, size, num_lines)
+          for (image, _), lines in zip(tiles, wrapped)]
 
 
 def _grid(tiles: Sequence[np.ndarray], columns: int) -> np.ndarray:
@@ -96,7 +117,7 @@ def degradation_grid(data_config: Any, *, seed: int = 0, degradation: Any = None
     clean = clean[:clean.shape[0] // scale * scale, :clean.shape[1] // scale * scale]
     tiles = _synthetic_tiles(clean, spec, seed, num_chains)
     columns = max(4, 1 + len(spec.chain_ops))
-  return _grid([_label_tile(image, label, display) for image, label in tiles], columns)
+  return _grid(_captioned(tiles, display), columns)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -123,5 +144,6 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
+  from sr_jax import config_cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_cli.parse_flags)
