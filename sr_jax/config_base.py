@@ -148,18 +148,18 @@ def resshift_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       # The shifting schedule (the paper's Eq. 10): T steps, noise scale kappa, power p, and
       # eta_T (the paper's text: 0.999; its public configs: 0.99^2 = 0.9801).
-      num_steps=15,
-      kappa=2.0,
-      power=0.3,
-      eta_T=0.999,
+      num_steps=15,  # T: steps of the chain (and of sampling).
+      kappa=2.0,  # Noise scale: x_t has variance kappa^2 eta_t.
+      power=0.3,  # p: the schedule's sqrt(eta_t) is geometric in ((t-1)/(T-1))^p.
+      eta_T=0.999,  # eta at the last step (the chain ends at y plus noise).
       normalize_input=True,  # Scale x_t by 1 / (1 + 3 kappa sqrt(eta_t)) at the network input.
       level="sqrt_eta",  # The network's noise level: 'sqrt_eta' or 'timestep' (t / T).
       # The network's output: 'x0' (the paper's) or 'residual' (x0_hat = y + output).
       output="residual",
       # Train only timesteps t in [t_min, t_max] (1..num_steps; t_max 0 = the last): partial
       # fine-tuning of the chain; small t is the data end.
-      t_min=1,
-      t_max=0,
+      t_min=1,  # First trained timestep.
+      t_max=0,  # Last trained timestep (0 = num_steps).
       base_outside_range=True,  # After a range fine-tune, the base samples the other steps.
       clip_x0=True,  # Clip the predicted x0 to [-1, 1] at every step.
       sample_seed=0,  # Sampling noise seed: evaluations are reproducible.
@@ -315,7 +315,7 @@ def base_config() -> ml_collections.ConfigDict:
       curve_tasks=("haze",),  # Tasks the budget curve is measured on.
       seeds=(0, 1, 2),  # The main table's seeds (mean +- std); curve points use the first.
       full_learning_rates=(3e-4, 1e-3, 3e-3),  # Candidates, chosen on the validation split.
-      lora_learning_rates=(1e-3, 3e-3, 1e-2),
+      lora_learning_rates=(1e-3, 3e-3, 1e-2),  # Candidates of the LoRA arms.
       # A folder source's training folder is split once (fixed shuffle): base_images for the
       # base's pre-training, then train_images to fine-tune on, then val_images to choose
       # learning rates on; the evaluation folder (data.eval_dir) is the reported test set.
