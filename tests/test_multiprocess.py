@@ -85,7 +85,7 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
   second = _run_two_processes(multi, num_steps=4)
   assert "Resumed from step 2" in second[0]
   assert "Resumed from step 2" not in second[1]  # Only process 0 logs at INFO.
-  assert "step 3: " in second[0] and "step 3: " not in second[1]
+  assert "step 3/4 " in second[0] and "step 3/4 " not in second[1]
   assert "| trained |" in second[0] and "| trained |" not in second[1]
   assert "FSDP:" in first[0]
 

@@ -284,9 +284,11 @@ def test_preview_grid_shows_the_clean_crop_each_op_and_chains():
   config.crop_size = 128
   grid = preview.degradation_grid(config, seed=0, num_chains=6)
   columns = 1 + len(OPS5)
-  tile_h = 128 + preview._LABEL_LINES * 12 + 4  # pylint: disable=protected-access
   rows = -(-(1 + len(OPS5) + 6) // columns)
-  assert grid.dtype == np.uint8 and grid.shape == (rows * (tile_h + 4), columns * 132, 3)
+  assert grid.dtype == np.uint8 and grid.shape[1:] == (columns * 132, 3)
+  tile_h = grid.shape[0] // rows - 4  # Captions wrap in full: the strip holds >= one line.
+  assert grid.shape[0] == rows * (tile_h + 4) and (tile_h - 128 - 4) % 12 == 0
+  assert tile_h >= 128 + 12 + 4
   clean = pipeline.center_crop(choose_source.make_source(config, "train")[0]["image"], 128)
   np.testing.assert_array_equal(grid[:128, :128], np.round(clean * 255).astype(np.uint8))
   assert not np.array_equal(grid[:128, 132:260], grid[:128, :128])
