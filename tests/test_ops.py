@@ -18,7 +18,7 @@ from PIL import Image
 import pytest
 
 from sr_jax import config_base
-from sr_jax.data import kernels, op_ranges, ops, resize
+from sr_jax.data import degradations, kernels, op_ranges, ops, pipeline, resize
 from sr_jax.data.resize import imresize
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -366,6 +366,43 @@ def test_haze_approaches_airlight_where_transmission_is_small():
   assert np.all(t >= -1e-6) and np.all(t <= 1 + 1e-6)
   assert t[-8:].mean() > t[:8].mean() + 0.3
   assert np.abs(np.diff(t, axis=1)).max() < 0.05
+
+
+def test_haze_is_a_property_of_the_scene_not_of_the_crop_size():
+  """A 64-pixel training crop and a 160-pixel evaluation crop of one 320-pixel photograph see
+  the same haze where they overlap (same draw), and a crop's depth range shrinks with its share
+  of the scene, where a per-crop depth map spanned far-to-near in every crop."""
+  photo = textured((320, 320, 3), seed=4)
+  params = dict(beta=2.0, airlight=0.9)
+
+  def hazy(top: int, left: int, size: int) -> np.ndarray:
+    crop = photo[top:top + size, left:left + size]
+    return ops.apply_op("haze", crop, np.random.default_rng(3), params,
+                        ops.Window(top, left, 320, 320))
+
+  small, large = hazy(100, 120, 64), hazy(80, 80, 160)
+  np.testing.assert_allclose(small, large[20:84, 40:104], atol=1e-6)
+  depth_small = ops.haze_depth((64, 64), np.random.default_rng(3), ops.Window(100, 120, 320, 320))
+  depth_whole = ops.haze_depth((64, 64), np.random.default_rng(3))
+  assert np.ptp(depth_small[:, 0]) < 0.4 * np.ptp(depth_whole[:, 0])
+  # The whole photograph as its own window is the default (no window).
+  np.testing.assert_array_equal(
+      ops.haze_depth((50, 40), np.random.default_rng(1), ops.Window(0, 0, 50, 40)),
+      ops.haze_depth((50, 40), np.random.default_rng(1)))
+
+
+def test_training_crops_and_evaluation_images_carry_their_scene_window():
+  """The pipeline places crops in their photograph: a haze-only training pair equals the
+  haze of the whole photograph cut at the crop's corner."""
+  photo = textured((96, 96, 3), seed=5)
+  spec = degradations.DegradationSpec(kind="fixed", ops=("haze",), min_ops=1, max_ops=1)
+  crop = pipeline.RandomCropPair(32, spec, augment=False)
+  out = crop.random_map({"image": photo}, np.random.default_rng(9))
+  rng = np.random.default_rng(9)
+  top, left = pipeline.random_corner(96, 96, 32, rng)
+  chain = degradations.plan_chain(rng, spec)
+  whole = degradations.apply_chain(photo, chain, rng)
+  np.testing.assert_allclose(out["lq"], whole[top:top + 32, left:left + 32], atol=1e-6)
 
 
 def test_low_light_formula_and_darkening():

@@ -136,11 +136,13 @@ def plan_chain(rng: np.random.Generator, spec: DegradationSpec) -> Chain:
   return tuple((name, ops.OPS[name].draw(rng, spec.ranges)) for name in choose_ops(rng, spec))
 
 
-def apply_chain(image: np.ndarray, chain: Chain, rng: np.random.Generator) -> np.ndarray:
-  """Applies `chain` to `image` in order (the rng supplies noise realisations, rain, haze)."""
+def apply_chain(image: np.ndarray, chain: Chain, rng: np.random.Generator,
+                window: ops.Window | None = None) -> np.ndarray:
+  """Applies `chain` to `image` in order (the rng supplies noise realisations, rain, haze);
+  `window` places the image in its scene (ops.Window; None: the image is the scene)."""
   out = np.asarray(image, np.float32)
   for name, params in chain:
-    out = ops.apply_op(name, out, rng, params)
+    out = ops.apply_op(name, out, rng, params, window)
   return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
 
 
@@ -150,9 +152,11 @@ def downscale_to_lr(hr: np.ndarray, scale: int, method: str = "bicubic") -> np.n
   return (np.round(np.clip(lr, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
 
 
-def degrade_with_chain(clean: np.ndarray, rng: np.random.Generator,
-                       cfg: Any) -> tuple[np.ndarray, np.ndarray, Chain]:
-  """Returns (lq, gt, chain): the model input, its target and the chain that made it."""
+def degrade_with_chain(clean: np.ndarray, rng: np.random.Generator, cfg: Any,
+                       window: ops.Window | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, Chain]:
+  """Returns (lq, gt, chain): the model input, its target and the chain that made it.
+  `window` is `clean`'s place in its photograph (see ops.Window)."""
   spec = as_spec(cfg)
   gt = np.asarray(clean, np.float32)
   scale = spec.effective_scale
@@ -160,19 +164,21 @@ def degrade_with_chain(clean: np.ndarray, rng: np.random.Generator,
   if scale > 1:
     gt = np.ascontiguousarray(modcrop(gt, scale))
     lq = downscale_to_lr(gt, scale, spec.resize)
+    window = None if window is None else window.scaled(scale)
   chain = plan_chain(rng, spec)
-  return apply_chain(lq, chain, rng), gt, chain
+  return apply_chain(lq, chain, rng, window), gt, chain
 
 
-def make_pair(clean: np.ndarray, rng: np.random.Generator,
-              cfg: Any) -> tuple[np.ndarray, np.ndarray]:
+def make_pair(clean: np.ndarray, rng: np.random.Generator, cfg: Any,
+              window: ops.Window | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Returns (lq, gt): the degraded input and the target it must be restored to.
 
   For scale > 1, gt is `clean` modcropped to a multiple of the scale and lq is H/scale x
   W/scale; otherwise gt is `clean` and lq has its shape. Use this rather than `degrade`
-  whenever the pair is needed, so the two stay consistent.
+  whenever the pair is needed, so the two stay consistent. `window` places `clean` in its
+  photograph (a crop's corner and the photograph's size; see ops.Window).
   """
-  lq, gt, _ = degrade_with_chain(clean, rng, cfg)
+  lq, gt, _ = degrade_with_chain(clean, rng, cfg, window)
   return lq, gt
 
 

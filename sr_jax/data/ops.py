@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -200,39 +200,64 @@ def draw_rain(rng: np.random.Generator, ranges: OpRanges) -> dict[str, Any]:
               intensity=_uniform(rng, ranges.rain_intensity))
 
 
-def _smooth_upsample(grid: np.ndarray, h: int, w: int) -> np.ndarray:
-  """Upsamples a small 2D grid to (h, w) with smoothstep-weighted interpolation (C1 smooth)."""
+class Window(NamedTuple):
+  """Where an image lies in its scene, in the image's own pixels: the crop's top-left corner
+  and the scene's (the uncropped photograph's) height and width. Ops whose look depends on
+  the whole scene (haze: far at the top of the photograph) read it, so a 64-pixel training
+  crop and a 256-pixel evaluation crop of one photograph see the same haze where they meet."""
+  top: int
+  left: int
+  height: int
+  width: int
+
+  def scaled(self, factor: int) -> "Window":
+    """The same window on a grid `factor` times coarser (an SR model's LR input)."""
+    return Window(self.top // factor, self.left // factor, max(1, self.height // factor),
+                  max(1, self.width // factor))
+
+
+def _smooth_interpolate(grid: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+  """A small 2D grid spread over the unit square, evaluated at normalised positions
+  (rows x cols, each in [0, 1]) with smoothstep-weighted interpolation (C1 smooth)."""
   out = grid
-  for axis, n in ((0, h), (1, w)):
+  for axis, pos01 in ((0, rows), (1, cols)):
     g = out.shape[axis]
-    pos = np.linspace(0.0, g - 1.0, n)
+    pos = np.clip(pos01, 0.0, 1.0) * (g - 1.0)
     i0 = np.clip(np.floor(pos), 0, g - 2).astype(np.int64)
     f = pos - i0
     f = f * f * (3.0 - 2.0 * f)
-    shape = (n, 1) if axis == 0 else (1, n)
+    shape = (-1, 1) if axis == 0 else (1, -1)
     out = (np.take(out, i0, axis=axis) * (1.0 - f).reshape(shape)
            + np.take(out, i0 + 1, axis=axis) * f.reshape(shape))
   return out
 
 
-def haze_depth(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+def haze_depth(shape: tuple[int, int], rng: np.random.Generator,
+               window: Window | None = None) -> np.ndarray:
   """A smooth synthetic depth map in [0, 1] (float64): far at the top, near at the bottom.
 
   Outdoor photographs usually show sky and distant scenery at the top; the random
-  low-frequency part makes the haze uneven, as real scene depth is.
+  low-frequency part makes the haze uneven, as real scene depth is. Depth is a property of
+  the scene, not of the crop: it is laid over `window`'s scene (None: the image is the whole
+  scene) and read at the image's pixels, so its range over an image grows with the image's
+  share of the scene and does not depend on the crop size.
   """
   h, w = shape
-  variation = _smooth_upsample(rng.random((_HAZE_GRID, _HAZE_GRID)), h, w)
-  gradient = np.linspace(1.0, 0.0, h)[:, None]
+  window = Window(0, 0, h, w) if window is None else window
+  rows = (window.top + np.arange(h)) / max(window.height - 1, 1)
+  cols = (window.left + np.arange(w)) / max(window.width - 1, 1)
+  variation = _smooth_interpolate(rng.random((_HAZE_GRID, _HAZE_GRID)), rows, cols)
+  gradient = (1.0 - np.clip(rows, 0.0, 1.0))[:, None]
   depth = _HAZE_GRADIENT_WEIGHT * gradient + (1.0 - _HAZE_GRADIENT_WEIGHT) * variation
   return np.clip(depth, 0.0, 1.0)
 
 
 def apply_haze(img: np.ndarray, rng: np.random.Generator, *, beta: float,
-               airlight: float) -> np.ndarray:
+               airlight: float, window: Window | None = None) -> np.ndarray:
   """Atmospheric scattering model: J t + A (1 - t), t = exp(-beta * depth) (`haze_depth`)."""
   img = _as_hwc(img)
-  transmission = np.exp(-beta * haze_depth(img.shape[:2], rng)).astype(np.float32)[:, :, None]
+  depth = haze_depth(img.shape[:2], rng, window)
+  transmission = np.exp(-beta * depth).astype(np.float32)[:, :, None]
   return np.clip(img * transmission + np.float32(airlight) * (1.0 - transmission), 0.0, 1.0)
 
 
@@ -261,6 +286,7 @@ class Op:
   name: str
   draw: Callable[[np.random.Generator, OpRanges], dict[str, Any]]
   apply: Callable[..., np.ndarray]
+  scene_aware: bool = False  # `apply` takes the image's Window in its scene.
 
 
 OPS: dict[str, Op] = {op.name: op for op in (
@@ -270,15 +296,19 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("poisson_noise", draw_poisson_noise, apply_poisson_noise),
     Op("jpeg", draw_jpeg, apply_jpeg),
     Op("rain", draw_rain, apply_rain),
-    Op("haze", draw_haze, apply_haze),
+    Op("haze", draw_haze, apply_haze, scene_aware=True),
     Op("low_light", draw_low_light, apply_low_light),
 )}
 
 
 def apply_op(name: str, img: np.ndarray, rng: np.random.Generator,
-             params: dict[str, Any]) -> np.ndarray:
-  """Applies the op called `name` with concrete `params` (from its `draw`)."""
+             params: dict[str, Any], window: Window | None = None) -> np.ndarray:
+  """Applies the op called `name` with concrete `params` (from its `draw`); `window` places
+  the image in its scene for scene-aware ops (None: the image is the whole scene)."""
   if name not in OPS:
     raise ValueError(f"Unknown degradation op {name!r}; valid ops: {list(OPS)}.")
-  return OPS[name].apply(img, rng, **params)
+  op = OPS[name]
+  if op.scene_aware:
+    return op.apply(img, rng, window=window, **params)
+  return op.apply(img, rng, **params)
 

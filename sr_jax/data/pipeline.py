@@ -27,7 +27,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from sr_jax.data import choose_source, degradations
+from sr_jax.data import choose_source, degradations, ops
 from sr_jax.data import sources
 
 # Threads and buffered batches per process (each grain worker has its own). Batches are large
@@ -115,8 +115,10 @@ class RandomCropPair(grain.transforms.RandomMap):
     if "lq" in element:
       lq, gt = self._stored_pair(element, rng)
     else:
-      clean = random_crop(element["image"], self.crop_size, rng, step=self._scale)
-      lq, gt = degradations.make_pair(clean, rng, self.degradation)
+      top, left = random_corner(h, w, self.crop_size, rng, self._scale)
+      clean = element["image"][top:top + self.crop_size, left:left + self.crop_size]
+      lq, gt = degradations.make_pair(clean, rng, self.degradation,
+                                      ops.Window(top, left, h, w))
     if self.augment:
       lq, gt = augment_pair(lq, gt, rng)
     return {"lq": np.ascontiguousarray(lq, np.float32),
@@ -262,7 +264,10 @@ def make_eval_set(data_config: Any, *, seed: int, degradation: Any = None) -> li
       lq = center_crop(lq, data_config.eval_max_size // scale)
       gt = center_crop(gt, lq.shape[0] * scale, lq.shape[1] * scale, scale)
     else:
-      clean = center_crop(record["image"], data_config.eval_max_size)
-      lq, gt = degradations.make_pair(clean, np.random.default_rng([seed, index]), spec)
+      image = record["image"]
+      clean = center_crop(image, data_config.eval_max_size)
+      window = ops.Window((image.shape[0] - clean.shape[0]) // 2,
+                          (image.shape[1] - clean.shape[1]) // 2, *image.shape[:2])
+      lq, gt = degradations.make_pair(clean, np.random.default_rng([seed, index]), spec, window)
     examples.append({"name": source.names[index], "lq": lq, "gt": np.ascontiguousarray(gt)})
   return examples
