@@ -132,3 +132,30 @@ def test_a_micro_study_runs_writes_its_report_and_resumes_after_an_interruption(
   assert (tmp_path / "study.md").read_text() == text
   selection = json.loads((tmp_path / "haze" / "full" / "selection.json").read_text())
   assert selection["chosen"] == 1e-3
+
+
+def test_curve_points_reuse_the_main_budget_rate_when_told_and_choose_their_own_otherwise(
+    tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  from sr_jax import run_setup  # pylint: disable=g-import-not-at-top
+  from sr_jax.models import registry  # pylint: disable=g-import-not-at-top
+  seen = []
+
+  def trainer(config, workdir):  # Validation peaks at 1e-2, whatever the budget.
+    lr = config.optimizer.learning_rate
+    seen.append((config.job.split("/")[2], lr, config.data.eval_split))
+    return {"tuned": {"psnr": 30 + np.log10(lr), "ssim": 0.9, "trainable_pct": 7.0}}
+
+  for select_rates, want_val in ((False, 2), (True, 4)):
+    seen.clear()
+    c = _quick(**{"study.arms": ("uniform",), "study.seeds": (0,),
+                  "study.curve_select_rates": select_rates})
+    base = run_setup.init_base(registry.build_model(c.model), 32, jax.random.PRNGKey(0))
+    (tmp_path / str(select_rates)).mkdir()
+    splits = splits_lib.make_splits(c, str(tmp_path / str(select_rates)))
+    _, chosen = study_main.run_task(c, str(tmp_path / str(select_rates)), "haze", splits,
+                                    "unused", base, None, trainer)
+    assert chosen == {"uniform@7%": 1e-2, "uniform@15%": 1e-2}
+    val = [s for s in seen if s[2] == "val"]
+    assert len(val) == want_val  # Two candidates (study_quick) per arm that chooses.
+    assert ("uniform@15%", 1e-2, "eval") in seen

@@ -49,8 +49,11 @@ def run_task(config, workdir: str, task: str, splits: splits_lib.Splits, base_di
   seeds = list(config.study.seeds)
   for arm in task_arms:
     plan = select.plan_file(task_cfg, task_dir, arm, base, scores)
-    lr = select.select_rate(task_cfg, workdir, task, arm, plan, seeds[0], trainer)
     main = arm.name == "full" or arm.budget == config.study.budget
+    if not main and not config.study.curve_select_rates:  # The arm's main-budget rate.
+      lr = chosen[arms_lib.Arm(arm.name, config.study.budget).label]
+    else:
+      lr = select.select_rate(task_cfg, workdir, task, arm, plan, seeds[0], trainer)
     results[arm.label] = select.test_runs(task_cfg, workdir, task, arm, plan, lr,
                                           seeds if main else seeds[:1], trainer)
     chosen[arm.label] = lr
@@ -83,7 +86,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, argv: list[str] = (),
               "count only their remaining work).",
               f"Model: {config.model.name} {config.model.preset}; {config.num_steps} steps at "
               f"batch {config.batch_size}, {config.data.crop_size}px crops; base: "
-              f"{config.base.checkpoint or 'pre-trained here'}."]
+              f"{config.base.checkpoint or 'pre-trained here'}.",
+              "Budget-curve points: " + ("each at its own rate chosen on validation."
+                                         if config.study.curve_select_rates else
+                                         "at the rate the same arm chose at "
+                                         f"{100 * config.study.budget:g}% (not re-chosen).")]
     text = table.markdown(results, chosen, splits.to_json(), header)
     paths.write_text(os.path.join(workdir, "study.md"), text)
     plots.save_png(os.path.join(workdir, "study.png"), table.budget_plot(results))
