@@ -5,6 +5,8 @@ import os
 
 from absl import logging
 
+from sr_jax import large_pages
+
 # Libraries whose INFO lines drown the run's own progress; their warnings still show.
 _QUIET = ("/orbax/", "/grain/", "/tensorflow/", "/jax/_src/", "/clu/")
 # Warnings that say nothing a user can act on: (source file, text), dropped at any level.
@@ -50,3 +52,4 @@ def setup() -> None:
   logging.info("JAX %s on %d %s device(s), process %d of %d.", jax.__version__,
                jax.device_count(), jax.default_backend(), jax.process_index(),
                jax.process_count())
+  logging.info(large_pages.describe())
