@@ -159,3 +159,29 @@ def test_curve_points_reuse_the_main_budget_rate_when_told_and_choose_their_own_
     val = [s for s in seen if s[2] == "val"]
     assert len(val) == want_val  # Two candidates (study_quick) per arm that chooses.
     assert ("uniform@15%", 1e-2, "eval") in seen
+
+
+def test_a_budget_too_small_for_the_biases_and_norms_trains_adapters_alone(tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  from sr_jax import colora, lora, run_setup  # pylint: disable=g-import-not-at-top
+  from sr_jax.models import registry  # pylint: disable=g-import-not-at-top
+  extras = {}
+
+  def trainer(config, workdir):
+    extras[config.job.split("/")[2]] = tuple(config.lora.extra_trainable)
+    return {"tuned": {"psnr": 30.0, "ssim": 0.9, "trainable_pct": 1.0}}
+
+  c = _quick(**{"study.arms": ("uniform",), "study.seeds": (0,), "study.curve_budgets": (0.01,),
+                "study.curve_select_rates": False})
+  base = run_setup.init_base(registry.build_model(c.model), 32, jax.random.PRNGKey(0))
+  assert colora.fully_tuned(base, colora.EXTRA_TRAINABLE) > 0.01 * lora.count(base)
+  splits = splits_lib.make_splits(c, str(tmp_path))
+  results, _ = study_main.run_task(c, str(tmp_path), "haze", splits, "unused", base, None,
+                                   trainer)
+  assert list(results) == ["uniform@7%", "uniform@1%-adapters"]
+  assert extras["uniform@7%"] == tuple(colora.EXTRA_TRAINABLE)
+  assert extras["uniform@1%-adapters"] == ()
+  plan = json.loads((tmp_path / "haze" / "allocations" / "uniform@1pct-adapters.json")
+                    .read_text())
+  assert plan["fixed_params"] == 0 and plan["extra_trainable"] == []
+  assert 0 < plan["trainable_params"] <= plan["budget_params"] == int(0.01 * lora.count(base))

@@ -19,7 +19,7 @@ from absl import app, flags, logging
 from clu import metric_writers
 from ml_collections import config_flags
 
-from sr_jax import config_check, paths, plots, runtime, train, workdir_lock
+from sr_jax import colora, config_check, lora, paths, plots, runtime, train, workdir_lock
 from sr_jax.study import arms as arms_lib
 from sr_jax.study import select, splits as splits_lib, table
 
@@ -42,7 +42,9 @@ def run_task(config, workdir: str, task: str, splits: splits_lib.Splits, base_di
   task_dir = os.path.join(workdir, task)
   task_cfg = arms_lib.task_config(config, task, base_dir, splits.data)
   scores = None
-  task_arms = arms_lib.arms(config, task)
+  extras = colora.fully_tuned(base, colora.EXTRA_TRAINABLE)
+  task_arms = [arms_lib.fit_extras(a, task_cfg, lora.count(base), extras)
+               for a in arms_lib.arms(config, task)]
   if any(a.name == "colora" for a in task_arms):
     scores = select.faig_scores(task_cfg, task_dir, base_dir, base, writer)
   results, chosen = {}, {}
@@ -52,6 +54,8 @@ def run_task(config, workdir: str, task: str, splits: splits_lib.Splits, base_di
     main = arm.name == "full" or arm.budget == config.study.budget
     if not main and not config.study.curve_select_rates:  # The arm's main-budget rate.
       lr = chosen[arms_lib.Arm(arm.name, config.study.budget).label]
+      logging.info("%s on %s: the rate %s chose at %g%%, %g.", arm.label, task, arm.name,
+                   100 * config.study.budget, lr)
     else:
       lr = select.select_rate(task_cfg, workdir, task, arm, plan, seeds[0], trainer)
     results[arm.label] = select.test_runs(task_cfg, workdir, task, arm, plan, lr,
@@ -90,7 +94,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, argv: list[str] = (),
               "Budget-curve points: " + ("each at its own rate chosen on validation."
                                          if config.study.curve_select_rates else
                                          "at the rate the same arm chose at "
-                                         f"{100 * config.study.budget:g}% (not re-chosen).")]
+                                         f"{100 * config.study.budget:g}% (not re-chosen)."),
+              "Arms marked '-adapters' are at a budget too small to also tune the biases and "
+              "norms fully: they train their LoRA factors alone."]
     text = table.markdown(results, chosen, splits.to_json(), header)
     paths.write_text(os.path.join(workdir, "study.md"), text)
     plots.save_png(os.path.join(workdir, "study.png"), table.budget_plot(results))

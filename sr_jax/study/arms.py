@@ -23,13 +23,17 @@ LORA_ARMS = ("uniform", "colora")
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
-  """One arm at one budget (0 for full fine-tuning)."""
+  """One arm at one budget (0 for full fine-tuning). adapters_only: a LoRA arm at a budget too
+  small to also tune the biases and norms fully (colora.tune_extras) trains its adapters alone."""
   name: str
   budget: float = 0.0
+  adapters_only: bool = False
 
   @property
   def label(self) -> str:
-    return self.name if self.name == "full" else f"{self.name}@{100 * self.budget:g}%"
+    if self.name == "full":
+      return self.name
+    return f"{self.name}@{100 * self.budget:g}%" + ("-adapters" if self.adapters_only else "")
 
   @property
   def family(self) -> str:
@@ -70,6 +74,16 @@ def arms(config: ml_collections.ConfigDict, task: str) -> list[Arm]:
                  and b != s.budget]
 
 
+def fit_extras(arm: Arm, task_cfg: ml_collections.ConfigDict, base_params: int,
+               extras_params: int) -> Arm:
+  """The arm, made adapters-only when its budget cannot hold the fully tuned extras (so a 1%
+  curve point of a small model still runs, and says how it differs)."""
+  if (arm.name == "full" or not task_cfg.colora.tune_extras
+      or extras_params <= int(arm.budget * base_params)):
+    return arm
+  return dataclasses.replace(arm, adapters_only=True)
+
+
 def learning_rates(config: ml_collections.ConfigDict, arm: Arm) -> tuple[float, ...]:
   s = config.study
   return tuple(s.full_learning_rates if arm.family == "full" else s.lora_learning_rates)
@@ -107,7 +121,8 @@ def run_config(task_cfg: ml_collections.ConfigDict, arm: Arm, plan_file: str, le
   c.lora.learning_rate_multiplier = 1.0  # The study sets every arm's rate itself.
   c.lora.plan_file = plan_file
   if c.lora.enabled:
-    extras = colora.EXTRA_TRAINABLE if task_cfg.colora.tune_extras else ()
+    tune_extras = task_cfg.colora.tune_extras and not arm.adapters_only
+    extras = colora.EXTRA_TRAINABLE if tune_extras else ()
     if task_cfg.colora.depthwise == "full":
       extras += (registry.entry(task_cfg.model.name).depthwise_kernels,)
     c.lora.extra_trainable = extras

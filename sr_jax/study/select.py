@@ -43,6 +43,7 @@ def plan_file(task_cfg: ml_collections.ConfigDict, workdir: str, arm: arms_lib.A
     return ""
   c = ml_collections.ConfigDict(task_cfg.colora.to_dict())
   c.budget = arm.budget
+  c.tune_extras = c.tune_extras and not arm.adapters_only
   means = {s.path: getattr(s, task_cfg.colora.score) for s in scores} if scores else {}
   allocation = colora.allocate(base, means, c, task_cfg.lora.targets,
                                registry.entry(task_cfg.model.name).depthwise_kernels,
