@@ -95,6 +95,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, argv: list[str] = (),
                                          if config.study.curve_select_rates else
                                          "at the rate the same arm chose at "
                                          f"{100 * config.study.budget:g}% (not re-chosen)."),
+              "Learning-rate candidates: full fine-tuning "
+              f"{tuple(config.study.full_learning_rates)}, LoRA arms "
+              f"{tuple(config.study.lora_learning_rates)}; a rate chosen at either end of its "
+              "list may do better outside it.",
               "Arms marked '-adapters' are at a budget too small to also tune the biases and "
               "norms fully: they train their LoRA factors alone."]
     text = table.markdown(results, chosen, splits.to_json(), header)
