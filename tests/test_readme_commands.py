@@ -1,9 +1,10 @@
-"""Every `python -m sr_jax...` command in README.md parses: the module exists, each of its
---flags is one the tool defines, each --config loads and each --config.a.b=v names a real key
-and takes the value. Nothing is run; commands that read the user's own files (checkpoints,
-image folders) are listed as such, and checked the same way."""
+"""Every `python -m sr_jax...` command in README.md and docs/*.md parses: the module exists,
+each of its --flags is one the tool defines, each --config loads and each --config.a.b=v names
+a real key and takes the value. Nothing is run; commands that read the user's own files
+(checkpoints, image folders) are listed as such, and checked the same way."""
 
 import ast
+import glob
 import importlib.util
 import os
 import re
@@ -20,14 +21,21 @@ USER_FILES = re.compile(r"(^|/)(data|bases|results|gt|hazy|lr|noisy)/|\.(pth|pt|
                         r"^(W|bases|gs://)")
 
 
+def doc_files() -> list[str]:
+  """README.md and the pages under docs/."""
+  return [os.path.join(REPO, "README.md"),
+          *sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))]
+
+
 def readme_commands() -> list[str]:
-  """The README's `python -m sr_jax.*` commands, continuation lines joined."""
-  text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+  """The `python -m sr_jax.*` commands of the README and docs/*.md, continuation lines joined."""
   commands = []
-  for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-    joined = re.sub(r"\\\n\s*", " ", block)
-    commands += [line.strip() for line in joined.splitlines()
-                 if line.strip().startswith("python -m sr_jax")]
+  for path in doc_files():
+    text = open(path, encoding="utf-8").read()
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+      joined = re.sub(r"\\\n\s*", " ", block)
+      commands += [line.strip() for line in joined.splitlines()
+                   if line.strip().startswith("python -m sr_jax")]
   return commands
 
 
