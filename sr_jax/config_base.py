@@ -240,6 +240,10 @@ def base_config() -> ml_collections.ConfigDict:
       # folders; after too-small images are dropped); 0 = all.
       num_train_images=0,
       eval_max_size=0,  # Centre-crop eval images to at most this many pixels per side (0 = full).
+      # Crops of eval_max_size scored per held-out image (generated pairs, not stored ones):
+      # 1 = the centre crop; k > 1 = k crops spread evenly over the image, so a few photos give
+      # enough held-out samples for one run's number to mean something.
+      eval_crops=1,
       # A validation split carved from the training images: the last N of them, which training
       # then never sees (0 = none). Hyper-parameters are chosen on it, never on the eval images.
       val_images=0,

@@ -103,7 +103,7 @@ RULES: dict[str, Rule] = {
     "eval_checkpoint_step": Int(0, also=(-1,)), "num_image_summaries": Int(0),
     "model.width": Int(0), "model.dropout": Real(0, 1, hi_open=True, also=(-1,)),
     "data.crop_size": Int(1), "data.num_workers": Int(0), "data.num_train_images": Int(0),
-    "data.eval_max_size": Int(0), "data.val_images": Int(0),
+    "data.eval_max_size": Int(0), "data.val_images": Int(0), "data.eval_crops": Int(1),
     "lora.rank": Int(1, when=_lora_on), "lora.alpha": Real(0, lo_open=True, when=_lora_on),
     "lora.learning_rate_multiplier": Real(0, lo_open=True),
     "colora.probe_steps": Int(1, when=_probe_runs),

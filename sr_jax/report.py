@@ -5,7 +5,7 @@ for super-resolution its MATLAB-bicubic upscaling), the base alone (no adapters,
 leaves) when the run started from one, and the tuned model, with the run's trainable share,
 step time and memory and export size; then, with config.eval.general_set, the base and the
 tuned model on that second set (what a domain transfer forgets). `write_table` writes the rows
-to workdir/results.md, stdout and TensorBoard.
+to workdir/results.md (and the rows to workdir/results.json), stdout and TensorBoard.
 """
 
 from __future__ import annotations
@@ -149,6 +149,10 @@ def write_table(workdir: str, rows: dict[str, Row], writer,
   table = evaluate.results_table(rows, evaluate.protocol(opts["crop_border"], opts["y_channel"]))
   if jax.process_index() == 0:
     paths.write_text(os.path.join(workdir, "results.md"), table + "\n")
+    # The same rows for programs (sr_jax.reproduce renders published tables from them).
+    jsonfile.write(os.path.join(workdir, "results.json"),
+                   {arm: {k: v for k, v in r.items() if k != "per_image"}
+                    for arm, r in rows.items()}, default=float)
     if echo:
       print(f"\n=== {title} ({workdir}) ===\n{table}\n", flush=True)
   writer.write_texts(0, {"results": table})

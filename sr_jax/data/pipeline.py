@@ -18,6 +18,7 @@ the trainer moves them to devices in the main process.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import sys
@@ -239,14 +240,28 @@ def center_crop(image: np.ndarray, max_size: int, max_width: int | None = None,
   return image[top:top + size_h, left:left + size_w]
 
 
+def crop_windows(height: int, width: int, size: int, count: int) -> list[tuple[int, int]]:
+  """(top, left) of `count` crops of `size` (clipped to the image) spread evenly over it: the
+  centre crop when count is 1, else crops centred on the cells of a ceil(sqrt(count))-square
+  grid over the image (row by row, the first `count`), kept inside the image."""
+  size_h, size_w = (height, width) if size <= 0 else (min(height, size), min(width, size))
+  side = math.ceil(math.sqrt(count))
+
+  def starts(extent: int, crop: int) -> list[int]:
+    centres = (np.arange(side) + 0.5) * extent / side
+    return [int(np.clip(round(c - crop / 2), 0, extent - crop)) for c in centres]
+
+  return [(t, l) for t in starts(height, size_h) for l in starts(width, size_w)][:count]
+
+
 def make_eval_set(data_config: Any, *, seed: int, degradation: Any = None) -> list[dict[str, Any]]:
   """The evaluation images as [{'name', 'lq', 'gt'}], full resolution (float32 HWC): the
   held-out images, or with data.eval_split='val' the validation split of the training images.
 
-  Clean images are centre-cropped to data.eval_max_size, modcropped to the scale for SR, and
-  degraded with an rng derived from (seed, image index), so every evaluation of a run (and
-  every run with the same seed) sees identical inputs. Stored pairs are centre-cropped in
-  alignment and used as they are.
+  Clean images are cropped to data.eval_max_size (the centre, or data.eval_crops crops spread
+  over each image), modcropped to the scale for SR, and degraded with an rng derived from
+  (seed, example index), so every evaluation of a run (and every run with the same seed) sees
+  identical inputs. Stored pairs are centre-cropped in alignment and used as they are.
   """
   spec = degradations.as_spec(data_config.degradation if degradation is None else degradation)
   scale = spec.effective_scale
@@ -254,20 +269,31 @@ def make_eval_set(data_config: Any, *, seed: int, degradation: Any = None) -> li
   if split not in ("eval", "val"):
     raise ValueError(f"Unknown data.eval_split {split!r}; use 'eval' (the held-out images) or "
                      "'val' (the validation split carved from the training images).")
+  crops = int(data_config.get("eval_crops", 1))
   source = choose_source.make_source(data_config, split, scale)
   examples = []
   for index in range(len(source)):
-    record = source[index]
+    record, name = source[index], source.names[index]
     if "lq" in record:
       lq = record["lq"]
-      gt = sources.aligned_target(lq, record["image"], scale, source.names[index])
+      gt = sources.aligned_target(lq, record["image"], scale, name)
       lq = center_crop(lq, data_config.eval_max_size // scale)
       gt = center_crop(gt, lq.shape[0] * scale, lq.shape[1] * scale, scale)
-    else:
-      image = record["image"]
-      clean = center_crop(image, data_config.eval_max_size)
-      window = ops.Window((image.shape[0] - clean.shape[0]) // 2,
-                          (image.shape[1] - clean.shape[1]) // 2, *image.shape[:2])
-      lq, gt = degradations.make_pair(clean, np.random.default_rng([seed, index]), spec, window)
-    examples.append({"name": source.names[index], "lq": lq, "gt": np.ascontiguousarray(gt)})
+      examples.append({"name": name, "lq": lq, "gt": np.ascontiguousarray(gt)})
+      continue
+    image = record["image"]
+    for j, (top, left) in enumerate(crop_windows(*image.shape[:2], data_config.eval_max_size,
+                                                 crops)):
+      if crops == 1:
+        clean = center_crop(image, data_config.eval_max_size)
+        top = (image.shape[0] - clean.shape[0]) // 2
+        left = (image.shape[1] - clean.shape[1]) // 2
+      else:
+        size = data_config.eval_max_size
+        clean = image[top:top + size, left:left + size]
+      window = ops.Window(top, left, *image.shape[:2])
+      lq, gt = degradations.make_pair(clean, np.random.default_rng([seed, len(examples)]),
+                                      spec, window)
+      examples.append({"name": name if crops == 1 else f"{name}_crop{j}", "lq": lq,
+                       "gt": np.ascontiguousarray(gt)})
   return examples
