@@ -221,7 +221,8 @@ def _plot_faig(scores: list[faig.LayerScore], out: str, writer, block_order) -> 
   blocks = faig.block_scores(scores)
   blocks = {name: blocks[name] for name in sorted(blocks, key=block_order)}
   image = plots.bar_chart(list(blocks), [b["mean"] for b in blocks.values()],
-                          "FAIG per block (mean per parameter, log scale)", log=True)
+                          "FAIG per block", log=True,
+                          xlabel="mean FAIG per parameter (summed squared error of [0, 1] pixels)")
   plots.save_png(os.path.join(out, "faig_blocks.png"), image)
   writer.write_images(0, {"colora/faig_blocks": image[None]})
   groups = faig.group_scores(scores)
@@ -275,7 +276,7 @@ def rank_chart(config: ml_collections.ConfigDict, base: PyTree, ranks: dict[str,
   capped = [ranks[p] > 0 and ranks[p] >= caps.get(p, ranks[p] + 1) for p in paths]
   return plots.bar_chart(paths, [ranks[p] for p in paths],
                          f"{name} rank per kernel, in network order", value_format="{:.0f}",
-                         marked=capped, marked_note="at its cap")
+                         marked=capped, marked_note="at its cap", xlabel="LoRA rank")
 
 
 def _allocation_settings(config: ml_collections.ConfigDict, arm: str, base_dir: str,

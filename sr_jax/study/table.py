@@ -8,10 +8,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+
+from sr_jax import plots
 
 Row = dict[str, Any]
 _COLOURS = {"uniform": (66, 110, 180), "colora": (200, 90, 40), "full": (60, 60, 60)}
+_LABELS = {"uniform": "uniform LoRA", "colora": "CoLoRA"}
 
 
 def mean_std(values: Sequence[float]) -> str:
@@ -54,53 +56,46 @@ def markdown(results: dict[str, dict[str, list[Row]]], chosen: dict[str, dict[st
   return "\n".join(lines) + "\n"
 
 
-def _points(by_arm: dict[str, list[Row]], family: str) -> list[tuple[float, float]]:
-  pts = [(runs[0]["trainable_pct"], statistics.mean(r["psnr"] for r in runs))
-         for arm, runs in by_arm.items() if arm.split("@")[0] == family]
+def _points(by_arm: dict[str, list[Row]], family: str) -> list[tuple[float, float, float]]:
+  """(trainable %, mean test PSNR, std over seeds or 0) of one family's budget points."""
+  pts = []
+  for arm, runs in by_arm.items():
+    if arm.split("@")[0] == family:
+      psnr = [r["psnr"] for r in runs]
+      pts.append((runs[0]["trainable_pct"], statistics.mean(psnr),
+                  statistics.stdev(psnr) if len(psnr) > 1 else 0.0))
   return sorted(pts)
 
 
-def budget_plot(results: dict[str, dict[str, list[Row]]], width: int = 560,
-                height: int = 360) -> np.ndarray:
-  """PSNR against trainable share (log x), one panel per task: uniform and CoLoRA curves,
-  full fine-tuning a horizontal line."""
-  font = ImageFont.load_default()
-  panels = [(t, a) for t, a in results.items()]
-  image = Image.new("RGB", (width, height * len(panels)), (255, 255, 255))
-  draw = ImageDraw.Draw(image)
-  for i, (task, by_arm) in enumerate(panels):
-    top = i * height
-    series = {f: _points(by_arm, f) for f in ("uniform", "colora")}
-    full = [statistics.mean(r["psnr"] for r in runs) for a, runs in by_arm.items()
-            if a == "full"]
-    ys = [y for pts in series.values() for _, y in pts] + full
-    xs = [x for pts in series.values() for x, _ in pts] or [1.0]
-    lo_y, hi_y = min(ys) - 0.2, max(ys) + 0.2
-    lo_x, hi_x = np.log10(min(xs) / 1.5), np.log10(max(xs) * 1.5)
-    box = (60, top + 30, width - 20, top + height - 40)
-
-    def to_xy(x, y, box=box, lo_x=lo_x, hi_x=hi_x, lo_y=lo_y, hi_y=hi_y):
-      px = box[0] + (np.log10(x) - lo_x) / (hi_x - lo_x) * (box[2] - box[0])
-      py = box[3] - (y - lo_y) / (hi_y - lo_y) * (box[3] - box[1])
-      return float(px), float(py)
-
-    draw.rectangle(box, outline=(0, 0, 0))
-    draw.text((box[0], top + 8), f"{task}: test PSNR vs trainable share (log)", fill=(0, 0, 0),
-              font=font)
-    draw.text((4, box[1]), f"{hi_y:.1f}", fill=(0, 0, 0), font=font)
-    draw.text((4, box[3] - 10), f"{lo_y:.1f}", fill=(0, 0, 0), font=font)
-    for x in sorted(set(xs)):
-      draw.text((to_xy(x, lo_y)[0] - 10, box[3] + 4), f"{x:.1f}%", fill=(0, 0, 0), font=font)
-    for value in full:
-      y = to_xy(1.0, value)[1]
-      draw.line([(box[0], y), (box[2], y)], fill=_COLOURS["full"], width=1)
-      draw.text((box[2] - 90, y - 12), "full fine-tuning", fill=_COLOURS["full"], font=font)
-    for k, (family, pts) in enumerate(series.items()):
-      xy = [to_xy(x, y) for x, y in pts]
-      if len(xy) > 1:
-        draw.line(xy, fill=_COLOURS[family], width=2)
-      for px, py in xy:
-        draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=_COLOURS[family])
-      draw.text((box[0] + 8, box[1] + 6 + 12 * k), "uniform LoRA" if family == "uniform"
-                else "CoLoRA", fill=_COLOURS[family], font=font)
-  return np.asarray(image)
+def budget_plot(results: dict[str, dict[str, list[Row]]]) -> np.ndarray:
+  """Test PSNR against trainable share (log x), one panel per task: the uniform LoRA and
+  CoLoRA budget curves with error bars (std over seeds) where a point has several seeds, full
+  fine-tuning a horizontal line with its std as a band."""
+  figure, panels = plots.panel_grid(len(results))
+  for axes, (task, by_arm) in zip(panels, results.items()):
+    shares = []
+    for family in ("uniform", "colora"):
+      pts = _points(by_arm, family)
+      if not pts:
+        continue
+      x, y, err = zip(*pts)
+      shares += x
+      axes.errorbar(x, y, yerr=err, marker="o", capsize=3, label=_LABELS[family],
+                    color=plots.rgb(_COLOURS[family]))
+    for arm, runs in by_arm.items():
+      if arm == "full":
+        psnr = [r["psnr"] for r in runs]
+        mean, std = statistics.mean(psnr), statistics.stdev(psnr) if len(psnr) > 1 else 0.0
+        axes.axhline(mean, color=plots.rgb(_COLOURS["full"]), linestyle="--",
+                     label="full fine-tuning (100%)")
+        if std:
+          axes.axhspan(mean - std, mean + std, color=plots.rgb(_COLOURS["full"]), alpha=0.12)
+    plots.log_ticks(axes, shares)
+    axes.set_title(task, fontsize=10)
+    axes.set_xlabel("trainable parameters (% of the base, log scale)", fontsize=8)
+    axes.set_ylabel("test PSNR (dB)", fontsize=8)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="lower right")
+  figure.suptitle("Mean +- std over seeds (points without bars: one seed)", fontsize=8)
+  figure.tight_layout()
+  return plots.to_array(figure)
