@@ -19,7 +19,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from sr_jax import runtime
+from sr_jax import paths, runtime
 from sr_jax.data import pipeline
 
 FLAGS = flags.FLAGS
@@ -31,6 +31,7 @@ flags.DEFINE_list("workers", ["0", "1", "2"], "grain worker counts to measure.")
 flags.DEFINE_float("seconds", 20.0, "Measuring window per worker count (after warm-up).")
 flags.DEFINE_integer("step_steps", 0, "If > 0, also time this many train steps of the "
                      "config's model at --step_batch (0 = skip).")
+flags.DEFINE_string("output", "", "Also write the markdown report to this file.")
 flags.DEFINE_integer("step_batch", 4, "Batch of the timed train step.")
 
 
@@ -87,6 +88,8 @@ def main(argv: list[str]) -> None:
   if consumed:
     lines.append(f"\nThe {step_note} consumes {consumed:.2f} patches/s.")
   print("\n".join(lines), flush=True)
+  if FLAGS.output:
+    paths.write_text(FLAGS.output, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

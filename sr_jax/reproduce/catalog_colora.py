@@ -1,0 +1,110 @@
+"""The CoLoRA tables: the README demo (three seeds), the demo's arms, Restormer, the study."""
+
+from __future__ import annotations
+
+import os
+
+from sr_jax.reproduce import render
+from sr_jax.reproduce.table import Region, Step, Table, main_job
+
+DEMO_SEEDS = (0, 1, 2)
+
+_SEED_COLUMNS = (
+    ("psnr", "PSNR (dB)", lambda v: render.spread(v, 2)),
+    ("ssim", "SSIM", lambda v: render.spread(v, 3)),
+    ("trainable", "trainable params", render.first("{:,.0f}")),
+    ("trainable_pct", "% of base", render.first("{:.2f}")),
+    ("export_mb", "export MiB", render.first("{:.2f}")),
+    ("step_ms", "ms/step", render.mean("{:.0f}")),
+    ("step_memory_mb", "step memory MiB", render.first("{:.0f}")),
+)
+
+
+def seeds_note(seeds: tuple[int, ...], images: str) -> str:
+  return (f"PSNR/SSIM on RGB over {images}; mean +- std over seeds {', '.join(map(str, seeds))} "
+          "(`--config.seed`) with the range in brackets; ms/step is the mean over seeds.")
+
+
+def _seed_runs(workdir: str, seeds: tuple[int, ...]) -> list[render.Rows]:
+  return [render.results(os.path.join(workdir, f"seed{s}")) for s in seeds]
+
+
+def _seed_table(seeds: tuple[int, ...], images: str):
+  def draw(workdir: str) -> str:
+    table = render.seed_table(_seed_runs(workdir, seeds), _SEED_COLUMNS)
+    return f"{seeds_note(seeds, images)}\n\n{table}"
+  return draw
+
+
+def _seed_steps(config: str, seeds: tuple[int, ...]):
+  return tuple(main_job(config, f"{{workdir}}/seed{s}", f"seed={s}") for s in seeds)
+
+
+DEMO = Table(
+    name="demo",
+    what="The README's demo: PROD base + CoLoRA on haze, tiny NAFNet, three seeds.",
+    steps=_seed_steps("configs/colora_nafnet.py:demo", DEMO_SEEDS),
+    regions=(Region("README.md", _seed_table(DEMO_SEEDS,
+                                             "12 held-out 128x128 crops of 3 photos")),),
+    wall_time="about 18 minutes (3 runs of 6)",
+)
+
+COLORA_ABLATION = Table(
+    name="colora_demo_ablation",
+    what="docs/colora.md: the demo's three arms (full, uniform LoRA, CoLoRA), three seeds.",
+    steps=_seed_steps("configs/colora_nafnet.py:demo_ablation", DEMO_SEEDS),
+    regions=(Region("docs/colora.md", _seed_table(DEMO_SEEDS,
+                                                  "12 held-out 128x128 crops of 3 photos")),),
+    wall_time="about 27 minutes (3 runs of 9)",
+)
+
+COLORA_RESTORMER = Table(
+    name="colora_restormer_demo",
+    what="docs/colora.md: CoLoRA's arms on a micro Restormer (haze), one seed.",
+    steps=(main_job("configs/colora_restormer.py:demo_ablation", "{workdir}/seed0", "seed=0"),),
+    regions=(Region("docs/colora.md", _seed_table((0,),
+                                                  "12 held-out 128x128 crops of 3 photos")),),
+    wall_time="about 15 minutes",
+)
+
+
+def _study_report(workdir: str) -> str:
+  """study.md as the study wrote it, without its title line."""
+  text = render.report_section(os.path.join(workdir, "study.md"))
+  return text.split("\n", 1)[1].strip() if text.startswith("#") else text
+
+
+def _study_summary(workdir: str) -> str:
+  """The main budget's rows of study.md, one line per task (arms side by side)."""
+  rows = render.table_rows(render.tables_in(_study_report(workdir))[0])
+  tasks = list(dict.fromkeys(r["task"] for r in rows))
+  by = {(r["task"], r["arm"]): r for r in rows}
+  arms = [a for a in ("full", "uniform@7%", "colora@7%") if any((t, a) in by for t in tasks)]
+  lines = ["| task | " + " | ".join(f"{a} test PSNR (dB)" for a in arms) +
+           " | rates chosen on validation |", "|---|" + "---|" * (len(arms) + 1)]
+  for t in tasks:
+    cells = [by[(t, a)]["test PSNR (dB)"] if (t, a) in by else "-" for a in arms]
+    rates = " / ".join(by[(t, a)]["learning rate (chosen on validation)"] if (t, a) in by
+                       else "-" for a in arms)
+    lines.append(f"| {t} | " + " | ".join(cells) + f" | {rates} |")
+  return "\n".join(lines)
+
+
+_STUDY_DATA = ("--config.data.source=folder", "--config.data.train_dir={datasets}/CSun_Hays80",
+               "--config.data.eval_dir={datasets}/CBSD68")
+
+STUDY = Table(
+    name="study",
+    what="docs/study.md and docs/colora.md: full vs uniform LoRA vs CoLoRA, 3 tasks x 3 seeds.",
+    steps=(Step("sr_jax.study", ("--config", "configs/colora_nafnet.py:study", "--workdir",
+                                 "{workdir}") + _STUDY_DATA +
+                ("--config.study.curve_select_rates=False",)),),
+    regions=(Region("docs/study.md", _study_report),
+             Region("docs/colora.md", _study_summary, key="summary")),
+    needs="Sun-Hays 80 (base, fine-tuning, validation) and CBSD68 (test) photographs",
+    datasets=("CSun_Hays80", "CBSD68"),
+    wall_time="about 150 minutes (measured beside other jobs; alone: not yet measured)",
+    figures=(("study.png", "docs/study.png"),),
+)
+
+TABLES = (DEMO, COLORA_ABLATION, COLORA_RESTORMER, STUDY)

@@ -1,0 +1,51 @@
+"""The diffusion tables: SR3 fine-tuning arms on a new domain, and SR3's samplers."""
+
+from __future__ import annotations
+
+import os
+
+from sr_jax.reproduce import render
+from sr_jax.reproduce.table import Region, Step, Table, main_job
+
+_BASE = "{workdir}/full/base/export/params"
+_ARMS = (("full", "demo"), ("lora", "demo,lora"), ("range", "demo,range"))
+_KEYS = ("psnr", "ssim", "lpips_alex", "consistency", "trainable_pct", "export_mb", "step_ms")
+
+
+def _finetune(workdir: str) -> str:
+  rows = []
+  for i, (arm, _) in enumerate(_ARMS):
+    found = render.results(os.path.join(workdir, arm))
+    for label, row in found.items():
+      shared = label in ("bicubic", "base", "base @ general set")
+      if shared and i:
+        continue  # bicubic and the base are the same in every arm's table.
+      rows.append((label if shared else f"{arm}: {label}", row))
+  return ("The new domain is scanned text (scikit-image's 'text'); '@ general set' rows are "
+          "the photos (forgetting). PSNR/SSIM on RGB with crop 4, LPIPS-alex, consistency; "
+          "samples drawn with the config's sampler.\n\n" + render.rows_table(rows, _KEYS))
+
+
+SR3_FINETUNE = Table(
+    name="sr3_finetune_demo",
+    what="docs/diffusion.md: a tiny SR3 fine-tuned to text: full, LoRA, part of the chain.",
+    steps=tuple(main_job(f"configs/sr3_finetune.py:{variant}", f"{{workdir}}/{arm}",
+                         *(() if arm == "full" else (f"base.checkpoint={_BASE}",)))
+                for arm, variant in _ARMS),
+    regions=(Region("docs/diffusion.md", _finetune),),
+    wall_time="about 60 minutes (the base's 2,000 steps took 40 beside other jobs)",
+)
+
+SR3_SAMPLERS = Table(
+    name="sr3_samplers",
+    what="docs/diffusion.md: DDIM 50 against DDPM's 2,000 steps on the SR3 demo base.",
+    steps=(SR3_FINETUNE.steps[0],
+           Step("sr_jax.tools.sr3_sampling", (
+               "--checkpoint", _BASE, "--config", "configs/sr3.py:demo",
+               "--config.data.eval_max_size=64", "--config.eval.lpips=alex",
+               "--samplers", "ddim:50,ddpm:0", "--output", "{workdir}/sampling.md"))),
+    regions=(Region("docs/diffusion.md", render.tool_report("sampling.md")),),
+    wall_time="about 45 minutes with the base (DDPM: about a minute per image)",
+)
+
+TABLES = (SR3_FINETUNE, SR3_SAMPLERS)

@@ -1,0 +1,77 @@
+"""The GAN super-resolution tables: the three demos, ESRGAN-LoRA transfer, forward runtime."""
+
+from __future__ import annotations
+
+import os
+
+from sr_jax.reproduce import render
+from sr_jax.reproduce.table import Region, Step, Table, main_job
+
+GAN_MODELS = ("srgan", "esrgan", "mesrgan")
+_QUALITY = ("psnr", "ssim", "lpips_alex", "rmse", "trainable", "step_ms", "step_memory_mb")
+
+
+def _stage_rows(workdir: str) -> list[tuple[str, dict]]:
+  """bicubic once, then each model's L1 stage (the run's base) and GAN stage."""
+  rows = []
+  for model in GAN_MODELS:
+    found = render.results(os.path.join(workdir, model))
+    arms = [a for a in found if a not in ("bicubic", "base")]
+    if not rows and "bicubic" in found:
+      rows.append(("bicubic", found["bicubic"]))
+    rows.append((f"{model}: L1 stage", found["base"]))
+    rows += [(f"{model}: GAN stage ({a})", found[a]) for a in arms]
+  return rows
+
+
+def _gan_demos(workdir: str) -> str:
+  return ("PSNR/SSIM on the Y channel with crop 4 (BasicSR), LPIPS-alex, over the held-out "
+          "photos; 'trainable params' counts the generator; ms/step is the GAN stage's.\n\n" +
+          render.rows_table(_stage_rows(workdir), _QUALITY, first_header="model: stage"))
+
+
+GAN_DEMOS = Table(
+    name="gan_demos",
+    what="docs/gan.md: SRGAN, ESRGAN and MESRGAN demos (L1 stage, then GAN stage).",
+    steps=tuple(main_job(f"configs/{m}.py:demo", f"{{workdir}}/{m}") for m in GAN_MODELS),
+    regions=(Region("docs/gan.md", _gan_demos),),
+    wall_time="about 28 minutes (5m23 + 7m15 + 15m35, measured beside other jobs)",
+)
+
+_L1_ONLY = ("gan.gan_weight=0", "gan.perceptual_weight=0", "gan.pixel_weight=1")
+
+
+def _esrgan_lora(workdir: str) -> str:
+  gan, l1 = (render.results(os.path.join(workdir, d)) for d in ("gan", "l1"))
+  rows = [(f"{a}" if a in ("bicubic", "base", "base @ general set") else f"{a} (GAN objective)",
+           r) for a, r in gan.items()]
+  rows += [(f"{a} (L1 objective)", r) for a, r in l1.items()
+           if a not in ("bicubic", "base", "base @ general set")]
+  return ("Text (scikit-image's 'text') is the new domain; '@ general set' rows are the "
+          "held-out photos (what the transfer forgets). PSNR/SSIM on Y, crop 4.\n\n" +
+          render.rows_table(rows, ("psnr", "ssim", "lpips_alex", "trainable", "trainable_pct",
+                                   "export_mb", "step_ms")))
+
+
+ESRGAN_LORA = Table(
+    name="esrgan_lora_demo",
+    what="docs/gan.md: LoRA transfer of a small RRDBNet to scanned text, GAN and L1 objectives.",
+    steps=(main_job("configs/esrgan_lora.py:demo", "{workdir}/gan"),
+           main_job("configs/esrgan_lora.py:demo", "{workdir}/l1",
+                    "base.checkpoint={workdir}/gan/base/export/params", *_L1_ONLY)),
+    regions=(Region("docs/gan.md", _esrgan_lora),),
+    wall_time="about 12 minutes (measured beside other jobs)",
+)
+
+GAN_RUNTIME = Table(
+    name="gan_runtime",
+    what="docs/gan.md: forward time of SRGAN, ESRGAN and MESRGAN under XLA (x4, 32 -> 128).",
+    steps=(Step("sr_jax.tools.gan_compare", ("--skip_breakdown", "--output",
+                                             "{workdir}/gan_compare.md")),),
+    regions=(Region("docs/gan.md", render.tool_report("gan_compare.md", "Forward runtime",
+                                                      "MESRGAN / ESRGAN")),),
+    needs="nothing (random inputs)",
+    wall_time="not yet measured alone",
+)
+
+TABLES = (GAN_DEMOS, ESRGAN_LORA, GAN_RUNTIME)

@@ -1,0 +1,108 @@
+"""The speed tables: training steps against PyTorch, LoRA against full fine-tuning, the input
+pipeline, and mixed precision on the LoRA demo."""
+
+from __future__ import annotations
+
+import os
+
+from sr_jax.reproduce import render
+from sr_jax.reproduce.table import Region, Step, Table, main_job
+
+_BENCH = "sr_jax.tools.benchmark"
+_STEPS = (
+    Step(_BENCH, ("--skip_forward", "--arms", "full,lora", "--steps", "5", "--layers",
+                  "--output", "{workdir}/nafnet.md")),
+    Step(_BENCH, ("--config", "configs/esrgan_lora.py", "--config.objective=pixel",
+                  "--config.optimizer.name=adamw", "--arms", "full,lora", "--batch", "4",
+                  "--skip_forward", "--size", "128", "--steps", "3", "--output",
+                  "{workdir}/rrdbnet.md")),
+    Step("sr_jax.tools.perf_report", ("--models", "sr3_tiny,restormer", "--steps", "2",
+                                      "--output", "{workdir}/perf_report.md")),
+)
+
+
+def _speed(workdir: str) -> str:
+  parts = []
+  for title, name in (("NAFNet-w32", "nafnet.md"), ("RRDBNet x4", "rrdbnet.md"),
+                      ("SR3 tiny and Restormer", "perf_report.md")):
+    text = render.report_section(os.path.join(workdir, name))
+    parts.append(f"**{title}** (`{name[:-3]}`):\n\n" + _without_layer_list(text))
+  return "\n\n".join(parts)
+
+
+def _without_layer_list(text: str) -> str:
+  """The report without its per-layer table (long; `--layers` prints it for who wants it)."""
+  tables = render.tables_in(text)
+  for table in tables:
+    if table.startswith("| layer |"):
+      text = text.replace(table, "(per-layer formulations: run the command)")
+  return text
+
+
+SPEED = Table(
+    name="speed_current",
+    what="docs/speed.md: training-step time, FLOPs and memory, full vs LoRA, beside PyTorch.",
+    steps=_STEPS,
+    regions=(Region("docs/speed.md", _speed),),
+    needs="nothing (random inputs); PyTorch (torch==2.13.0, CPU) for its column",
+    wall_time="not yet measured alone",
+    packages=("torch",),
+)
+
+RESTORMER_SPEED = Table(
+    name="restormer_speed",
+    what="docs/speed.md: the official Restormer's training step and forward pass.",
+    steps=(Step(_BENCH, ("--config.model.name=restormer", "--config.model.preset=default",
+                         "--config.loss.kind=l1", "--batch", "2", "--forward_batch", "1",
+                         "--arms", "full", "--output", "{workdir}/restormer.md")),),
+    regions=(Region("docs/speed.md", render.tool_report("restormer.md")),),
+    needs="nothing (random inputs); PyTorch (torch==2.13.0, CPU) for its column",
+    wall_time="not yet measured alone",
+    packages=("torch",),
+)
+
+DATA_SPEED = Table(
+    name="data_speed",
+    what="docs/data.md: PROD patches/s of the grain pipeline against the step's consumption.",
+    steps=(Step("sr_jax.tools.data_benchmark", ("--step_steps", "2", "--output",
+                                                "{workdir}/embedded.md")),
+           Step("sr_jax.tools.data_benchmark", (
+               "--config.data.source=folder", "--config.data.train_dir={datasets}/CSun_Hays80",
+               "--output", "{workdir}/folder.md"))),
+    regions=(Region("docs/data.md", lambda w: "\n\n".join(
+        render.report_section(os.path.join(w, f)) for f in ("embedded.md", "folder.md"))),),
+    needs="embedded photos; Sun-Hays 80 JPEGs for the folder rows",
+    datasets=("CSun_Hays80",),
+    wall_time="not yet measured alone",
+)
+
+_PRECISIONS = (("float32 / float32", ()),
+               ("bfloat16 / float32", ("model.dtype=bfloat16",)),
+               ("bfloat16 / bfloat16", ("model.dtype=bfloat16",
+                                        "optimizer.state_dtype=bfloat16")))
+
+
+def _precision(workdir: str) -> str:
+  rows = []
+  for i, (label, _) in enumerate(_PRECISIONS):
+    run = os.path.join(workdir, f"p{i}")
+    base, lora = render.results(os.path.join(run, "base")), render.results(run)
+    for stage, row in (("base, deblurring", base["trained"]), ("base on denoising",
+                                                                 lora["base"]),
+                       ("LoRA on denoising", lora["lora"])):
+      rows.append((f"{label}: {stage}", row))
+  return ("Compute / optimizer-state dtypes, applied to both stages; PSNR/SSIM on RGB of the "
+          "held-out crops.\n\n" + render.rows_table(rows, ("psnr", "ssim", "step_ms"),
+                                                    first_header="dtypes: stage"))
+
+
+MIXED_PRECISION = Table(
+    name="mixed_precision",
+    what="docs/scale_out.md: bfloat16 compute and optimizer state on the LoRA demo.",
+    steps=tuple(main_job("configs/lora_nafnet.py:demo", f"{{workdir}}/p{i}", *o)
+                for i, (_, o) in enumerate(_PRECISIONS)),
+    regions=(Region("docs/scale_out.md", _precision),),
+    wall_time="about 8 minutes (3 runs of 2.5)",
+)
+
+TABLES = (SPEED, RESTORMER_SPEED, DATA_SPEED, MIXED_PRECISION)
