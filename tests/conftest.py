@@ -12,6 +12,66 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_disable_most_optimizations", True)
 
+# The slow tier (`pytest -m slow`; CI runs it after the fast tier): whole jobs end to end,
+# several processes, and the few single checks that take over 10 s on 2 cores. Each still runs
+# in CI with every assertion; the fast tier (`-m "not slow"`) stays under 8 minutes. Test ids
+# are matched by suffix of their node id (file::name[params]).
+SLOW = {
+    # Whole jobs end to end, in this process or as `python -m sr_jax.main` subprocesses.
+    "test_colora.py::test_colora_job_runs_every_arm_and_resumes",
+    "test_colora_restormer.py::test_converted_restormer_runs_the_colora_job_and_infers",
+    "test_study.py::test_a_micro_study_runs_writes_its_report_and_resumes_after_an_interruption",
+    "test_train.py::test_the_console_is_a_page_with_progress_titles_and_no_echoed_scalars",
+    "test_train.py::test_resume_equals_uninterrupted_and_eval_mode",
+    "test_train.py::test_lora_job_end_to_end",
+    "test_train.py::test_prod_pretraining_writes_the_data_grid_and_a_base_that_lora_loads",
+    "test_train.py::test_checkpoint_of_another_architecture_is_named",
+    "test_objectives.py::test_a_toy_objective_registered_here_trains_through_the_unchanged_trainer",
+    "test_resshift_job.py::test_lora_on_part_of_the_chain_end_to_end",
+    "test_sr3_job.py::test_lora_on_part_of_the_chain_end_to_end",
+    "test_gan.py::test_two_stage_lora_gan_run_keeps_the_base_and_resumes",
+    "test_faults_train.py::test_a_truncated_latest_checkpoint_falls_back_to_the_previous_step",
+    "test_faults_train.py::test_a_diverged_state_is_never_saved_and_a_sane_rerun_finishes",
+    "test_lora_branch.py::test_unmerged_run_keeps_no_state_for_frozen_leaves_and_exports_merged",
+    "test_infer.py::test_grayscale_restormer_gets_luma_and_writes_gray_pngs",
+    "test_perf_report.py::test_one_row_per_model_arm_dtype",
+    # Several processes or hosts.
+    "test_worker_cleanup.py::test_kill_9_of_a_trainer_with_two_workers_leaves_no_child",
+    "test_multiprocess.py::test_two_processes_equal_one_process_with_eight_devices",
+    "test_train.py::test_one_device_equals_eight_devices",
+    "test_train.py::test_fsdp_equals_replicated[-1-8]",
+    "test_train.py::test_fsdp_equals_replicated[2-4]",
+    "test_scaleout.py::test_fsdp_equals_replicated_for_the_gan_and_diffusion_objectives[diffusion]",
+    "test_scaleout.py::test_fsdp_equals_replicated_for_the_gan_and_diffusion_objectives[gan]",
+    # Large compiled programs: every layout of the biggest models, the seam checks of tiling.
+    "test_lora_branch.py::test_every_model_unmerged_equals_merged[restormer]",
+    "test_lora_branch.py::test_every_model_unmerged_equals_merged[sr3]",
+    "test_lora_branch.py::test_every_model_unmerged_equals_merged[mesrgan]",
+    "test_lora_branch.py::test_the_compiled_step_drops_the_unmerged_kernels_weight_gradients",
+    "test_tlc.py::test_tiles_join_without_seams_with_tlc_and_not_without",
+    "test_restormer.py::test_odd_sizes_are_reflect_padded_to_eight",
+    "test_restormer.py::test_bfloat16_compute_keeps_float32_params_and_output",
+    "test_gan.py::test_step_is_generator_update_then_discriminator_update_on_the_old_output",
+    "test_faig.py::test_nafnet_matches_explicit_grad_loop",
+    "test_resshift_objective.py::"
+    "test_apply_samples_reproducibly_in_the_unit_range_and_starts_near_bicubic",
+    "test_nafnet.py::test_shifted_and_xla_impls_agree_forward_and_gradient",
+    "test_benchmark.py::test_forward_and_steps_report[restormer]",
+}
+
+
+def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+  """Marks the SLOW tests `slow`; a SLOW entry that matches no test is an error (renamed)."""
+  matched = set()
+  for item in items:
+    for suffix in SLOW:
+      if item.nodeid.endswith(suffix):
+        item.add_marker(pytest.mark.slow)
+        matched.add(suffix)
+  whole_suite = len({os.path.basename(str(i.fspath)) for i in items}) > 40
+  if whole_suite and SLOW - matched:
+    raise pytest.UsageError(f"conftest.SLOW names tests that do not exist: {SLOW - matched}")
+
 
 @pytest.fixture(scope="module")
 def single_threaded_torch():

@@ -56,12 +56,13 @@ def test_kill_9_of_a_trainer_with_two_workers_leaves_no_child(tmp_path):
   trainer = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                              env=dict(env, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"))
   try:
-    # Wait for steady training (steps logged every 5): the workers then sit blocked on full
-    # queues, the state in which they outlived a killed trainer.
+    # Wait for steady training (the console's "step 10/100000 (0%)" line; steps logged every 5):
+    # the workers then sit blocked on full queues, the state in which they outlived a killed
+    # trainer. (It waited for an older console format, so always for the whole deadline.)
     deadline, children = time.time() + 300, []
     while time.time() < deadline and trainer.poll() is None:
       children = descendants(trainer.pid)  # Two workers and the resource tracker.
-      if len(children) >= 3 and "] step 10:" in (tmp_path / "log.txt").read_text():
+      if len(children) >= 3 and "step 10/" in (tmp_path / "log.txt").read_text():
         break
       time.sleep(1)
     assert len(children) >= 3, (children, (tmp_path / "log.txt").read_text()[-3000:])
