@@ -257,6 +257,9 @@ def base_config() -> ml_collections.ConfigDict:
       enabled=False,  # Train LoRA adapters on a frozen base instead of every parameter.
       rank=8,  # Rank of every adapter (see rank_overrides, plan_file).
       alpha=8.0,  # LoRA scale numerator: an adapter adds (alpha / rank) * A @ B.
+      # 'standard' (alpha / rank) or 'rank_stabilized' (alpha / sqrt(rank): rsLoRA,
+      # Kalajdzievski 2023; the update's size no longer falls as the rank grows).
+      scaling="standard",
       targets=(r".*/kernel",),  # Regexes over 'module/sub/kernel' paths.
       # 'regex=rank' entries overriding the rank of matching kernels (0 freezes them).
       rank_overrides=(),
@@ -306,6 +309,7 @@ def base_config() -> ml_collections.ConfigDict:
       milestones=(),  # Replaces optimizer.milestones in pre-training (multistep schedules).
       embedded_set="",  # Pre-train on this data.embedded_set ('' = the task's own).
       train_dir="",  # Pre-train on this folder of clean images ('' = the task's data).
+      ema_decay=-1.0,  # The pre-training stage's ema.decay; -1 = the job's.
       degradation=degradation_config(),
   ))
 
@@ -344,6 +348,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.diffusion = diffusion_config()
   c.resshift = resshift_config()
   c.eval = eval_config()
+  # An exponential moving average of the trainable weights, kept in the train state (sharded
+  # and checkpointed like them) and used for evaluation and export (sr_jax/step.py).
+  c.ema = ml_collections.ConfigDict(dict(
+      # ema <- decay * ema + (1 - decay) * weights after every step; about 1 / (1 - decay) steps
+      # of memory; 0 = off. The GAN objective keeps its own (gan.ema_decay).
+      decay=0.0,
+  ))
 
   # The device mesh (sr_jax/sharding.py); the batch is split over all its devices.
   c.mesh = ml_collections.ConfigDict(dict(

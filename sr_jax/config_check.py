@@ -27,6 +27,7 @@ ConfigDict = ml_collections.ConfigDict
 
 class ConfigError(ValueError):
   """One or more config values are out of range; the message lists each key."""
+  exit_code = 2  # A config error (sr_jax.errors): printed alone, exit status 2.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +119,7 @@ RULES: dict[str, Rule] = {
     **_optimizer_rules("optimizer"), **_optimizer_rules("gan.d_optimizer"),
     "gan.d_num_feat": Int(1), "gan.pixel_weight": Real(0), "gan.perceptual_weight": Real(0),
     "gan.gan_weight": Real(0), "gan.ema_decay": Real(0, 1, hi_open=True),
+    "ema.decay": Real(0, 1, hi_open=True), "base.ema_decay": Real(0, 1, hi_open=True, also=(-1,)),
     "diffusion.num_timesteps": Int(1), "diffusion.beta_start": Real(0, 1, lo_open=True),
     "diffusion.beta_end": Real(0, 1, lo_open=True), "diffusion.t_min": Int(1),
     "diffusion.t_max": Int(0), "diffusion.sample_steps": Int(0), "diffusion.eta": Real(0, 1),
@@ -193,9 +195,12 @@ def resshift_problems(config: ConfigDict) -> list[str]:
 
 def joint_problems(config: ConfigDict) -> list[str]:
   """Rules tying keys together (each message names every key involved)."""
-  from sr_jax import lora_branch  # pylint: disable=g-import-not-at-top
+  from sr_jax import lora, lora_branch  # pylint: disable=g-import-not-at-top
   from sr_jax.data import degradations  # pylint: disable=g-import-not-at-top
   problems = []
+  if config.lora.scaling not in lora.SCALINGS:
+    problems.append(f"config.lora.scaling={config.lora.scaling!r}: must be one of "
+                    f"{lora.SCALINGS}")
   if config.lora.formulation not in lora_branch.FORMULATIONS:
     problems.append(f"config.lora.formulation={config.lora.formulation!r}: must be one of "
                     f"{lora_branch.FORMULATIONS}")
@@ -212,6 +217,10 @@ def joint_problems(config: ConfigDict) -> list[str]:
       problems.append(f"config.diffusion.beta_start={d.beta_start:g} must be below "
                       f"diffusion.beta_end={d.beta_end:g}")
   problems += resshift_problems(config)
+  if config.objective == "gan" and config.ema.decay:
+    problems.append(f"config.ema.decay={config.ema.decay:g}: the GAN objective keeps its "
+                    f"generator's EMA with gan.ema_decay (now {config.gan.ema_decay:g}); set "
+                    "ema.decay=0")
   if config.colora.faig_batch and config.colora.faig_images % config.colora.faig_batch:
     problems.append(f"config.colora.faig_batch={config.colora.faig_batch}: must divide "
                     f"colora.faig_images={config.colora.faig_images} (0 = all at once)")

@@ -8,6 +8,7 @@ config says otherwise; every printed number carries its protocol.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -59,15 +60,18 @@ def evaluate(apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree,
   scores the rounded output's Y channel with the same border crop, as BasicSR does.
   With `consistency_scale` s > 1, 'consistency' is SR3's: the MSE between the LR input and the
   output downscaled by 1/s with MATLAB's bicubic (how the LR images were made), on the [0, 1]
-  scale and in units of 1e-5, over the whole image. `progress(images done)` is called after
-  each image.
+  scale and in units of 1e-5, over the whole image. 'seconds_per_image' is the median time of
+  one image's forward pass (for diffusion: its whole sampling chain). `progress(images done)`
+  is called after each image.
   """
   run = _jitted(apply_fn)
   kw = dict(crop_border=crop_border, y_channel=y_channel)
   score = _scorer(crop_border, y_channel)
-  per_image, outputs = [], []
+  per_image, outputs, seconds = [], [], []
   for item in eval_set:
-    pred = run(params, jnp.asarray(item["lq"])[None])
+    start = time.perf_counter()
+    pred = jax.block_until_ready(run(params, jnp.asarray(item["lq"])[None]))
+    seconds.append(time.perf_counter() - start)
     gt = jnp.asarray(item["gt"])[None]
     psnr, ssim = score(pred, gt)
     row = {"name": item["name"], "psnr": float(psnr[0]), "ssim": float(ssim[0])}
@@ -83,6 +87,8 @@ def evaluate(apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree,
       progress(len(per_image))
   keys = [k for k in per_image[0] if k != "name"] if per_image else ["psnr", "ssim"]
   means = {k: float(np.nanmean([r[k] for r in per_image])) for k in keys}
+  if seconds:  # The median: the first image of each size also compiles.
+    means["seconds_per_image"] = float(np.median(seconds))
   return dict(means, per_image=per_image, outputs=outputs)
 
 

@@ -57,17 +57,27 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   return tree
 
 
+# How an adapter's alpha becomes its scale: 'standard' alpha / r (Hu et al. 2021, LoRA), or
+# 'rank_stabilized' alpha / sqrt(r) (Kalajdzievski 2023, rsLoRA: with alpha / r the update's
+# size falls as the rank grows, so higher ranks learn slower at the same rate).
+SCALINGS = ("standard", "rank_stabilized")
+
+
 @dataclasses.dataclass(frozen=True)
 class LoraPlan:
   """Which kernels carry adapters, with their rank and alpha. Static (hashable) metadata."""
   ranks: tuple[tuple[str, int], ...]
   alphas: tuple[tuple[str, float], ...]
+  scaling: str = "standard"  # One of SCALINGS.
 
   def rank(self, path: str) -> int:
     return dict(self.ranks)[path]
 
   def scale(self, path: str) -> float:
-    return dict(self.alphas)[path] / self.rank(path)
+    """The factor of the adapter's product A @ B: alpha / r, or alpha / sqrt(r) (rsLoRA)."""
+    rank = self.rank(path)
+    return dict(self.alphas)[path] / (math.sqrt(rank) if self.scaling == "rank_stabilized"
+                                      else rank)
 
   @property
   def paths(self) -> tuple[str, ...]:
@@ -77,15 +87,19 @@ class LoraPlan:
     """The plan without the kernels in `paths`."""
     drop = frozenset(paths)
     return LoraPlan(tuple(x for x in self.ranks if x[0] not in drop),
-                    tuple(x for x in self.alphas if x[0] not in drop))
+                    tuple(x for x in self.alphas if x[0] not in drop), self.scaling)
 
   def to_json(self) -> dict[str, Any]:
-    return {"ranks": dict(self.ranks), "alphas": dict(self.alphas)}
+    return {"ranks": dict(self.ranks), "alphas": dict(self.alphas), "scaling": self.scaling}
 
   @classmethod
-  def from_json(cls, d: Mapping[str, Any]) -> "LoraPlan":
+  def from_json(cls, d: Mapping[str, Any], scaling: str = "standard") -> "LoraPlan":
+    """A plan from its JSON; `scaling` applies when the JSON names none (older plans)."""
+    scaling = d.get("scaling", scaling)
+    if scaling not in SCALINGS:
+      raise ValueError(f"Unknown LoRA scaling {scaling!r}; use one of {SCALINGS}.")
     return cls(tuple(sorted((k, int(v)) for k, v in d["ranks"].items())),
-               tuple(sorted((k, float(v)) for k, v in d["alphas"].items())))
+               tuple(sorted((k, float(v)) for k, v in d["alphas"].items())), scaling)
 
 
 def _fan_in_out(shape: Sequence[int]) -> tuple[int, int]:
@@ -104,7 +118,8 @@ def _parse_overrides(overrides: Sequence[str]) -> list[tuple[re.Pattern, int]]:
 
 
 def make_plan(params: PyTree, *, targets: Sequence[str], rank: int, alpha: float,
-              exclude: Sequence[str] = (), rank_overrides: Sequence[str] = ()) -> LoraPlan:
+              exclude: Sequence[str] = (), rank_overrides: Sequence[str] = (),
+              scaling: str = "standard") -> LoraPlan:
   """Chooses the adapted kernels: paths matching `targets` and no `exclude` regex.
 
   `rank_overrides` entries 'regex=rank' set the rank of matching paths (the last match wins;
@@ -140,7 +155,9 @@ def make_plan(params: PyTree, *, targets: Sequence[str], rank: int, alpha: float
     raise ValueError(f"No kernel matches the LoRA targets {list(targets)} (excluding "
                      f"{list(exclude)}); kernel paths look like "
                      f"{[p for p in flatten(params) if p.endswith('kernel')][:3]}.")
-  return LoraPlan(tuple(ranks), tuple(alphas))
+  if scaling not in SCALINGS:
+    raise ValueError(f"Unknown LoRA scaling {scaling!r}; use one of {SCALINGS}.")
+  return LoraPlan(tuple(ranks), tuple(alphas), scaling)
 
 
 def max_rank(shape: Sequence[int]) -> int:

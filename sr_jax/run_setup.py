@@ -47,8 +47,10 @@ class Run:
 
   def train_step(self):
     """The objective's update jitted over the mesh with this run's state and frozen layouts."""
-    return step_lib.build_train_step(self.objective.update, self.mesh,
-                                     state_sharding=self.state_sharding,
+    update = self.objective.update
+    if ema_decay(self.config):
+      update = step_lib.ema_update(update, ema_decay(self.config))
+    return step_lib.build_train_step(update, self.mesh, state_sharding=self.state_sharding,
                                      frozen_sharding=self.frozen_sharding)
 
   @property
@@ -64,6 +66,11 @@ class Run:
     return self._eval_set
 
 
+def ema_decay(config: ml_collections.ConfigDict) -> float:
+  """config.ema.decay (0: no EMA of weights)."""
+  return float(config.get("ema", {}).get("decay", 0.0))
+
+
 def init_base(model, size: int, rng: jax.Array) -> PyTree:
   """Freshly initialised parameters of `model` (traced on zero inputs of `size` pixels)."""
   return jax.jit(model.init)(rng, *registry.example_inputs(model, size))["params"]
@@ -75,9 +82,10 @@ def lora_plan(config: ml_collections.ConfigDict, base: PyTree) -> lora.LoraPlan:
     exclude = (registry.entry(config.model.name).depthwise_kernels,)
     return lora.make_plan(base, targets=config.lora.targets, rank=config.lora.rank,
                           alpha=config.lora.alpha, exclude=exclude,
-                          rank_overrides=config.lora.rank_overrides)
+                          rank_overrides=config.lora.rank_overrides,
+                          scaling=config.lora.scaling)
   try:
-    plan = lora.LoraPlan.from_json(jsonfile.read(config.lora.plan_file))
+    plan = lora.LoraPlan.from_json(jsonfile.read(config.lora.plan_file), config.lora.scaling)
   except (OSError, ValueError, KeyError) as e:
     raise ValueError(f"config.lora.plan_file={config.lora.plan_file!r} is not a readable LoRA "
                      f"plan (JSON with 'ranks' and 'alphas' by kernel path): {e}") from e
@@ -160,6 +168,12 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, base: PyTree | No
       config=config, model=model, facts=facts, tx=tx, schedule=schedule, plan=plan,
       trainable=trainable, model_frozen=model_frozen, base=params["base"], labels=labels,
       seed=config.seed, unmerged=unmerged))
+  if ema_decay(config):
+    if not isinstance(built.state, step_lib.TrainState):
+      raise ValueError(f"config.ema.decay={ema_decay(config)} needs an objective whose state is "
+                       f"step.TrainState; {config.objective!r} keeps its own (a GAN's generator "
+                       f"EMA is gan.ema_decay). Set --config.ema.decay=0.")
+    built.state = step_lib.with_ema(built.state)
   frozen = objective_base.frozen_tree(model_frozen, built.extra_frozen)
   meta = {"model": registry.architecture(config.model), "config": config.to_json_best_effort(),
           "lora_plan": plan.to_json() if plan else None, **built.meta}

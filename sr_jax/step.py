@@ -30,6 +30,26 @@ class TrainState:
   trainable: PyTree  # {'base': ..., 'lora': ...}; frozen leaves are optax.MaskedNode.
   opt_state: PyTree
   rng: jax.Array  # Raw uint32 key data (checkpointable); objectives that sample split it.
+  # Exponential moving average of `trainable` (config.ema.decay > 0), what evaluation and
+  # export use; None when off, so the state, its checkpoints and its step are unchanged.
+  ema: PyTree = None
+
+
+def with_ema(state: TrainState) -> TrainState:
+  """`state` keeping an EMA of its trainable tree, which starts at the trainable values."""
+  return state.replace(ema=jax.tree.map(jnp.copy, state.trainable))
+
+
+def ema_update(update: UpdateFn, decay: float) -> UpdateFn:
+  """`update` followed by ema <- decay * ema + (1 - decay) * trainable (the new values), inside
+  the same jitted step: the EMA of weights that SR3 and ResShift evaluate (decay 0.9999 and
+  0.999 in their papers; a horizon of about 1 / (1 - decay) steps)."""
+  def update_with_ema(state, frozen, batch):
+    new, metrics = update(state, frozen, batch)
+    ema = jax.tree.map(lambda e, t: decay * e + (1.0 - decay) * t.astype(e.dtype),
+                       state.ema, new.trainable)
+    return new.replace(ema=ema), metrics
+  return update_with_ema
 
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, num_steps: int,

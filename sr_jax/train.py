@@ -54,6 +54,8 @@ def base_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.data.embedded_set = config.base.embedded_set
   if config.base.train_dir:  # Its own images: none of the task's validation split among them.
     c.data.source, c.data.train_dir, c.data.val_images = "folder", config.base.train_dir, 0
+  if config.base.ema_decay >= 0:
+    c.ema.decay = config.base.ema_decay
   c.base.checkpoint, c.base.num_steps = "", 0
   objectives.get(config.objective).base_stage(c)
   return c

@@ -9,7 +9,7 @@ trainer only calls the methods of `Objective`:
   update(state, frozen, batch) -> (state, metrics)   the per-step function the step builder jits
   apply(params, lq) -> output                        evaluation: a batch of inputs -> images
   eval_params(state, frozen) -> params               the parameters `apply` evaluates
-  eval_trainable(state) -> trainable half            what is exported (e.g. a GAN's EMA)
+  eval_trainable(state) -> trainable half            what is exported (its EMA when kept)
   without_adapters() -> objective                    the same objective on the bare base
   arm_label(default) -> str                          the results-table row's name
 
@@ -133,7 +133,9 @@ class ModelObjective:
     return self.forward(params, lq)
 
   def eval_trainable(self, state: Any) -> PyTree:
-    return state.trainable
+    """The trainable values evaluated and exported: their EMA when the run keeps one."""
+    ema = getattr(state, "ema", None)
+    return state.trainable if ema is None else ema
 
   def eval_params(self, state: Any, frozen: PyTree) -> PyTree:
     return lora.combine(self.eval_trainable(state), frozen[MODEL])

@@ -48,4 +48,22 @@ SR3_SAMPLERS = Table(
     wall_time="about 45 minutes with the base (DDPM: about a minute per image)",
 )
 
-TABLES = (SR3_FINETUNE, SR3_SAMPLERS)
+def _resshift(workdir: str) -> str:
+  found = render.results(os.path.join(workdir, "run"))
+  return ("The held-out photos (12 crops of 128x128, x4 MATLAB-bicubic LR): PSNR/SSIM on the Y "
+          "channel with crop 4, LPIPS-alex, consistency; the model's rows sample the 15-step "
+          "chain from the EMA of weights; s/image is the median time of one image's whole "
+          "chain (the input's row: no model).\n\n" +
+          render.rows_table(list(found.items()), ("psnr", "ssim", "lpips_alex", "consistency",
+                                                  "seconds_per_image", "step_ms")))
+
+
+RESSHIFT_DEMO = Table(
+    name="resshift_demo",
+    what="docs/diffusion.md: the ResShift demo (x4, 15 steps) against bicubic.",
+    steps=(main_job("configs/resshift.py:demo", "{workdir}/run"),),
+    regions=(Region("docs/diffusion.md", _resshift),),
+    wall_time="about 18 minutes (1.4 steps/s alone)",
+)
+
+TABLES = (SR3_FINETUNE, SR3_SAMPLERS, RESSHIFT_DEMO)

@@ -107,6 +107,7 @@ METRICS = {  # key -> (header, format) for rows_table.
     "trainable": ("trainable params", "{:,.0f}"), "trainable_pct": ("% of base", "{:.2f}"),
     "export_mb": ("export MiB", "{:.2f}"), "step_ms": ("ms/step", "{:.0f}"),
     "step_memory_mb": ("step memory MiB", "{:.0f}"),
+    "seconds_per_image": ("s/image", "{:.2f}"),
 }
 
 
