@@ -135,8 +135,22 @@ def check_overrides(argv: Sequence[str], name: str = "config") -> None:
       fail(message)
 
 
+def resolve_config_names(argv: Sequence[str], name: str = "config") -> list[str]:
+  """argv with a job name given to --config ('colora_nafnet:demo') replaced by the shipped
+  config file's path, as ml_collections loads files by path."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith(f"--{name}="):
+      out[i] = f"--{name}=" + config_files.resolve(arg.split("=", 1)[1])
+    elif arg == f"--{name}" and i + 1 < len(out):
+      out[i + 1] = config_files.resolve(out[i + 1])
+  return out
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flags parser: the override check, then absl's parsing with one-line errors."""
+  """absl flags parser: job names resolved, the override check, then absl's parsing with
+  one-line errors."""
+  argv = resolve_config_names(argv)
   check_overrides(argv)
   try:
     return flags.FLAGS(argv)
@@ -148,3 +162,18 @@ def parse_flags(argv: list[str]) -> list[str]:
 def show(config: ConfigDict, spec: str) -> None:
   """Prints `config_doc.listing` of the config (with the command line's overrides applied)."""
   print(config_doc.listing(config, spec))
+
+
+def define_show_config() -> None:
+  """--show_config, for every command that takes --config (defined once per process)."""
+  if "show_config" not in flags.FLAGS:
+    flags.DEFINE_bool("show_config", False, "List every key of --config with its value and "
+                      "meaning (overrides applied), then exit.")
+
+
+def shown(name: str = "config") -> bool:
+  """With --show_config: prints the config's listing and returns True (the caller exits)."""
+  if not flags.FLAGS["show_config"].value:
+    return False
+  show(flags.FLAGS[name].value, flags.FLAGS[name].config_filename)
+  return True

@@ -14,12 +14,53 @@ steps, and the first interval would read many times faster than the run.
 from __future__ import annotations
 
 import contextlib
+import logging as py_logging
+import os
 import time
 from collections.abc import Iterator, Sequence
 
 import jax
 from absl import logging
 from clu import metric_writers
+
+LOG_FILE = "log.txt"
+
+
+class ShortFormatter(py_logging.Formatter):
+  """'10:42:07 message' for the console (a warning or error says so before the message);
+  absl's prefix (level, date, time to the microsecond, thread id, file:line) is 55 characters
+  a person reads past on every line, so it goes to the workdir's log file instead."""
+
+  def format(self, record: py_logging.LogRecord) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+    level = "" if record.levelno < py_logging.WARNING else f"{record.levelname.lower()}: "
+    text = f"{stamp} {level}{record.getMessage()}"
+    if record.exc_info:
+      text += "\n" + self.formatException(record.exc_info)
+    return text
+
+
+def short_console() -> None:
+  """absl's console handler prints ShortFormatter lines."""
+  logging.get_absl_handler().setFormatter(ShortFormatter())
+
+
+def log_to_file(workdir: str) -> str | None:
+  """Also writes every log line in absl's full format (level, time, thread, file:line) to
+  workdir/log.txt, appended across resumed runs: what a bug report needs. Object-store
+  workdirs (gs://) keep the console only. Returns the file's path (None when not written)."""
+  if "://" in workdir or jax.process_index() > 0:
+    return None
+  path = os.path.join(os.path.abspath(workdir), LOG_FILE)
+  logger = logging.get_absl_logger()
+  if any(getattr(h, "baseFilename", None) == path for h in logger.handlers):
+    return path
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  handler = py_logging.FileHandler(path, encoding="utf-8")
+  handler.setFormatter(logging.PythonFormatter())
+  handler.setLevel(py_logging.INFO)
+  logger.addHandler(handler)
+  return path
 
 
 def tensorboard_writer(workdir: str) -> metric_writers.MetricWriter:

@@ -21,7 +21,7 @@ from typing import Any
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sr_jax import runtime
+from sr_jax import console, errors, runtime
 
 FLAGS = flags.FLAGS
 
@@ -35,7 +35,7 @@ def _define_flags() -> None:
                       "held-out set.")
   config_flags.DEFINE_config_file("config", None, "The fine-tuning run's config.",
                                   lock_config=True)
-  flags.mark_flags_as_required(["config", "workdir"])
+  flags.mark_flags_as_required(["config"])
 
 
 # (metric, label, higher is better)
@@ -87,7 +87,13 @@ def evaluate_config(config, original: str, new: str):
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from sr_jax import config_cli  # pylint: disable=g-import-not-at-top
+  if config_cli.shown():
+    return
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required: the fine-tuning run to score.")
   runtime.setup()
+  console.log_to_file(FLAGS.workdir)
   from sr_jax import train  # pylint: disable=g-import-not-at-top
   config = evaluate_config(FLAGS.config, FLAGS.original, FLAGS.new)
   logging.info("Scoring %s and its base on the new domain and on %s.", FLAGS.workdir,
@@ -103,4 +109,5 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
   from sr_jax import config_cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main, flags_parser=config_cli.parse_flags)
+  config_cli.define_show_config()
+  app.run(errors.guarded(main), flags_parser=config_cli.parse_flags)

@@ -52,7 +52,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from sr_jax import adapters, checkpoint as checkpoint_lib, metrics, runtime, tiling
+from sr_jax import adapters, checkpoint as checkpoint_lib, console, errors, metrics, runtime, tiling
 from sr_jax import tlc_inference
 from sr_jax.data import sources
 from sr_jax.diffusion import resshift_sr, samplers, sr3
@@ -61,8 +61,9 @@ from sr_jax.models import registry
 PyTree = Any
 
 
-class UsageError(Exception):
-  """A problem with the user's paths or flags: reported without a traceback."""
+class UsageError(ValueError):
+  """A problem with the user's paths or flags: reported without a traceback, exit status 2."""
+  exit_code = 2
 
 
 def load_model(checkpoint_dir: str, adapter_dir: str | None = None, *, dtype: str = "float32",
@@ -389,6 +390,7 @@ def main(argv: Sequence[str]) -> None:
   args = flags.FLAGS
   logging.set_verbosity(logging.INFO)
   runtime.quiet_libraries()  # Orbax's INFO lines would drown the progress.
+  console.short_console()
   try:
     run(args.checkpoint, args.adapter, args.input, args.output, tile=args.tile,
         overlap=args.overlap, dtype=args.dtype, scale=args.scale,
@@ -428,7 +430,12 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["checkpoint", "input", "output"])
 
 
-if __name__ == "__main__":
+def command() -> None:
+  """The `sr-jax-infer` console command (the same as python -m sr_jax.infer)."""
   from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  app.run(errors.guarded(main))
+
+
+if __name__ == "__main__":
+  command()

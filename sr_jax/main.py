@@ -13,12 +13,11 @@ and launch/).
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sr_jax import config_cli, config_doc, distributed, runtime
+from sr_jax import config_cli, config_doc, console, distributed, errors, runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and results.")
-flags.DEFINE_bool("show_config", False, "List every key of --config with its value and "
-                  "meaning (overrides applied), then exit.")
+config_cli.define_show_config()
 config_flags.DEFINE_config_file("config", None, "Job config file, e.g. configs/lora_nafnet.py:demo.",
                                 lock_config=True)
 flags.mark_flags_as_required(["config"])
@@ -28,14 +27,14 @@ distributed.define_flags()
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if FLAGS.show_config:
-    config_cli.show(FLAGS.config, FLAGS["config"].config_filename)
+  if config_cli.shown():
     return
   if not FLAGS.workdir:
     config_cli.fail("--workdir is required: the directory for checkpoints, logs and results "
                     "(re-running with the same one resumes).")
   distributed.initialize_from_flags()  # Before anything touches a device.
   runtime.setup()
+  console.log_to_file(FLAGS.workdir)
   # Imported after runtime.setup(): TensorFlow must not see accelerators.
   from sr_jax import colora_job, train  # pylint: disable=g-import-not-at-top
   logging.info("Config (the whole of it: %s/config.yaml; every key: --show_config):\n%s",
@@ -46,5 +45,10 @@ def main(argv: list[str]) -> None:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
+def command() -> None:
+  """The `sr-jax` console command (the same as python -m sr_jax.main)."""
+  app.run(errors.guarded(main), flags_parser=config_cli.parse_flags)
+
+
 if __name__ == "__main__":
-  app.run(main, flags_parser=config_cli.parse_flags)
+  command()

@@ -238,8 +238,9 @@ def protocol_description(crop_border: int, y_channel: bool) -> str:
 # Command line.
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
   """A problem with the user's input (folders, files, flags): reported without a traceback."""
+  exit_code = 2
 
 
 def _list_images(folder: pathlib.Path, flag: str) -> dict[str, pathlib.Path]:
@@ -357,6 +358,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="Pixels removed on every side (SR convention: the scale).")
   parser.add_argument("--y_channel", "--y-channel", action="store_true",
                       help="Measure the Y channel of MATLAB's rgb2ycbcr (SR papers' tables).")
+  parser.add_argument("--traceback", action="store_true",
+                      help="Show the stack of an error too (for a bug report).")
   args = parser.parse_args(argv)
   for old in OLD_SPELLINGS:
     if any(a == old or a.startswith(old + "=") for a in (sys.argv[1:] if argv is None else argv)):
@@ -385,5 +388,11 @@ def main(argv: list[str] | None = None) -> int:
   return 0
 
 
+def command() -> None:
+  """The `sr-jax-metrics` console command (the same as python -m sr_jax.metrics)."""
+  from sr_jax import errors  # pylint: disable=g-import-not-at-top
+  sys.exit(errors.guarded(main)())
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  command()

@@ -40,6 +40,8 @@ def setup() -> None:
   """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   quiet_libraries()  # Before JAX probes its backends.
+  from sr_jax import console  # pylint: disable=g-import-not-at-top
+  console.short_console()
   try:
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")

@@ -10,7 +10,9 @@ holder. The kernel drops a flock when its process dies, however it dies (kill -9
 a free flock under a non-empty body is a stale lock: it is taken over with a warning naming the
 dead holder. A clean release empties the body (the file itself stays: unlinking a flocked file
 lets a third process lock a fresh inode while a second still waits on the old one). Where a
-filesystem ignores flock, a body naming a live process on this host still refuses.
+filesystem ignores flock, the body decides: a holder alive on this host refuses, and so does a
+holder on another host whose heartbeat (renewed every HEARTBEAT_S by a thread) is younger than
+STALE_S; after a crash on another host the lock is taken over once its heartbeat is stale.
 
 Object stores (gs://...) have no locks: the body is a lease renewed every HEARTBEAT_S by a
 background thread and read back after writing (the last writer wins a race; the other is
@@ -101,12 +103,30 @@ def process_alive(pid: int, started_unix: float | None = None) -> bool:
 
 
 class _FileLock:
-  """flock on a local lock file; the JSON body names the holder."""
+  """flock on a local lock file; the JSON body names the holder and is a lease too: a thread
+  renews its heartbeat every `heartbeat_s`, so where a file system ignores flock (some network
+  file systems), a holder on another host whose heartbeat is fresh is never taken over."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, heartbeat_s: float | None = None,
+               stale_s: float | None = None):
     self.workdir = workdir
     self.path = os.path.join(workdir, LOCK_NAME)
+    self.heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
+    self.stale_s = STALE_S if stale_s is None else stale_s
     self._fd: int | None = None
+    self._body: dict[str, Any] = {}
+    self._stop = threading.Event()
+    self._thread: threading.Thread | None = None
+
+  def _holder_lives(self, previous: dict[str, Any]) -> bool:
+    """Whether the previous body's holder may still run: alive on this host, or on another
+    host with a heartbeat younger than stale_s (its liveness cannot be checked from here)."""
+    if previous.get("pid") == os.getpid() and previous.get("host") == socket.gethostname():
+      return False
+    if previous.get("host") == socket.gethostname():
+      return process_alive(previous.get("pid"), previous.get("started_unix"))
+    age = time.time() - float(previous.get("heartbeat_unix", 0) or 0)
+    return age < self.stale_s
 
   def acquire(self) -> None:
     import fcntl  # pylint: disable=g-import-not-at-top  # POSIX only.
@@ -120,20 +140,37 @@ class _FileLock:
       raise _refusal(self.workdir, self.path, holder) from None
     previous = _parse(os.pread(fd, 1 << 16, 0).decode(errors="replace"))
     if previous:
-      if (previous.get("host") == socket.gethostname() and previous.get("pid") != os.getpid()
-          and process_alive(previous.get("pid"), previous.get("started_unix"))):
-        os.close(fd)  # The filesystem ignored flock, but the holder is alive on this host.
+      if self._holder_lives(previous):
+        os.close(fd)  # The file system ignored flock, but the holder is (or may be) alive.
         raise _refusal(self.workdir, self.path, previous)
       warnings.warn(f"Taking over a stale lock on {self.workdir}: its holder ("
                     f"{describe(previous)}) ended without releasing it.", stacklevel=3)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(_body(), indent=1).encode(), 0)
-    os.fsync(fd)
-    self._fd = fd
+    self._fd, self._body = fd, _body()
+    self._write()
+    self._stop.clear()
+    self._thread = threading.Thread(target=self._renew, daemon=True, name="workdir-heartbeat")
+    self._thread.start()
+
+  def _write(self) -> None:
+    os.ftruncate(self._fd, 0)
+    os.pwrite(self._fd, json.dumps(self._body, indent=1).encode(), 0)
+    os.fsync(self._fd)
+
+  def _renew(self) -> None:
+    while not self._stop.wait(self.heartbeat_s):
+      self._body["heartbeat_unix"] = time.time()
+      try:
+        self._write()
+      except (OSError, TypeError):  # Released meanwhile (fd closed).
+        return
 
   def release(self) -> None:
     if self._fd is None:
       return
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()
+      self._thread = None
     os.ftruncate(self._fd, 0)  # An empty body: released cleanly, not stale.
     os.close(self._fd)  # Closing drops the flock.
     self._fd = None

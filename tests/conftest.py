@@ -35,6 +35,27 @@ SLOW = {
     "test_lora_branch.py::test_unmerged_run_keeps_no_state_for_frozen_leaves_and_exports_merged",
     "test_infer.py::test_grayscale_restormer_gets_luma_and_writes_gray_pngs",
     "test_perf_report.py::test_one_row_per_model_arm_dtype",
+    "test_perf_report.py::test_numbers_are_plausible",
+    "test_perf_report.py::test_sr3_steps_through_the_diffusion_objective",
+    "test_ema.py::test_ema_is_checkpointed_resumed_bitwise_and_exported",
+    # Command lines in subprocesses (each pays the start-up of JAX and TensorFlow).
+    "test_infer.py::test_cli_folder_with_adapter_and_tiles",
+    "test_infer.py::test_cli_single_file_without_tiling_and_missing_checkpoint",
+    "test_infer.py::test_cli_keeps_going_past_a_bad_image_and_exits_1_naming_it",
+    "test_infer.py::test_cli_replaces_outputs_only_with_overwrite",
+    "test_train.py::test_unknown_config_key_is_an_error_listing_valid_keys",
+    "test_errors.py::test_config_value_out_of_range_exits_2_naming_the_key",
+    "test_errors.py::test_mistyped_key_exits_2_naming_the_closest_key",
+    "test_errors.py::test_a_held_workdir_exits_1_naming_the_holder",
+    "test_errors.py::test_a_diverged_run_exits_1_naming_the_step",
+    "test_errors.py::test_a_missing_checkpoint_for_inference_exits_2",
+    "test_errors.py::test_missing_image_folders_exit_2_naming_the_flag",
+    "test_errors.py::test_a_wrong_architecture_conversion_exits_2",
+    "test_errors.py::test_an_unknown_published_table_exits_2_listing_them",
+    "test_errors.py::test_traceback_flag_shows_the_stack_of_an_expected_error",
+    "test_reproduce.py::test_killed_reproduction_resumes_and_gives_the_same_table",
+    "test_reproduce.py::test_a_second_reproduction_is_refused_naming_the_first",
+    "test_workdir_lock.py::test_without_flock_a_renewing_holder_on_another_host_is_never_taken_over",
     # Several processes or hosts.
     "test_worker_cleanup.py::test_kill_9_of_a_trainer_with_two_workers_leaves_no_child",
     "test_multiprocess.py::test_two_processes_equal_one_process_with_eight_devices",
@@ -57,6 +78,8 @@ SLOW = {
     "test_apply_samples_reproducibly_in_the_unit_range_and_starts_near_bicubic",
     "test_nafnet.py::test_shifted_and_xla_impls_agree_forward_and_gradient",
     "test_benchmark.py::test_forward_and_steps_report[restormer]",
+    "test_resshift.py::test_with_the_sr3_unet",
+    "test_restormer.py::test_dual_pixel_preset_takes_two_views",
 }
 
 

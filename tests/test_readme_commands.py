@@ -50,6 +50,8 @@ def module_file(module: str) -> str:
 def defined_flags(path: str) -> set[str]:
   """Flag names a tool defines: absl DEFINE_*("name") and argparse add_argument("--name")."""
   source = open(path, encoding="utf-8").read()
+  if "define_show_config()" in source:  # sr_jax.config_cli's shared --show_config.
+    source += '\nflags.DEFINE_bool("show_config", False, "")\n'
   if "distributed.define_flags()" in source:
     source += open(os.path.join(REPO, "sr_jax", "distributed.py"), encoding="utf-8").read()
   names = set()
@@ -94,7 +96,9 @@ def check_command(command: str) -> None:
       config = config_files.load(spec)
   if config is None:  # A tool with a default config (sr_jax.tools.benchmark).
     source = open(module_file(module), encoding="utf-8").read()
-    default = re.search(r'DEFINE_config_file\(\s*"config",\s*"([^"]+)"', source)
+    default = (re.search(r'DEFINE_config_file\(\s*"config",\s*"([^"]+)"', source) or
+               re.search(r'DEFINE_config_file\(\s*"config",\s*str\(config_files\.config_path\('
+                         r'"([^"]+)"\)\)', source))
     config = config_files.load(default.group(1)) if default else None
   for word in words:
     if word.startswith("--config."):

@@ -111,3 +111,57 @@ def test_lease_lock_for_object_stores(tmp_path):
     second.acquire()
   second.release()
   assert (tmp_path / workdir_lock.LOCK_NAME).read_text() == ""
+
+
+# A holder on a file system that ignores flock (flock is made a no-op), optionally claiming
+# another host name, with a short heartbeat and staleness.
+NO_FLOCK = """
+import fcntl, socket, sys, time, warnings
+fcntl.flock = lambda *args: None
+if sys.argv[2] != "-":
+  socket.gethostname = lambda: sys.argv[2]
+from sr_jax import workdir_lock
+workdir_lock.HEARTBEAT_S, workdir_lock.STALE_S = 0.2, 1.5
+mode = sys.argv[3]
+if mode == "hold":
+  with workdir_lock.hold(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+deadline, refusals = time.time() + float(sys.argv[4]), 0
+while time.time() < deadline:
+  try:
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      with workdir_lock.hold(sys.argv[1]):
+        print(f"acquired after {refusals} refusals; warned: {[str(w.message) for w in caught]}",
+              flush=True)
+        sys.exit(0)
+  except workdir_lock.WorkdirLocked:
+    refusals += 1
+    time.sleep(0.1)
+print(f"refused {refusals} times", flush=True)
+"""
+
+
+def test_without_flock_a_renewing_holder_on_another_host_is_never_taken_over(tmp_path):
+  env = dict(os.environ, PYTHONPATH=REPO)
+  first = subprocess.Popen([sys.executable, "-c", NO_FLOCK, str(tmp_path), "host-a", "hold"],
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=env)
+  try:
+    assert first.stdout.readline().strip() == "locked", first.stderr.read()
+    # For 4 s (well past the 1.5 s staleness) the first renews: every attempt is refused.
+    second = subprocess.run([sys.executable, "-c", NO_FLOCK, str(tmp_path), "host-b", "try",
+                             "4"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert second.stdout.startswith("refused"), second.stdout + second.stderr
+    assert int(second.stdout.split()[1]) > 10
+    body = json.loads((tmp_path / workdir_lock.LOCK_NAME).read_text())
+    assert body["host"] == "host-a" and time.time() - body["heartbeat_unix"] < 1.5
+  finally:
+    first.kill()
+    first.wait()
+  # Its holder gone, the heartbeat goes stale and the lock is taken over with a warning.
+  third = subprocess.run([sys.executable, "-c", NO_FLOCK, str(tmp_path), "host-b", "try", "10"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+  assert third.stdout.startswith("acquired"), third.stdout + third.stderr
+  assert "stale lock" in third.stdout and "host host-a" in third.stdout

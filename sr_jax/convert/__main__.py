@@ -27,7 +27,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from sr_jax import convert
+from sr_jax import console, convert, errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("arch", None, sorted(convert.CONVERTERS) + ["vgg19"],
@@ -63,6 +63,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
+  console.short_console()
   t0 = time.perf_counter()
   if FLAGS.arch == "vgg19":
     convert_vgg19()
@@ -102,5 +103,10 @@ def convert_vgg19() -> None:
         f"{FLAGS.dst} --config.gan.perceptual_layers=conv5_4=1.0")
 
 
+def command() -> None:
+  """The `sr-jax-convert` console command (the same as python -m sr_jax.convert)."""
+  app.run(errors.guarded(main))
+
+
 if __name__ == "__main__":
-  app.run(main)
+  command()

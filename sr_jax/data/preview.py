@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from sr_jax import errors
 from sr_jax.data import choose_source, degradations, pipeline
 
 _MIN_TILE = 128  # Small training crops are enlarged for display.
@@ -124,6 +125,9 @@ def main(argv: Sequence[str]) -> None:
   """Writes the grid of --config to --output (see the module docstring)."""
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from sr_jax import config_cli  # pylint: disable=g-import-not-at-top
+  if config_cli.shown():
+    return
   args = flags.FLAGS
   config = args.config
   grid = degradation_grid(config.data, seed=config.seed, num_chains=args.chains)
@@ -146,4 +150,5 @@ if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   from sr_jax import config_cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main, flags_parser=config_cli.parse_flags)
+  config_cli.define_show_config()
+  app.run(errors.guarded(main), flags_parser=config_cli.parse_flags)

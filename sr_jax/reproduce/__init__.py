@@ -9,6 +9,7 @@ rewrites the region between the markers with the date, machine and versions bene
 
 from __future__ import annotations
 
+from sr_jax import errors
 from sr_jax.reproduce import catalog_colora, catalog_diffusion, catalog_gan, catalog_speed
 from sr_jax.reproduce.table import Region, Step, Table
 
@@ -17,12 +18,13 @@ TABLES: tuple[Table, ...] = (catalog_colora.TABLES + catalog_gan.TABLES +
 
 
 def find(name: str) -> Table:
-  """The table called `name`; a KeyError listing the names otherwise."""
+  """The table called `name`; a UsageError listing the names otherwise."""
   for table in TABLES:
     if table.name == name:
       return table
-  raise KeyError(f"no published table is called {name!r}; the tables are: "
-                 f"{', '.join(t.name for t in TABLES)} (python -m sr_jax.reproduce --list).")
+  raise errors.UsageError(f"no published table is called {name!r}; the tables are: "
+                          f"{', '.join(t.name for t in TABLES)} (python -m sr_jax.reproduce "
+                          "--list).")
 
 
 __all__ = ["TABLES", "Region", "Step", "Table", "find"]

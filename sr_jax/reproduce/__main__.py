@@ -9,13 +9,12 @@ time; a second is refused naming the first, unless --concurrent.
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before anything imports TensorFlow.
 
 from absl import app, flags  # noqa: E402
 
-from sr_jax import reproduce  # noqa: E402
+from sr_jax import errors, reproduce  # noqa: E402
 from sr_jax.reproduce import markers, runner  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -64,14 +63,14 @@ def main(argv: list[str]) -> None:
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required: the directory for the reproduction's runs "
                          "(re-running with the same one resumes).")
-  try:
-    table = reproduce.find(argv[1])
-    runner.run(table, FLAGS.workdir, docs_root=docs_root, datasets=FLAGS.datasets,
-               concurrent=FLAGS.concurrent)
-  except (KeyError, runner.ReproduceError) as e:
-    print(f"sr_jax.reproduce: {e.args[0]}", file=sys.stderr)
-    sys.exit(2 if isinstance(e, KeyError) else 1)
+  runner.run(reproduce.find(argv[1]), FLAGS.workdir, docs_root=docs_root,
+             datasets=FLAGS.datasets, concurrent=FLAGS.concurrent)
+
+
+def command() -> None:
+  """The `sr-jax-reproduce` console command (the same as python -m sr_jax.reproduce)."""
+  app.run(errors.guarded(main))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  command()

@@ -20,12 +20,14 @@ def end(name: str) -> str:
 
 
 def _pattern(name: str) -> re.Pattern[str]:
-  return re.compile(re.escape(begin(name)) + r"\n(.*?)" + re.escape(end(name)), re.DOTALL)
+  """NAME's region: markers alone on their lines (a marker quoted in prose is not one)."""
+  return re.compile("^" + re.escape(begin(name)) + r"\n(.*?)^" + re.escape(end(name)) + "$",
+                    re.DOTALL | re.MULTILINE)
 
 
 def names_in(text: str) -> list[str]:
-  """The reproduction names whose begin marker appears in `text`, in page order."""
-  return re.findall(r"<!-- reproduce:([\w.-]+) -->", text)
+  """The reproduction names whose begin marker stands on a line of `text`, in page order."""
+  return re.findall(r"^<!-- reproduce:([\w.-]+) -->$", text, re.MULTILINE)
 
 
 def region(text: str, name: str) -> str:

@@ -19,7 +19,7 @@ from absl import app, flags, logging
 from clu import metric_writers
 from ml_collections import config_flags
 
-from sr_jax import colora, config_check, lora, paths, plots, runtime, train, workdir_lock
+from sr_jax import colora, config_check, config_cli, console, errors, lora, paths, plots, runtime, train, workdir_lock
 from sr_jax.study import arms as arms_lib
 from sr_jax.study import select, splits as splits_lib, table
 
@@ -111,13 +111,25 @@ def run(config: ml_collections.ConfigDict, workdir: str, argv: list[str] = (),
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if config_cli.shown():
+    return
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required: the directory of the study's runs and report "
+                         "(re-running with the same one resumes).")
   runtime.setup()
+  console.log_to_file(FLAGS.workdir)
   run(FLAGS.config, FLAGS.workdir, ["python", "-m", "sr_jax.study"] + sys.argv[1:])
 
 
-if __name__ == "__main__":
+def command() -> None:
+  """The `sr-jax-study` console command (the same as python -m sr_jax.study)."""
   flags.DEFINE_string("workdir", None, "Directory for the study's runs and its report.")
   config_flags.DEFINE_config_file("config", None, "Study config, e.g. "
                                   "configs/colora_nafnet.py:study.", lock_config=True)
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  flags.mark_flags_as_required(["config"])
+  config_cli.define_show_config()
+  app.run(errors.guarded(main), flags_parser=config_cli.parse_flags)
+
+
+if __name__ == "__main__":
+  command()

@@ -58,11 +58,11 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from sr_jax import runtime
+from sr_jax import config_cli, config_files, errors, runtime
 from sr_jax.tools import step_timing
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/lora_nafnet.py", "Job config to benchmark; "
+config_flags.DEFINE_config_file("config", str(config_files.config_path("lora_nafnet")), "Job config to benchmark; "
                                 "pick another model with --config.model.name/preset.",
                                 lock_config=True)
 flags.DEFINE_integer("batch", 4, "Global batch size of the train step.")
@@ -79,6 +79,7 @@ flags.DEFINE_bool("torch", True, "Also time the PyTorch model (a transcription o
 flags.DEFINE_bool("layers", False, "List every adapted layer with the formulation its LoRA "
                   "step trains it in (merged or unmerged) and both costs.")
 flags.DEFINE_string("output", "", "Also write the markdown report to this file.")
+config_cli.define_show_config()
 
 # The flag-free pieces live in step_timing, so that other commands (sr_jax.tools.perf_report)
 # can import them beside their own flags; these names keep this module's interface.
@@ -233,6 +234,8 @@ def report(config: ml_collections.ConfigDict, size: int, forward: dict[str, Any]
 
 def main(argv: list[str]) -> None:
   del argv
+  if config_cli.shown():
+    return
   runtime.setup()
   config = FLAGS.config
   if FLAGS.skip_forward and FLAGS.skip_step:
@@ -261,4 +264,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(errors.guarded(main), flags_parser=config_cli.parse_flags)

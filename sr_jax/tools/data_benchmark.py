@@ -19,11 +19,11 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from sr_jax import paths, runtime
+from sr_jax import config_cli, config_files, errors, paths, runtime
 from sr_jax.data import pipeline
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/prod_nafnet.py", "Job config whose data "
+config_flags.DEFINE_config_file("config", str(config_files.config_path("prod_nafnet")), "Job config whose data "
                                 "pipeline is measured.", lock_config=True)
 flags.DEFINE_integer("crop", 256, "Training crop size.")
 flags.DEFINE_integer("batch", 8, "Patches per batch.")
@@ -33,6 +33,7 @@ flags.DEFINE_integer("step_steps", 0, "If > 0, also time this many train steps o
                      "config's model at --step_batch (0 = skip).")
 flags.DEFINE_string("output", "", "Also write the markdown report to this file.")
 flags.DEFINE_integer("step_batch", 4, "Batch of the timed train step.")
+config_cli.define_show_config()
 
 
 def data_config(workers: int) -> ml_collections.ConfigDict:
@@ -70,6 +71,8 @@ def step_rate() -> tuple[float, str]:
 
 def main(argv: list[str]) -> None:
   del argv
+  if config_cli.shown():
+    return
   runtime.setup()
   pipeline.allow_absl_flags_outside_app()
   deg = FLAGS.config.data.degradation
@@ -93,4 +96,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(errors.guarded(main), flags_parser=config_cli.parse_flags)

@@ -55,7 +55,7 @@ from typing import Any
 import flax
 import jax
 
-from sr_jax import evaluate, runtime
+from sr_jax import errors, evaluate, runtime
 from sr_jax.models import layers, registry
 from sr_jax.tools.gan_study import (BLOCK_PIECES, DISPLAY, GENERATORS, REPORT_BATCHES,
                                     REPORT_FORWARD_MS, REPORT_QUALITY, breakdown_totals,
@@ -410,4 +410,4 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  app.run(errors.guarded(main))

@@ -55,7 +55,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from sr_jax import config_files, runtime
+from sr_jax import config_files, errors, runtime
 from sr_jax import step as step_lib
 from sr_jax.models import registry
 from sr_jax.tools import peaks, step_timing
@@ -414,4 +414,4 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  app.run(errors.guarded(main))

@@ -27,7 +27,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sr_jax import runtime
+from sr_jax import config_cli, errors, runtime
 
 FLAGS = flags.FLAGS
 KINDS = ("ddpm", "ddim", "dpmpp_2m")
@@ -46,7 +46,7 @@ def _define_flags() -> None:
   flags.DEFINE_string("output", "", "Also write the markdown table here.")
   config_flags.DEFINE_config_file("config", None, "Config whose data/eval sections to use.",
                                   lock_config=True)
-  flags.mark_flags_as_required(["checkpoint", "config"])
+  flags.mark_flags_as_required(["config"])
 
 
 _COLUMNS = (("psnr", "PSNR (dB)", "{:.3f}"), ("ssim", "SSIM", "{:.4f}"),
@@ -160,6 +160,10 @@ def table(rows: Sequence[dict[str, Any]], num_images: int) -> str:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if config_cli.shown():
+    return
+  if not FLAGS.checkpoint:
+    raise app.UsageError("--checkpoint is required: the SR3 export to sample (W/export/params).")
   runtime.setup()
   from sr_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
@@ -174,4 +178,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  config_cli.define_show_config()
+  app.run(errors.guarded(main), flags_parser=config_cli.parse_flags)
