@@ -37,12 +37,13 @@ The library entry points are `load_model` and `restore_images` / `restore_files`
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -52,18 +53,15 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from sr_jax import adapters, checkpoint as checkpoint_lib, console, errors, metrics, runtime, tiling
+from sr_jax import adapters, console, errors, metrics, runtime, tiling
 from sr_jax import tlc_inference
 from sr_jax.data import sources
-from sr_jax.diffusion import resshift_sr, samplers, sr3
+from sr_jax.errors import UsageError
+from sr_jax.diffusion.restorers import (DiffusionRestorer, ResShiftRestorer,  # noqa: F401
+                                        diffusion_restorer, is_diffusion)
 from sr_jax.models import registry
 
 PyTree = Any
-
-
-class UsageError(ValueError):
-  """A problem with the user's paths or flags: reported without a traceback, exit status 2."""
-  exit_code = 2
 
 
 def load_model(checkpoint_dir: str, adapter_dir: str | None = None, *, dtype: str = "float32",
@@ -95,70 +93,17 @@ def output_scale(model: nn.Module, params: PyTree, channels: int = 3) -> int:
   return out.shape[1] // size
 
 
-class DiffusionRestorer:
-  """SR3: each image is super-resolved by sampling (sr_jax.diffusion.sr3), whole."""
-
-  def __init__(self, model: nn.Module, base: PyTree, tuned: PyTree, record: dict[str, Any],
-               sampler: str = "ddim", steps: int = 50, eta: float = 0.0, seed: int = 0,
-               split: bool = False, spacing: str = "auto"):
-    sampler_config = samplers.SamplerConfig(kind=sampler, num_steps=steps, eta=eta,
-                                            spacing=spacing)
-    self.sr3 = sr3.SR3.from_record(model, record, sampler_config, split=split, seed=seed)
-    self.params = {"base": tuned, "lora": {}}
-    if self.sr3.split_sampling:
-      self.params["reference"] = base
-    self.scale, self.multiple = self.sr3.scale, 1
-    self.channels = registry.facts("sr3", model).in_channels
-    self.steps = steps or self.sr3.noise.num_steps
-    self.sample, self.label = self.sr3.sample, self.sr3.sampler_label
-    self._jitted = jax.jit(self.sr3.sample)
-
-  def __call__(self, image: np.ndarray) -> np.ndarray:
-    """HWC float32 LR image in [0, 1] -> the sampled HR image (HWC float32 in [0, 1])."""
-    x = jnp.asarray(image, jnp.float32)[None]
-    if self.steps > 100:  # Long chains report their progress (chunked, jitted per chunk).
-      out = self.sr3.sample(self.params, x, progress=samplers.progress_logger("sampling"))
-    else:
-      out = self._jitted(self.params, x)
-    return np.asarray(out[0])
-
-  def num_tiles(self, height: int, width: int) -> int:
-    del height, width
-    return 1
-
-
-class ResShiftRestorer:
-  """ResShift: each image is super-resolved by the recorded T-step chain
-  (sr_jax.diffusion.resshift_sr), whole."""
-
-  def __init__(self, model: nn.Module, base: PyTree, tuned: PyTree, record: dict[str, Any],
-               seed: int = 0, split: bool = False):
-    self.sr = resshift_sr.ResShiftSR.from_record(model, record, split=split, seed=seed)
-    self.params = {"base": tuned, "lora": {}}
-    if self.sr.split_sampling:
-      self.params["reference"] = base
-    self.scale, self.multiple = self.sr.scale, 1
-    self.channels = registry.facts("sr3", model).in_channels
-    self.steps = self.sr.schedule.num_steps
-    self.sample, self.label = self.sr.sample, self.sr.sampler_label
-    self._jitted = jax.jit(self.sr.sample)
-
-  def __call__(self, image: np.ndarray) -> np.ndarray:
-    """HWC float32 LR image in [0, 1] -> the sampled HR image (HWC float32 in [0, 1])."""
-    return np.asarray(self._jitted(self.params, jnp.asarray(image, jnp.float32)[None])[0])
-
-  def num_tiles(self, height: int, width: int) -> int:
-    del height, width
-    return 1
-
-
 class Restorer:
   """A model and its parameters with one jitted apply (compiled once per tile shape)."""
 
   def __init__(self, model: nn.Module, params: PyTree, tile: int = 0, overlap: int = 0,
-               context: int = 0):
+               context: int = 0,
+               planner: Callable[[int], tlc_inference.LocalPlan] | None = None):
+    """`planner` (image short side -> TLC plan) converts the model per image size, for TLC
+    windows that grow with the image; without it `model` and `context` serve every image."""
     self.model, self.params, self.tile, self.overlap = model, params, tile, overlap
-    self.multiple, self.context = downsampling(model), context
+    self.multiple, self.context, self.planner = downsampling(model), context, planner
+    self._local: dict[int, tuple[Callable, int]] = {}  # TLC window -> (apply, context).
     # Flag errors before any image is read.
     tiling.check_tiling(tile, overlap, self.multiple, context)
     self.channels = registry.facts(registry.name_of(model), model).in_channels
@@ -177,9 +122,23 @@ class Restorer:
     """
     if self.channels == 1 and image.shape[-1] == 3:
       image = (image @ np.asarray([0.299, 0.587, 0.114], np.float32))[..., None]
-    return tiling.tiled_apply(self._fn, image, tile=self.tile, overlap=self.overlap,
-                              scale=self.scale, multiple=self.multiple, context=self.context,
+    fn, context = self._fn, self.context
+    if self.planner is not None:
+      fn, context = self.for_image(*image.shape[:2])
+    return tiling.tiled_apply(fn, image, tile=self.tile, overlap=self.overlap,
+                              scale=self.scale, multiple=self.multiple, context=context,
                               progress=tiling.TileProgress())
+
+  def for_image(self, height: int, width: int) -> tuple[Callable, int]:
+    """The apply and tile context of the TLC plan for an image of this size (cached)."""
+    local = self.planner(min(height, width))
+    if local.window not in self._local:
+      tiling.check_tiling(self.tile, self.overlap, self.multiple, local.context)
+      logging.info("TLC for %dx%d images: %s.", height, width, local.describe())
+      apply = jax.jit(tlc_inference.convert(self.model, local).apply)
+      params = self.params
+      self._local[local.window] = (lambda x: apply({"params": params}, x), local.context)
+    return self._local[local.window]
 
   def num_tiles(self, height: int, width: int) -> int:
     if self.tile <= 0 or (height <= self.tile and width <= self.tile):
@@ -313,44 +272,6 @@ def plan_outputs(input_path: str, output_path: str, *,
   return [(src, dst)]
 
 
-def is_diffusion(checkpoint: str) -> bool:
-  """Whether a parameter directory holds an SR3 model (False when unreadable: load_model then
-  reports what is wrong with it)."""
-  if not os.path.exists(os.path.join(checkpoint, "meta.json")):
-    return False
-  name = checkpoint_lib.read_params_meta(checkpoint).get("model", {}).get("name")
-  try:
-    return registry.entry(name).kind == "diffusion"
-  except ValueError:
-    return False  # An unknown model: load_model names the problem.
-
-
-def diffusion_restorer(checkpoint: str, adapter: str | None, *, dtype: str = "float32",
-                       scale: int = 0, **sampling) -> DiffusionRestorer | ResShiftRestorer:
-  """A diffusion checkpoint (and adapter) ready to sample: ResShift when its meta.json holds a
-  'resshift' record (only `seed` of `sampling` applies), else SR3; the scale from the record
-  or `scale`."""
-  base, meta = adapters.load_base(checkpoint)
-  family = "resshift" if meta.get("resshift") else "diffusion"
-  record, tuned = dict(meta.get(family) or {}), base
-  if adapter:
-    loaded = adapters.load_adapter(adapter)
-    adapters.check_compatible(meta, loaded, base)
-    tuned = adapters.apply_adapter(base, loaded)
-    record.update(loaded.meta.get(family) or {})
-  if scale:
-    record["scale"] = scale
-  if not record.get("scale"):
-    raise UsageError(f"{checkpoint} records no SR scale (a converted SR3 checkpoint): pass "
-                     "--scale, e.g. --scale 8 for the 16 -> 128 model.")
-  model = adapters.model_from_architecture(meta["model"], dtype=dtype)
-  if family == "resshift":
-    return ResShiftRestorer(model, base, tuned, record, seed=sampling.get("seed", 0),
-                            split=bool(adapter))
-  record = dict(sr3.COMMON_SCHEDULE, **record)  # A converted checkpoint records no schedule.
-  return DiffusionRestorer(model, base, tuned, record, split=bool(adapter), **sampling)
-
-
 def run(checkpoint: str, adapter: str | None, input_path: str, output_path: str, *,
         tile: int = 0, overlap: int = 0, dtype: str = "float32", scale: int = 0,
         sampling: dict[str, Any] | None = None, tlc: str = "auto", train_size: int = 0,
@@ -369,12 +290,23 @@ def run(checkpoint: str, adapter: str | None, input_path: str, output_path: str,
                                   **(sampling or {}))
   else:
     model, params = load_model(checkpoint, adapter, dtype=dtype)
-    local = tlc_inference.plan(
-        model, tlc, train_size or tlc_inference.train_size_of(checkpoint, adapter),
-        context=context, multiple=downsampling(model), name=checkpoint)
-    restorer = Restorer(tlc_inference.convert(model, local), params, tile, overlap,
-                        local.context)
-    logging.info("Large images: %s.", local.describe())
+    # --train_size sets the window by hand; otherwise it grows with each image when the export
+    # records its training images' size.
+    image_ref = 0 if train_size else tlc_inference.train_image_side_of(checkpoint, adapter)
+    size = train_size or tlc_inference.train_size_of(checkpoint, adapter)
+    planner = functools.partial(tlc_inference.plan, model, tlc, size, context=context,
+                                multiple=downsampling(model), name=checkpoint,
+                                train_image_side=image_ref)
+    local = planner()  # Errors (mode, crop size) before any image is read.
+    if local.window and image_ref:
+      restorer = Restorer(model, params, tile, overlap, local.context,
+                          planner=lambda side: planner(image_side=side))
+      logging.info("Large images: TLC windows of %d px for images up to the training images' "
+                   "%d px, growing with larger ones.", local.window, image_ref)
+    else:
+      restorer = Restorer(tlc_inference.convert(model, local), params, tile, overlap,
+                          local.context)
+      logging.info("Large images: %s.", local.describe())
   logging.info("Restoring %d image(s) with %s%s, %s.", len(pairs), checkpoint,
                f" + adapter {adapter}" if adapter else "",
                f"tiles {tile} overlapping by {overlap}" if tile > 0 else "whole images")

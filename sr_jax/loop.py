@@ -101,7 +101,8 @@ def train(run: Run, mgr, writer) -> None:
                                         process_index=jax.process_index(),
                                         process_count=jax.process_count())
   data_iter = iter(dataset)
-  run.meta["data"] = {"num_train_records": pipeline.train_record_count(config.data)}
+  run.meta["data"] = {"num_train_records": pipeline.train_record_count(config.data),
+                      "train_image_side": pipeline.train_image_side(config.data)}
   start = resume.restore_or_start(run, mgr, data_iter)
   if start == 0 and jax.process_index() == 0:
     grid = preview.degradation_grid(config.data, seed=config.seed)
@@ -159,7 +160,9 @@ def _export(run: Run) -> None:
   # The objective's record travels with the export (e.g. what sr_jax.infer needs to sample SR3),
   # and the training crop size (sr_jax.infer sizes TLC's windows from it).
   export_meta = {"model": run.meta["model"], "job": run.config.job, "step": int(run.state.step),
-                 "train_size": int(run.config.data.crop_size), **run.objective_meta}
+                 "train_size": int(run.config.data.crop_size),
+                 "train_image_side": int(run.meta.get("data", {}).get("train_image_side", 0)),
+                 **run.objective_meta}
   checkpoint.save_params(os.path.join(run.workdir, "export", "params"), merged, export_meta)
   if run.plan is not None:
     tuned_base = lora.flatten(trainable["base"])  # Drops the frozen (MaskedNode) positions.

@@ -63,7 +63,7 @@ def test_an_installed_wheel_runs_a_micro_job_by_name_from_elsewhere(tmp_path):
       [str(env_dir / "bin" / "sr-jax"), "--config", "lora_nafnet:demo", "--workdir",
        str(tmp_path / "w"), "--config.model.preset=micro", "--config.data.crop_size=32",
        "--config.data.eval_max_size=48", "--config.base.num_steps=2", "--config.num_steps=2",
-       "--config.batch_size=2"], cwd=outside, capture_output=True, text=True, env=env,
+       "--config.batch_size=8"], cwd=outside, capture_output=True, text=True, env=env,
       timeout=900)
   assert job.returncode == 0, job.stderr[-3000:]
   assert (tmp_path / "w" / "results.md").exists() and (tmp_path / "w" / "log.txt").exists()

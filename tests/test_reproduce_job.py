@@ -17,7 +17,7 @@ from sr_jax.reproduce.table import Region, Table, main_job
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_MICRO = ("model.preset=micro", "data.crop_size=32", "data.eval_max_size=48", "batch_size=4",
+_MICRO = ("model.preset=micro", "data.crop_size=32", "data.eval_max_size=48", "batch_size=8",
           "base.num_steps=0", "lora.enabled=False", "num_steps=40", "checkpoint_every=4",
           "log_every=4", "eval_every=0", "data.eval_crops=2")
 

@@ -306,6 +306,16 @@ def test_recorded_train_size():
   assert tlc_inference.recorded_train_size({"model": {}}, {}) == 0
 
 
+def test_the_window_grows_with_the_image_beyond_the_training_images():
+  assert tlc_inference.scaled_window(64) == 96  # 1.5 x the crop.
+  assert tlc_inference.scaled_window(64, 128, 512) == 96  # Smaller than the training images.
+  assert tlc_inference.scaled_window(64, 3200, 512) == 600  # 96 x 3200 / 512.
+  assert tlc_inference.scaled_window(64, 3200, 0) == 96  # Unrecorded: 1.5 x the crop.
+  naf = registry.build_preset('nafnet', "micro")
+  local = tlc_inference.plan(naf, "auto", 64, multiple=16, image_side=3200, train_image_side=512)
+  assert local == tlc_inference.LocalPlan(600, 304)
+
+
 def test_plan_modes():
   naf = registry.build_preset('nafnet', "micro")
   assert tlc_inference.plan(naf, "auto", 256, multiple=16) == tlc_inference.LocalPlan(384, 192)
@@ -357,3 +367,9 @@ def test_infer_uses_the_recorded_crop_size_and_tile_context(tmp_path):
   assert not np.array_equal(tlc_on, global_stats)
   with pytest.raises(ValueError, match="pass --train_size"):
     cli("unrecorded", tlc="on")
+  # Trained on 20-pixel images, the 40x52 input is twice as large: the window doubles (48,
+  # context 24); --train_size sets the window by hand and keeps 1.5x the crop.
+  checkpoint.save_params(str(tmp_path / "scaled"), params,
+                         {"train_size": 16, "train_image_side": 20, "model": _arch()})
+  np.testing.assert_array_equal(cli("scaled"), expected(48, 24))
+  np.testing.assert_array_equal(cli("scaled", train_size=16), tlc_on)

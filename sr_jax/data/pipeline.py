@@ -224,6 +224,23 @@ def train_record_count(data_config: Any, degradation: Any = None) -> int:
   return len(choose_source.make_source(data_config, "train", spec.effective_scale))
 
 
+def train_image_side(data_config: Any, degradation: Any = None) -> int:
+  """The median short side, in pixels, of the training images (0 when the source cannot say
+  without decoding them: TFDS, stored pairs). Recorded with exports: TLC scales its window by
+  how much larger an image to restore is (sr_jax.tlc_inference)."""
+  spec = degradations.as_spec(data_config.degradation if degradation is None else degradation)
+  source = choose_source.make_source(data_config, "train", spec.effective_scale)
+  start, stop = getattr(source, "start", 0), getattr(source, "stop", len(source))
+  inner = getattr(source, "source", source)
+  if hasattr(inner, "files"):
+    sides = [min(sources.image_size(f)) for f in inner.files[start:stop]]
+  elif hasattr(inner, "_images"):
+    sides = [min(image.shape[:2]) for image in inner._images[start:stop]]  # pylint: disable=protected-access
+  else:
+    return 0
+  return int(np.median(sides)) if sides else 0
+
+
 def center_crop(image: np.ndarray, max_size: int, max_width: int | None = None,
                 step: int = 1) -> np.ndarray:
   """The central window of at most `max_size` (x `max_width`) pixels; <= 0 keeps a side whole.
