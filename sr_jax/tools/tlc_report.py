@@ -102,6 +102,7 @@ def main(argv: list[str]) -> None:
   rows = {}
   for _, key, extra in MODES:
     out = os.path.join(FLAGS.workdir, key)
+    os.makedirs(out, exist_ok=True)  # A folder --output for the one input image.
     seconds, gib = restore(hazy, out, extra)
     rows[key] = {"image": _read(os.path.join(out, "photo.png")), "seconds": seconds, "gib": gib}
   h, w = clean.shape[:2]
