@@ -53,7 +53,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from sr_jax import adapters, console, errors, metrics, runtime, tiling
+from sr_jax import adapters, bank_infer, console, errors, metrics, runtime, tiling
 from sr_jax import tlc_inference
 from sr_jax.data import sources
 from sr_jax.errors import UsageError
@@ -324,7 +324,14 @@ def main(argv: Sequence[str]) -> None:
   runtime.quiet_libraries()  # Orbax's INFO lines would drown the progress.
   console.short_console()
   try:
-    run(args.checkpoint, args.adapter, args.input, args.output, tile=args.tile,
+    named = bank_infer.named_adapters(args.adapter or [])
+    if named:  # Several adapters: one bank, images routed to them.
+      bank_infer.run(args.checkpoint, named, args.input, args.output, route=args.route,
+                     batch=args.batch, tile=args.tile, overlap=args.overlap, dtype=args.dtype,
+                     tlc=args.tlc, train_size=args.train_size, context=args.context,
+                     overwrite=args.overwrite)
+      return
+    run(args.checkpoint, (args.adapter or [None])[0], args.input, args.output, tile=args.tile,
         overlap=args.overlap, dtype=args.dtype, scale=args.scale,
         sampling=dict(sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed),
         tlc=args.tlc, train_size=args.train_size, context=args.context,
@@ -341,7 +348,13 @@ def _define_flags() -> None:
   """Command-line flags, defined only when run as a program (other modules import this one)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("checkpoint", None, "Parameter directory (export/params or converted).")
-  flags.DEFINE_string("adapter", None, "Adapter directory (a run's export/adapters).")
+  flags.DEFINE_multi_string("adapter", None, "Adapter directory (a run's export/adapters); "
+                            "repeated as NAME=DIR, an adapter bank (see --route).")
+  flags.DEFINE_string("route", "folder", "With several adapters: 'folder' (each image's "
+                      "sub-folder of --input names its adapter), a CSV of 'file,adapter', or "
+                      "one adapter's NAME for every image.")
+  flags.DEFINE_integer("batch", 8, "With several adapters: images of equal size restored "
+                       "together (across adapters).")
   flags.DEFINE_string("input", None, "Image file, or folder of images.")
   flags.DEFINE_string("output", None, "PNG file (one input) or folder (created).")
   flags.DEFINE_bool("overwrite", False, "Replace output files that already exist.")

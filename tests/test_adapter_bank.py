@@ -4,6 +4,8 @@ not recompile, and an adapter that does not fit is refused at load naming it."""
 
 from __future__ import annotations
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,3 +91,95 @@ def test_loading_refuses_an_adapter_that_does_not_fit_naming_it(tmp_path):
                                                "low_light": str(tmp_path / "wrong")})
   with pytest.raises(ValueError, match="holds haze, rain"):
     bank.index("snow")
+
+
+def _saved(tmp_path, named, base, arch):
+  checkpoint.save_params(str(tmp_path / "base"), base, {"model": arch, "train_size": 16})
+  dirs = {}
+  for name, adapter in named:
+    checkpoint.save_adapters(str(tmp_path / name), adapter.lora, adapter.tuned_base,
+                             dict(adapter.meta, train_size=16))
+    dirs[name] = str(tmp_path / name)
+  return str(tmp_path / "base"), dirs
+
+
+def _merged_png(model, base, adapter, image):
+  from sr_jax import metrics  # pylint: disable=g-import-not-at-top
+  out = model.apply({"params": adapters.apply_adapter(base, adapter)}, jnp.asarray(image)[None])
+  return np.asarray(metrics.to_uint8_grid(out[0])).astype(np.int32)
+
+
+def test_infer_routes_images_by_folder_and_csv_through_one_bank(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from sr_jax import bank_infer, errors  # pylint: disable=g-import-not-at-top
+  from sr_jax.data import sources  # pylint: disable=g-import-not-at-top
+  model, base, arch, named = _setup("nafnet", "micro", 16)
+  base_dir, dirs = _saved(tmp_path, named, base, arch)
+  rng = np.random.default_rng(0)
+  inputs = tmp_path / "in"
+  for name, count in (("haze", 2), ("noise", 1), ("rain", 1)):
+    (inputs / name).mkdir(parents=True)
+    for i in range(count):  # Two sizes: batches group equal sizes across adapters.
+      size = (16, 24) if i else (16, 16)
+      Image.fromarray(rng.integers(0, 256, (*size, 3), np.uint8)).save(
+          inputs / name / f"{name}{i}.png")
+  rows = bank_infer.run(base_dir, dirs, str(inputs), str(tmp_path / "out"), batch=4, tlc="off")
+  assert len(rows) == 4
+  by_name = dict(named)
+  for row in rows:
+    got = np.asarray(Image.open(row["output"])).astype(np.int32)
+    image = sources.read_image(row["input"])
+    want = _merged_png(model, base, by_name[row["adapter"]], image)
+    assert np.abs(got - want).max() <= 1, row
+    assert pathlib.Path(row["output"]).parent.name == row["adapter"]
+  # A CSV routes a flat folder; the same image through another adapter differs.
+  flat = tmp_path / "flat"
+  flat.mkdir()
+  Image.open(inputs / "haze" / "haze0.png").save(flat / "a.png")
+  Image.open(inputs / "haze" / "haze0.png").save(flat / "b.png")
+  (tmp_path / "routes.csv").write_text("file,adapter\na.png,haze\nb.png,rain\n")
+  rows = bank_infer.run(base_dir, dirs, str(flat), str(tmp_path / "out_csv"), tlc="off",
+                        route=str(tmp_path / "routes.csv"))
+  a, b = (np.asarray(Image.open(tmp_path / "out_csv" / f"{n}.png")) for n in "ab")
+  assert not np.array_equal(a, b)
+  # Routing errors name what is wrong before any model is read.
+  (inputs / "snow").mkdir()
+  with pytest.raises(errors.UsageError, match="Sub-folder .*snow names no adapter"):
+    bank_infer.run(base_dir, dirs, str(inputs), str(tmp_path / "o2"), tlc="off")
+  with pytest.raises(errors.UsageError, match="every --adapter as NAME=DIR"):
+    bank_infer.named_adapters(["haze=x", "plain_dir"])
+
+
+def test_bank_tiles_with_tlc_join_far_closer_than_without(tmp_path):
+  from sr_jax import bank_infer  # pylint: disable=g-import-not-at-top
+  model, base, _, named = _setup("nafnet", "micro", 16)
+  leaves, tree = jax.tree.flatten(base)  # Initial channel attention is nearly inert: stir it.
+  keys = jax.random.split(jax.random.PRNGKey(5), len(leaves))
+  base = jax.tree.unflatten(tree, [x + 0.2 * jax.random.normal(k, x.shape)
+                                   for x, k in zip(leaves, keys)])
+  bank = adapter_bank.build(model, base, named)
+  tiled = bank_infer.BankRestorer(bank, tile=16, overlap=4, multiple=4)
+  image = np.asarray(jax.random.uniform(jax.random.PRNGKey(3), (32, 40, 3)))
+  whole = tiled.restore(image[None], ["rain"])[0]
+  rms = lambda x, y: float(np.sqrt(np.mean(np.square(x - y))))
+  seams = rms(tiled.tiled(image, "rain"), whole)  # Each tile pools over itself: seams.
+  # With TLC and context, the bank's tiles agree with its whole-image output (to what TLC's
+  # deeper levels' windows allow) far better than without.
+  local_bank, local = bank_infer.with_tlc(bank, "on", 8, -1, 4)
+  local_tiles = bank_infer.BankRestorer(local_bank, tile=16, overlap=4, context=local.context,
+                                        multiple=4).tiled(image, "rain")
+  local_whole = bank_infer.BankRestorer(local_bank).restore(image[None], ["rain"])[0]
+  assert rms(local_tiles, local_whole) < seams / 10, (rms(local_tiles, local_whole), seams)
+  assert rms(local_whole, whole) > 1e-3  # TLC changed the statistics.
+
+
+def test_the_benchmark_rows_time_both_and_check_every_mixed_row():
+  from sr_jax.tools import bank_benchmark  # pylint: disable=g-import-not-at-top
+  model, base, _, named = _setup("nafnet", "micro", 16)
+  bank = adapter_bank.build(model, base, named)
+  rows = [bank_benchmark.measure(bank, named, count, 4, 16, repeats=1) for count in (1, 4)]
+  for row in rows:
+    assert row["bank_ms"] > 0 and row["one_ms"] > 0 and row["bank_mib"] > 0
+    assert row["worst"] < 1e-4  # Every mixed row equals its adapter merged and run alone.
+  text = bank_benchmark.table(rows)
+  assert text.count("\n") == 3 and "| 4 | 4 |" in text

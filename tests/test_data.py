@@ -406,3 +406,29 @@ def test_data_modules_do_not_import_jax():
                 for alias in node.names}
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not any(m and m.split(".")[0] in ("jax", "flax") for m in imported), module
+
+
+def test_eval_crops_spread_over_each_image_and_are_degraded_apart():
+  """data.eval_crops = 4: four crops of each held-out photo, at the centres of a 2x2 grid of
+  cells, each its own window of the photo (gt equals the photo there), each degraded with its
+  own rng; one crop keeps today's centre crop."""
+  assert pipeline.crop_windows(512, 512, 128, 4) == [(64, 64), (64, 320), (320, 64), (320, 320)]
+  assert pipeline.crop_windows(400, 600, 128, 1) == [(136, 236)]  # The centre.
+  assert pipeline.crop_windows(100, 100, 128, 2) == [(0, 0), (0, 0)]  # Clipped to the image.
+  config = data_config(eval_max_size=128, eval_crops=4, deg_kind="chain", deg_ops=("haze",))
+  examples = pipeline.make_eval_set(config, seed=0)
+  assert len(examples) == 4 * len(sources.EMBEDDED_EVAL)
+  assert [e["name"] for e in examples[:2]] == ["astronaut_crop0", "astronaut_crop1"]
+  photo = sources.load_embedded("astronaut")
+  for example, (top, left) in zip(examples, pipeline.crop_windows(512, 512, 128, 4)):
+    np.testing.assert_array_equal(example["gt"], photo[top:top + 128, left:left + 128])
+  assert not np.array_equal(examples[0]["lq"], examples[1]["lq"])
+  single = pipeline.make_eval_set(data_config(eval_max_size=128, deg_kind="chain",
+                                              deg_ops=("haze",)), seed=0)
+  np.testing.assert_array_equal(single[0]["gt"], photo[192:320, 192:320])
+
+
+def test_train_image_side_is_the_median_short_side(image_dir):
+  assert pipeline.train_image_side(data_config()) == 512  # Embedded training photos.
+  assert pipeline.train_image_side(folder_config(image_dir)) == 40  # Six 40x48 images.
+  assert pipeline.train_image_side(data_config(embedded_set="documents", crop_size=64)) == 191

@@ -242,3 +242,19 @@ def test_a_failing_command_is_named_and_the_page_untouched(tmp_path):
   with pytest.raises(runner.ReproduceError, match="toy_step_missing.*exited with status"):
     runner.run(broken, str(tmp_path / "w"), docs_root=root, concurrent=True, say=lambda _: None)
   assert "old" in open(os.path.join(root, "page.md")).read()
+
+
+def test_jobs_write_their_rows_beside_the_table(tmp_path):
+  """report.write_table's results.json holds the numbers of results.md (what render reads)."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from sr_jax import report  # pylint: disable=g-import-not-at-top
+  rows = {"degraded input": {"psnr": 13.25, "ssim": 0.5, "per_image": [{"psnr": 13.25}]},
+          "lora": {"psnr": 21.5, "ssim": 0.75, "trainable": 10, "trainable_pct": 7.0,
+                   "step_ms": 70.4}}
+  report.write_table(str(tmp_path), rows, metric_writers.MultiWriter([]), echo=False)
+  read = render.results(str(tmp_path))
+  assert read == {arm: {k: v for k, v in r.items() if k != "per_image"}
+                  for arm, r in rows.items()}
+  assert "| lora | 21.500 | 0.7500 |" in (tmp_path / "results.md").read_text()
+  with pytest.raises(FileNotFoundError, match="has not finished"):
+    render.results(str(tmp_path / "missing"))

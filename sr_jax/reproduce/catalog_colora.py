@@ -120,4 +120,22 @@ TLC = Table(
     wall_time="about 15 minutes (the demo, then four restorations of a 13-megapixel photo)",
 )
 
-TABLES = (DEMO, COLORA_ABLATION, COLORA_RESTORMER, STUDY, TLC)
+BANK_TASKS = ("haze", "low_light", "poisson_noise", "rain")
+_BANK_BASE = "{workdir}/haze/base/export/params"
+
+BANK = Table(
+    name="adapter_bank",
+    what="docs/deploy.md: a mixed batch through an adapter bank against one merged adapter.",
+    steps=(main_job("configs/colora_nafnet.py:demo", "{workdir}/haze"),) + tuple(
+        main_job("configs/colora_nafnet.py:demo", f"{{workdir}}/{task}",
+                 f"base.checkpoint={_BANK_BASE}", f"data.degradation.ops={task}")
+        for task in BANK_TASKS[1:]) + (
+        Step("sr_jax.tools.bank_benchmark", ("--checkpoint", _BANK_BASE) + tuple(
+            a for task in BANK_TASKS
+            for a in ("--adapter", f"{task}={{workdir}}/{task}/colora/export/adapters")) +
+            ("--output", "{workdir}/bank.md")),),
+    regions=(Region("docs/deploy.md", render.tool_report("bank.md")),),
+    wall_time="about 12 minutes (the demo, three more CoLoRA adapters on its base, the timings)",
+)
+
+TABLES = (DEMO, COLORA_ABLATION, COLORA_RESTORMER, STUDY, TLC, BANK)

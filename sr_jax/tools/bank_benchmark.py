@@ -1,0 +1,111 @@
+r"""An adapter bank's mixed batch against the same batch through one merged adapter.
+
+  python -m sr_jax.tools.bank_benchmark --checkpoint W/base/export/params \
+      --adapter haze=W1/colora/export/adapters --adapter rain=W2/colora/export/adapters \
+      --counts 1,2,4,8 --batches 1,2,4,8 --output bank.md
+
+For each bank size N (the given adapters repeated to fill it) a batch whose rows cycle through
+all N adapters runs through `AdapterBank.apply`; the baseline is the same batch through one
+adapter merged into the base (`model.apply` on `adapters.apply_adapter`), what serving one
+task costs. Both are jitted and warmed; times are medians of --repeats, in this one process.
+Memory is XLA's analysis of each compiled program (temporaries + arguments). Every mixed row
+is also checked against its own adapter merged and run alone (the largest difference).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from sr_jax import adapter_bank, adapters, bank_infer, errors, paths, runtime
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "The base (a run's export/params).")
+flags.DEFINE_multi_string("adapter", None, "NAME=DIR of an adapter trained on the base.")
+flags.DEFINE_list("counts", ["1", "2", "4", "8"], "Adapters in the bank.")
+flags.DEFINE_list("batches", ["1", "2", "4", "8"], "Batch sizes (at the largest count).")
+flags.DEFINE_integer("size", 128, "Image side.")
+flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (median).")
+flags.DEFINE_string("output", "", "Also write the markdown report to this file.")
+flags.mark_flags_as_required(["checkpoint", "adapter"])
+
+
+def timed(fn: Callable, *args, repeats: int = 5) -> tuple[float, float]:
+  """(median ms after one warm-up call, compiled memory MiB: temporaries + arguments)."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  jax.block_until_ready(compiled(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(1000 * (time.perf_counter() - start))
+  mem = compiled.memory_analysis()
+  mib = (mem.temp_size_in_bytes + mem.argument_size_in_bytes) / 2**20 if mem else float("nan")
+  return statistics.median(times), mib
+
+
+def measure(bank: adapter_bank.AdapterBank, named, count: int, batch: int, size: int,
+            repeats: int = 5) -> dict:
+  """One row: the mixed batch through a bank of `count` adapters (the given ones repeated to
+  fill it) against the same batch through one merged adapter."""
+  cycled = []
+  for i in range(count):
+    name, adapter = named[i % len(named)]
+    cycled.append((name if i < len(named) else f"{name}#{i}", adapter))
+  sized = adapter_bank.build(bank.model, bank.base, cycled)
+  images = jax.random.uniform(jax.random.PRNGKey(0), (batch, size, size, 3))
+  index = jnp.arange(batch, dtype=jnp.int32) % count
+  bank_ms, bank_mib = timed(sized.apply, sized.arrays(), images, index, repeats=repeats)
+  merged = adapters.apply_adapter(bank.base, named[0][1])
+  one_ms, one_mib = timed(lambda p, x: bank.model.apply({"params": p}, x), merged, images,
+                          repeats=repeats)
+  mixed = sized.apply(sized.arrays(), images, index)
+  worst = 0.0
+  for row in range(batch):
+    alone = bank.model.apply({"params": adapters.apply_adapter(bank.base, cycled[row % count][1])},
+                             images[row:row + 1])[0]
+    worst = max(worst, float(jnp.max(jnp.abs(mixed[row] - alone))))
+  return dict(count=count, batch=batch, bank_ms=bank_ms, one_ms=one_ms, bank_mib=bank_mib,
+              one_mib=one_mib, worst=worst)
+
+
+def table(rows: list[dict]) -> str:
+  lines = ["| adapters in the bank | batch | mixed batch ms | one merged adapter ms | ratio | "
+           "ms per image (mixed) | memory MiB (mixed / merged) | largest difference |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['count']} | {r['batch']} | {r['bank_ms']:.1f} | {r['one_ms']:.1f} | "
+                 f"{r['bank_ms'] / r['one_ms']:.2f} | {r['bank_ms'] / r['batch']:.1f} | "
+                 f"{r['bank_mib']:.0f} / {r['one_mib']:.0f} | {r['worst']:.1e} |")
+  return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  runtime.setup()
+  dirs = bank_infer.named_adapters(FLAGS.adapter)
+  bank = adapter_bank.load(FLAGS.checkpoint, dirs)
+  named = [(n, adapters.load_adapter(d)) for n, d in dirs.items()]
+  counts, batches = [int(c) for c in FLAGS.counts], [int(b) for b in FLAGS.batches]
+  largest = max(batches)
+  rows = [measure(bank, named, c, largest, FLAGS.size, FLAGS.repeats) for c in counts]
+  rows += [measure(bank, named, max(counts), b, FLAGS.size, FLAGS.repeats)
+           for b in batches if b != largest]
+  ranks = sorted({r for _, a in named for _, r in a.plan.ranks})
+  text = (f"Adapter bank on {jax.devices()[0].device_kind} ({jax.device_count()} device(s)): "
+          f"{bank.model.__class__.__name__} base, adapters {', '.join(dirs)} (ranks "
+          f"{ranks[0]}-{ranks[-1]}, padded to {bank.rank}), {FLAGS.size}x{FLAGS.size} images; "
+          f"the mixed batch's rows cycle through every adapter of the bank.\n\n" + table(rows))
+  print(text, flush=True)
+  if FLAGS.output:
+    paths.write_text(FLAGS.output, text + "\n")
+
+
+if __name__ == "__main__":
+  app.run(errors.guarded(main))
