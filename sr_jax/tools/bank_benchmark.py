@@ -20,7 +20,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
 from sr_jax import adapter_bank, adapters, bank_infer, errors, paths, runtime
