@@ -38,7 +38,8 @@ def _setup(name, preset, size):
   arch = registry.module_architecture(name, model)
   biases = [p for p in lora.flatten(base) if p.endswith("bias")]
   named = [("haze", _adapter(base, arch, "haze", seed=1, rank=2, tune=biases[:3])),
-           ("rain", _adapter(base, arch, "rain", seed=2, rank=4, overrides=(r".*(ending|output).*=1",))),
+           ("rain", _adapter(base, arch, "rain", seed=2, rank=4,
+                             overrides=(r".*(ending|output).*=1",))),
            ("noise", _adapter(base, arch, "noise", seed=3, rank=3, scaling="rank_stabilized",
                               tune=biases[2:5]))]
   return model, base, arch, named

@@ -46,7 +46,7 @@ DEMO = Table(
     steps=_seed_steps("configs/colora_nafnet.py:demo", DEMO_SEEDS),
     regions=(Region("README.md", _seed_table(DEMO_SEEDS,
                                              "12 held-out 128x128 crops of 3 photos")),),
-    wall_time="about 18 minutes (3 runs of 6)",
+    wall_time="10m28s (measured 2026-12-07; 3 runs of 3.5 minutes)",
 )
 
 COLORA_ABLATION = Table(
@@ -55,7 +55,7 @@ COLORA_ABLATION = Table(
     steps=_seed_steps("configs/colora_nafnet.py:demo_ablation", DEMO_SEEDS),
     regions=(Region("docs/colora.md", _seed_table(DEMO_SEEDS,
                                                   "12 held-out 128x128 crops of 3 photos")),),
-    wall_time="about 27 minutes (3 runs of 9)",
+    wall_time="not measured alone yet (estimate: about 27 minutes (3 runs of 9))",
 )
 
 COLORA_RESTORMER = Table(
@@ -64,7 +64,7 @@ COLORA_RESTORMER = Table(
     steps=(main_job("configs/colora_restormer.py:demo_ablation", "{workdir}/seed0", "seed=0"),),
     regions=(Region("docs/colora.md", _seed_table((0,),
                                                   "12 held-out 128x128 crops of 3 photos")),),
-    wall_time="about 15 minutes",
+    wall_time="not measured alone yet (estimate: about 15 minutes)",
 )
 
 
@@ -103,7 +103,8 @@ STUDY = Table(
              Region("docs/colora.md", _study_summary, key="summary")),
     needs="Sun-Hays 80 (base, fine-tuning, validation) and CBSD68 (test) photographs",
     datasets=("CSun_Hays80", "CBSD68"),
-    wall_time="about 150 minutes (measured beside other jobs; alone: not yet measured)",
+    wall_time=("not measured alone yet "
+               "(estimate: about 150 minutes, measured beside other jobs)"),
     figures=(("study.png", "docs/study.png"),),
 )
 
@@ -117,7 +118,8 @@ TLC = Table(
     regions=(Region("docs/colora.md", render.tool_report("tlc.md")),),
     needs="one Sun-Hays 80 photograph (abbey_sun_asztnlqhlrvirneh.jpg)",
     datasets=("CSun_Hays80",),
-    wall_time="about 15 minutes (the demo, then four restorations of a 13-megapixel photo)",
+    wall_time=("not measured alone yet "
+               "(estimate: the demo, then four restorations of a 13-megapixel photo)"),
 )
 
 BANK_TASKS = ("haze", "low_light", "poisson_noise", "rain")
@@ -135,7 +137,8 @@ BANK = Table(
             for a in ("--adapter", f"{task}={{workdir}}/{task}/colora/export/adapters")) +
             ("--output", "{workdir}/bank.md")),),
     regions=(Region("docs/deploy.md", render.tool_report("bank.md")),),
-    wall_time="about 12 minutes (the demo, three more CoLoRA adapters on its base, the timings)",
+    wall_time=("not measured alone yet "
+               "(estimate: about 12 minutes: the demo, three more adapters, the timings)"),
 )
 
 TABLES = (DEMO, COLORA_ABLATION, COLORA_RESTORMER, STUDY, TLC, BANK)

@@ -136,8 +136,8 @@ def rewrite_page(page: str, name: str, body: str) -> None:
 def run(table: Table, workdir: str, *, docs_root: str, datasets: str = "",
         concurrent: bool = False, say: Callable[[str], None] = print) -> str:
   """Runs (or resumes) `table`'s commands in `workdir`, then rewrites its regions and copies
-  its figures; returns the rendered markdown. The commands run with the checkout as working directory (job configs are
-  named by their path there)."""
+  its figures; returns the rendered markdown. The commands run with the checkout as working
+  directory (job configs are named by their path there)."""
   check_ready(table, docs_root, datasets)
   workdir, datasets = os.path.abspath(workdir), os.path.abspath(datasets) if datasets else ""
   os.makedirs(os.path.join(workdir, "reproduce"), exist_ok=True)

@@ -62,7 +62,8 @@ from sr_jax import config_cli, config_files, errors, runtime
 from sr_jax.tools import step_timing
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", str(config_files.config_path("lora_nafnet")), "Job config to benchmark; "
+config_flags.DEFINE_config_file("config", str(config_files.config_path("lora_nafnet")),
+                                "Job config to benchmark; "
                                 "pick another model with --config.model.name/preset.",
                                 lock_config=True)
 flags.DEFINE_integer("batch", 4, "Global batch size of the train step.")

@@ -23,7 +23,8 @@ from sr_jax import config_cli, config_files, errors, paths, runtime
 from sr_jax.data import pipeline
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", str(config_files.config_path("prod_nafnet")), "Job config whose data "
+config_flags.DEFINE_config_file("config", str(config_files.config_path("prod_nafnet")),
+                                "Job config whose data "
                                 "pipeline is measured.", lock_config=True)
 flags.DEFINE_integer("crop", 256, "Training crop size.")
 flags.DEFINE_integer("batch", 8, "Patches per batch.")

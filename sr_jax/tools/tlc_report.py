@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from sr_jax import errors, metrics, paths
+from sr_jax import errors, metrics, paths, runtime
 from sr_jax.data import ops, resize, sources
 
 FLAGS = flags.FLAGS
@@ -98,6 +98,7 @@ def report(clean: np.ndarray, rows: dict[str, dict]) -> str:
 
 def main(argv: list[str]) -> None:
   del argv
+  runtime.setup()
   hazy, clean = prepare(FLAGS.photo, FLAGS.workdir, FLAGS.upscale)
   rows = {}
   for _, key, extra in MODES:
