@@ -134,7 +134,7 @@ class Restorer:
     local = self.planner(min(height, width))
     if local.window not in self._local:
       tiling.check_tiling(self.tile, self.overlap, self.multiple, local.context)
-      logging.info("TLC for %dx%d images: %s.", height, width, local.describe())
+      logging.info("TLC for %dx%d (WxH) images: %s.", width, height, local.describe())
       apply = jax.jit(tlc_inference.convert(self.model, local).apply)
       params = self.params
       self._local[local.window] = (lambda x: apply({"params": params}, x), local.context)
