@@ -23,6 +23,7 @@ merged adapter.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sr_jax import adapters as adapters_lib, lora, lora_branch
+from sr_jax.models import layers
 
 PyTree = Any
 
@@ -63,19 +65,67 @@ class AdapterBank:
     return {"base": self.base, "a": self.a, "b": self.b, "tuned": self.tuned}
 
   def apply(self, arrays: Mapping[str, Any], images: jax.Array, index: jax.Array) -> jax.Array:
-    """The model on a batch (N, H, W, C), row i through adapter `index[i]`."""
+    """The model on a batch (N, H, W, C), row i through adapter `index[i]`.
+
+    Per row (vmapped): pointwise kernels (1x1 convs, dense) get the row's factors merged in,
+    W + A B, so the layer stays one batched matrix product per row; the other kernels keep
+    the shared W and add the row's branch as products on the layer's input patches (a conv
+    with a per-row kernel would lower to a grouped convolution, several times slower on CPU).
+    """
     base_flat = lora.flatten(arrays["base"])
-    paths = frozenset(self.plan.paths)
+    pointwise = {p for p in self.plan.paths if _pointwise(base_flat[p].shape)}
 
     def one(a, b, tuned, image):
       flat = dict(base_flat, **tuned)
-      factors = {f"{p}/a": a[p] for p in a} | {f"{p}/b": b[p] for p in b}
-      params = {"base": lora.unflatten(flat), "lora": lora.unflatten(factors)}
-      return lora_branch.apply_model(self.model, params, self.plan, image[None],
-                                     unmerged=paths)[0]
+      for p in pointwise:
+        flat[p] = lora.effective_kernel(flat[p], a[p], b[p], 1.0)
+      branches = {p.rpartition("/")[0]: (a[p], b[p]) for p in a if p not in pointwise}
+      with nn.intercept_methods(functools.partial(_patch_branch, branches)):
+        return self.model.apply({"params": lora.unflatten(flat)}, image[None])[0]
 
     take = lambda stacks: {p: v[index] for p, v in stacks.items()}
     return jax.vmap(one)(take(arrays["a"]), take(arrays["b"]), take(arrays["tuned"]), images)
+
+
+def _pointwise(shape: Sequence[int]) -> bool:
+  return len(shape) == 2 or tuple(shape[:-2]) == (1, 1)
+
+
+def patches(x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int],
+            padding: str | Sequence[tuple[int, int]]) -> jax.Array:
+  """(N, Ho, Wo, kh*kw*C) input patches of a convolution, in (kh, kw, C) order (that of a
+  kernel (kh, kw, C, c) flattened): shifted strided slices, no arithmetic."""
+  (kh, kw), (sh, sw) = kernel_size, strides
+  if padding == "SAME":
+    padding = [((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2)]
+  elif padding == "VALID":
+    padding = [(0, 0), (0, 0)]
+  xp = jnp.pad(x, [(0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)])
+  ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+  cells = [xp[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :]
+           for i in range(kh) for j in range(kw)]
+  return jnp.stack(cells, axis=3).reshape(x.shape[0], ho, wo, -1)
+
+
+def _patch_branch(branches: dict[str, tuple[jax.Array, jax.Array]], next_fun, args, kwargs,
+                  context):
+  """Adds (patches(x) A) B to the output of each layers.Conv with a branch; other layers
+  with one (flax convs) take lora_branch's branch."""
+  out = next_fun(*args, **kwargs)
+  if context.method_name != "__call__":
+    return out
+  module = context.module
+  found = branches.get("/".join(str(p) for p in module.scope.path))
+  if found is None:
+    return out
+  a, b = found
+  if not isinstance(module, layers.Conv):
+    return out + lora_branch.branch(module, args[0], a, b, 1.0).astype(out.dtype)
+  x = args[0].astype(out.dtype)
+  cols = patches(x, layers.pair(module.kernel_size), layers.pair(module.strides),
+                 layers._padding(module.padding))  # pylint: disable=protected-access
+  z = jnp.einsum("nhwk,kr->nhwr", cols, a.astype(out.dtype))
+  return out + jnp.einsum("nhwr,rc->nhwc", z, b.astype(out.dtype))
 
 
 def _padded(matrix: jax.Array, rank: int, axis: int) -> jax.Array:
