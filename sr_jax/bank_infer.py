@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from sr_jax import adapter_bank, tiling, tlc_inference
+from sr_jax import adapter_bank, restore_io, tiling, tlc_inference
 from sr_jax.data import sources
 from sr_jax.errors import UsageError
 
@@ -177,17 +177,16 @@ def run(checkpoint: str, adapters: Mapping[str, str], input_dir: str, output_dir
         dtype: str = "float32", tlc: str = "auto", train_size: int = 0, context: int = -1,
         overwrite: bool = False) -> list[dict[str, Any]]:
   """sr_jax.infer's bank mode as a function (see the module docstring)."""
-  from sr_jax import infer  # pylint: disable=g-import-not-at-top  # infer imports this module.
   if batch < 1:
     raise UsageError(f"--batch must be >= 1, got {batch}.")
   todo = routes(input_dir, output_dir, list(adapters), route, overwrite=overwrite)
   bank = adapter_bank.load(checkpoint, adapters, dtype=dtype)
-  multiple = infer.downsampling(bank.model)
+  multiple = restore_io.downsampling(bank.model)
   size = train_size or tlc_inference.train_size_of(checkpoint, next(iter(adapters.values())))
   bank, local = with_tlc(bank, tlc, size, context, multiple)
   tiling.check_tiling(tile, overlap, multiple, local.context)
   logging.info("Adapter bank: %d adapters (rank up to %d) on %s; %d image(s); %s.",
                len(bank.names), bank.rank, checkpoint, len(todo), local.describe())
   restorer = BankRestorer(bank, tile=tile, overlap=overlap, context=local.context,
-                          multiple=multiple, scale=infer.output_scale(bank.model, bank.base))
-  return restore_routes(restorer, todo, batch, infer.write_png)
+                          multiple=multiple, scale=restore_io.output_scale(bank.model, bank.base))
+  return restore_routes(restorer, todo, batch, restore_io.write_png)

@@ -48,14 +48,13 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from PIL import Image
 
-from sr_jax import adapters, bank_infer, console, errors, metrics, runtime, tiling
+from sr_jax import adapters, bank_infer, console, errors, runtime, tiling
 from sr_jax import tlc_inference
 from sr_jax.data import sources
+from sr_jax.restore_io import downsampling, output_scale, write_png  # noqa: F401
 from sr_jax.errors import UsageError
 from sr_jax.diffusion.restorers import (DiffusionRestorer, ResShiftRestorer,  # noqa: F401
                                         diffusion_restorer, is_diffusion)
@@ -73,24 +72,6 @@ def load_model(checkpoint_dir: str, adapter_dir: str | None = None, *, dtype: st
     adapters.check_compatible(meta, adapter, params)
     params = adapters.apply_adapter(params, adapter)
   return adapters.model_from_architecture(meta["model"], dtype=dtype, impl=impl), params
-
-
-def downsampling(model: nn.Module) -> int:
-  """The factor input sizes should be multiples of (the model's size multiple).
-
-  NAFNet and Restormer pad other sizes internally, but padding at every tile's edge would show.
-  """
-  return registry.facts(registry.name_of(model), model).size_multiple
-
-
-def output_scale(model: nn.Module, params: PyTree, channels: int = 3) -> int:
-  """Output pixels per input pixel, from abstract shapes (nothing is compiled or run)."""
-  size = 4 * downsampling(model)
-  x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
-  out = jax.eval_shape(lambda p, v: model.apply({"params": p}, v), params, x)
-  if out.shape[1] % size:
-    raise ValueError(f"Model output {out.shape} is not an integer multiple of its input {x.shape}.")
-  return out.shape[1] // size
 
 
 class Restorer:
@@ -145,14 +126,6 @@ class Restorer:
       return 1
     return (len(tiling.tile_starts(height, self.tile, self.overlap)) *
             len(tiling.tile_starts(width, self.tile, self.overlap)))
-
-
-def write_png(path: pathlib.Path, image: np.ndarray) -> None:
-  """Writes an HWC float image as 8-bit PNG: clamped, *255 and rounded as the metrics round."""
-  pixels = np.asarray(metrics.to_uint8_grid(image)).astype(np.uint8)
-  if pixels.ndim == 3 and pixels.shape[-1] == 1:
-    pixels = pixels[..., 0]  # A grayscale model's output: an 'L' PNG.
-  Image.fromarray(pixels).save(path, format="PNG")
 
 
 class ImageErrors(ValueError):

@@ -25,14 +25,7 @@ from absl import app, flags
 from sr_jax import adapter_bank, adapters, bank_infer, errors, paths, runtime
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "The base (a run's export/params).")
-flags.DEFINE_multi_string("adapter", None, "NAME=DIR of an adapter trained on the base.")
-flags.DEFINE_list("counts", ["1", "2", "4", "8"], "Adapters in the bank.")
-flags.DEFINE_list("batches", ["1", "2", "4", "8"], "Batch sizes (at the largest count).")
-flags.DEFINE_integer("size", 128, "Image side.")
-flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (median).")
-flags.DEFINE_string("output", "", "Also write the markdown report to this file.")
-flags.mark_flags_as_required(["checkpoint", "adapter"])
+
 
 
 def timed(fn: Callable, *args, repeats: int = 5) -> tuple[float, float]:
@@ -106,5 +99,18 @@ def main(argv: list[str]) -> None:
     paths.write_text(FLAGS.output, text + "\n")
 
 
+def _define_flags() -> None:
+  """Flags, defined only when run as a program (tests import this module beside others)."""
+  flags.DEFINE_string("checkpoint", None, "The base (a run's export/params).")
+  flags.DEFINE_multi_string("adapter", None, "NAME=DIR of an adapter trained on the base.")
+  flags.DEFINE_list("counts", ["1", "2", "4", "8"], "Adapters in the bank.")
+  flags.DEFINE_list("batches", ["1", "2", "4", "8"], "Batch sizes (at the largest count).")
+  flags.DEFINE_integer("size", 128, "Image side.")
+  flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (median).")
+  flags.DEFINE_string("output", "", "Also write the markdown report to this file.")
+  flags.mark_flags_as_required(["checkpoint", "adapter"])
+
+
 if __name__ == "__main__":
+  _define_flags()
   app.run(errors.guarded(main))
