@@ -79,6 +79,10 @@ SLOW = {
     "test_nafnet.py::test_shifted_and_xla_impls_agree_forward_and_gradient",
     "test_benchmark.py::test_forward_and_steps_report[restormer]",
     "test_resshift.py::test_with_the_sr3_unet",
+    "test_adapter_bank.py::test_a_mixed_batch_equals_each_image_through_its_merged_adapter"
+    "[restormer-micro-16]",
+    "test_adapter_bank.py::test_the_benchmark_rows_time_both_and_check_every_mixed_row",
+    "test_adapter_bank.py::test_bank_tiles_with_tlc_join_far_closer_than_without",
     "test_restormer.py::test_dual_pixel_preset_takes_two_views",
 }
 
