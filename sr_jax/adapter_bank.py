@@ -7,17 +7,15 @@ of B add nothing: exact) with its own scale (alpha / r, or rsLoRA's alpha / sqrt
 B; and per base leaf any adapter tunes (biases, norms), an (N, ...) stack in which adapters that
 do not tune it hold the base's value. A batch carries one adapter index per image. `apply`
 gathers each row's factors and tuned leaves and runs the model once over the batch (vmapped per
-row): the frozen kernels are shared by every row, and each adapted layer adds its row's own
-low-rank branch, the unmerged formulation of training (sr_jax.lora_branch), as S-LoRA and Punica
-serve language-model adapters. Shapes do not depend on which adapters a batch uses, so a new mix
-never recompiles.
+row), as S-LoRA and Punica serve language-model adapters. Shapes do not depend on which
+adapters a batch uses, so a new mix never recompiles.
 
-Why gathered branches rather than rows grouped per adapter through merged kernels: merged
-kernels per row would stack N copies of every adapted kernel, and grouping needs a shape per
-mix (or padding every group to the batch); the branch adds r (k^2 cin + cout) multiply-adds per
-output pixel to each adapted layer, a few percent of the frozen layer's k^2 cin cout at the
-ranks adapters use. `python -m sr_jax.tools.bank_benchmark` measures the cost against one
-merged adapter.
+How each adapted layer takes its row's adapter: a pointwise kernel (1x1 conv, dense) gets the
+row's factors merged in, W + A B, and stays one batched matrix product per row; any other
+kernel keeps the shared W and adds the row's low-rank branch, computed as matrix products on
+the layer's input patches (a convolution with a per-row kernel lowers to a grouped convolution,
+several times slower on CPU). Rows are not grouped per adapter: groups would need a shape per
+mix. `python -m sr_jax.tools.bank_benchmark` measures the cost against one merged adapter.
 """
 
 from __future__ import annotations
@@ -115,7 +113,7 @@ def _patch_branch(branches: dict[str, tuple[jax.Array, jax.Array]], next_fun, ar
   if context.method_name != "__call__":
     return out
   module = context.module
-  found = branches.get("/".join(str(p) for p in module.scope.path))
+  found = branches.get(lora_branch.module_path(module))
   if found is None:
     return out
   a, b = found
@@ -143,23 +141,24 @@ def build(model: nn.Module, base: PyTree, named: Sequence[tuple[str, adapters_li
   if len(set(names)) != len(names):
     raise ValueError(f"Adapter names must differ; got {list(names)}.")
   base_flat = lora.flatten(base)
+  factors = [lora.flatten(a.lora) for _, a in named]
+  tuned_flats = [lora.flatten(a.tuned_base) for _, a in named]
   kernels = sorted({p for _, a in named for p in a.plan.paths})
   rank = max(a.plan.rank(p) for _, a in named for p in a.plan.paths)
   a_stack, b_stack = {}, {}
   for path in kernels:
     fan_in, cout = int(np.prod(base_flat[path].shape[:-1])), int(base_flat[path].shape[-1])
     a_rows, b_rows = [], []
-    for _, adapter in named:
+    for (_, adapter), flat in zip(named, factors):
       if path in adapter.plan.paths:
-        flat = lora.flatten(adapter.lora)
         a_rows.append(_padded(flat[f"{path}/a"].reshape(fan_in, -1), rank, 1))
         b_rows.append(_padded(flat[f"{path}/b"] * adapter.plan.scale(path), rank, 0))
       else:  # This adapter leaves the kernel as the base has it.
         a_rows.append(jnp.zeros((fan_in, rank), jnp.float32))
         b_rows.append(jnp.zeros((rank, cout), jnp.float32))
     a_stack[path], b_stack[path] = jnp.stack(a_rows), jnp.stack(b_rows)
-  tuned_paths = sorted({p for _, a in named for p in lora.flatten(a.tuned_base)})
-  tuned = {p: jnp.stack([lora.flatten(a.tuned_base).get(p, base_flat[p]) for _, a in named])
+  tuned_paths = sorted({p for flat in tuned_flats for p in flat})
+  tuned = {p: jnp.stack([flat.get(p, base_flat[p]) for flat in tuned_flats])
            for p in tuned_paths}
   plan = lora.LoraPlan(tuple((p, rank) for p in kernels), tuple((p, float(rank)) for p in kernels))
   return AdapterBank(names, model, base, plan, a_stack, b_stack, tuned)
@@ -169,6 +168,14 @@ def load(checkpoint_dir: str, adapter_dirs: Mapping[str, str | os.PathLike], *,
          dtype: str = "float32") -> AdapterBank:
   """A bank from a base export and named adapter exports; every adapter is checked against the
   base before anything is stacked, and one that does not fit is named in the error."""
+  model, base, named = load_parts(checkpoint_dir, adapter_dirs, dtype=dtype)
+  return build(model, base, named)
+
+
+def load_parts(checkpoint_dir: str, adapter_dirs: Mapping[str, str | os.PathLike], *,
+               dtype: str = "float32"
+               ) -> tuple[nn.Module, PyTree, list[tuple[str, adapters_lib.Adapter]]]:
+  """(model, base, named adapters) read and checked as `load` does, before stacking."""
   base, meta = adapters_lib.load_base(checkpoint_dir)
   named = []
   for name, directory in adapter_dirs.items():
@@ -179,5 +186,4 @@ def load(checkpoint_dir: str, adapter_dirs: Mapping[str, str | os.PathLike], *,
       raise ValueError(f"Adapter {name!r} ({directory}) does not fit the base "
                        f"{checkpoint_dir}: {e}") from None
     named.append((name, adapter))
-  model = adapters_lib.model_from_architecture(meta["model"], dtype=dtype)
-  return build(model, base, named)
+  return adapters_lib.model_from_architecture(meta["model"], dtype=dtype), base, named

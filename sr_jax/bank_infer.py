@@ -55,12 +55,10 @@ def named_adapters(values: Sequence[str]) -> dict[str, str]:
 
 def _outputs(images: Sequence[pathlib.Path], out_dir: pathlib.Path, name: str,
              overwrite: bool) -> list[Route]:
-  routes = [(src, out_dir / f"{src.stem}.png", name) for src in images]
-  existing = [dst for _, dst, _ in routes if dst.exists()]
-  if existing and not overwrite:
-    raise UsageError(f"{len(existing)} output(s) already exist (e.g. {existing[0]}); pass "
-                     "--overwrite to replace them.")
-  return routes
+  """Each image with its output (sr_jax.infer's checks: one output per input, none over an
+  input, existing ones only with `overwrite`) and its adapter."""
+  return [(src, dst, name) for src, dst in restore_io.folder_outputs(images, out_dir,
+                                                                      overwrite=overwrite)]
 
 
 def routes(input_dir: str, output_dir: str, names: Sequence[str], route: str, *,
@@ -150,19 +148,18 @@ def restore_routes(restorer: BankRestorer, todo: Sequence[Route], batch: int,
                    write_png) -> list[dict[str, Any]]:
   """Restores every routed image: whole images of equal size in batches across adapters (up to
   `batch`), or tile by tile with tiles; writes each output; one log line per batch."""
-  images = {src: sources.read_image(src) for src, _, _ in todo}
-  groups: dict[tuple[int, ...], list[Route]] = {}
-  for r in todo:
-    groups.setdefault(images[r[0]].shape, []).append(r)
+  groups: dict[tuple[int, int], list[Route]] = {}
+  for r in todo:  # Sizes from the files' headers: images are decoded one batch at a time.
+    groups.setdefault(sources.image_size(r[0]), []).append(r)
   rows = []
   for shape, group in groups.items():
     for start in range(0, len(group), 1 if restorer.tile else batch):
       chunk, began = group[start:start + (1 if restorer.tile else batch)], time.perf_counter()
+      images = [sources.read_image(src) for src, _, _ in chunk]
       if restorer.tile:
-        outs = [restorer.tiled(images[chunk[0][0]], chunk[0][2])]
+        outs = [restorer.tiled(images[0], chunk[0][2])]
       else:
-        outs = restorer.restore(np.stack([images[s] for s, _, _ in chunk]),
-                                [n for _, _, n in chunk])
+        outs = restorer.restore(np.stack(images), [n for _, _, n in chunk])
       for (src, dst, name), out in zip(chunk, outs):
         dst.parent.mkdir(parents=True, exist_ok=True)
         write_png(dst, out)

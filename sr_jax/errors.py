@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from absl import flags
+from absl import app, flags
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 EXPECTED_KINDS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
@@ -101,7 +101,7 @@ def guarded(main: Callable[..., Any]) -> Callable[..., Any]:
                        "checkpoint.\n")
       sys.exit(EXIT_INTERRUPTED)
     except Exception as error:  # pylint: disable=broad-except
-      if type(error).__name__ == "UsageError" and type(error).__module__.startswith("absl"):
+      if isinstance(error, app.UsageError):
         raise  # absl prints its own usage message.
       sys.exit(report(error))
   return run

@@ -54,7 +54,8 @@ from absl import logging
 from sr_jax import adapters, bank_infer, console, errors, runtime, tiling
 from sr_jax import tlc_inference
 from sr_jax.data import sources
-from sr_jax.restore_io import downsampling, output_scale, write_png  # noqa: F401
+from sr_jax.restore_io import (check_overwrite, downsampling, folder_outputs,  # noqa: F401
+                               output_scale, write_png)
 from sr_jax.errors import UsageError
 from sr_jax.diffusion.restorers import (DiffusionRestorer, ResShiftRestorer,  # noqa: F401
                                         diffusion_restorer, is_diffusion)
@@ -169,31 +170,6 @@ def restore_files(restorer: Restorer, pairs: Sequence[tuple[pathlib.Path, pathli
   return report
 
 
-def folder_outputs(paths: Sequence[pathlib.Path], out_dir: pathlib.Path, *,
-                   overwrite: bool = True) -> list[tuple[pathlib.Path, pathlib.Path]]:
-  """(input, out_dir/<stem>.png) pairs; two inputs with one stem, writing over an input, or
-  (without `overwrite`) an existing output is an error."""
-  pairs, seen = [], {}
-  for src in paths:
-    dst = out_dir / f"{src.stem}.png"
-    if dst in seen:
-      raise UsageError(f"{seen[dst].name} and {src.name} would both be written to {dst}.")
-    if dst.exists() and dst.resolve() == src.resolve():
-      raise UsageError(f"Writing {dst} would overwrite the input {src}; choose another --output.")
-    seen[dst] = src
-    pairs.append((src, dst))
-  _check_overwrite([dst for _, dst in pairs], overwrite)
-  return pairs
-
-
-def _check_overwrite(outputs: Sequence[pathlib.Path], overwrite: bool) -> None:
-  existing = [p for p in outputs if p.exists()]
-  if existing and not overwrite:
-    names = ", ".join(p.name for p in existing[:5]) + (" ..." if len(existing) > 5 else "")
-    raise UsageError(f"{len(existing)} output(s) already exist in {existing[0].parent} "
-                     f"({names}); pass --overwrite to replace them, or choose another --output.")
-
-
 def check_writable(directory: pathlib.Path, flag: str = "--output") -> None:
   """Creates `directory` if needed and writes (then deletes) a file there; one-line UsageError
   when either fails, before any model is loaded or image restored."""
@@ -241,7 +217,7 @@ def plan_outputs(input_path: str, output_path: str, *,
   if dst.exists() and dst.resolve() == src.resolve():
     raise UsageError(f"--output {dst} is the --input; choose another file.")
   check_writable(dst.parent)
-  _check_overwrite([dst], overwrite)
+  check_overwrite([dst], overwrite)
   return [(src, dst)]
 
 

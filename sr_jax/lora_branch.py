@@ -50,7 +50,8 @@ FORMULATIONS = ("auto", "merged", "unmerged")
 _SUPPORTED = (layers.Conv, layers.Conv1x1, nn.Dense, nn.Conv)
 
 
-def _module_path(module: nn.Module) -> str:
+def module_path(module: nn.Module) -> str:
+  """A module's path in the parameter tree ('encoders_0_0/conv1'), what branches are keyed by."""
   return "/".join(str(p) for p in module.scope.path)
 
 
@@ -75,7 +76,7 @@ def branch(module: nn.Module, x: jax.Array, a: jax.Array, b: jax.Array,
     out = _flax_conv_branch(module, x, a, b)
   else:
     raise TypeError(f"No unmerged LoRA branch for {type(module).__name__} at "
-                    f"{_module_path(module)}; set config.lora.formulation='merged'.")
+                    f"{module_path(module)}; set config.lora.formulation='merged'.")
   return out * jnp.asarray(scale, dtype)
 
 
@@ -102,7 +103,7 @@ def _interceptor(branches: dict[str, tuple[jax.Array, jax.Array, float]], next_f
   out = next_fun(*args, **kwargs)
   if context.method_name != "__call__":
     return out
-  found = branches.get(_module_path(context.module))
+  found = branches.get(module_path(context.module))
   if found is None:
     return out
   a, b, scale = found
@@ -150,7 +151,7 @@ def layer_costs(model: nn.Module, base: PyTree, plan: lora.LoraPlan, *inputs: An
 
   def record(next_fun, args, kw, context):
     out = next_fun(*args, **kw)
-    path = _module_path(context.module)
+    path = module_path(context.module)
     if context.method_name == "__call__" and path in kernels:
       seen[path] = (context.module, tuple(out.shape))
     return out
@@ -159,12 +160,12 @@ def layer_costs(model: nn.Module, base: PyTree, plan: lora.LoraPlan, *inputs: An
     jax.eval_shape(lambda p, *x: model.apply({"params": p}, *x, **kwargs), base, *inputs)
   shapes = {path: tuple(leaf.shape) for path, leaf in lora.flatten(base).items()}
   costs = []
-  for module_path, path in kernels.items():
-    if module_path not in seen:
+  for layer_path, path in kernels.items():
+    if layer_path not in seen:
       raise ValueError(f"The adapted kernel {path} belongs to no layer the model calls.")
-    module, out_shape = seen[module_path]
+    module, out_shape = seen[layer_path]
     if not isinstance(module, _SUPPORTED):
-      raise TypeError(f"No unmerged LoRA branch for {type(module).__name__} at {module_path}; "
+      raise TypeError(f"No unmerged LoRA branch for {type(module).__name__} at {layer_path}; "
                       "set config.lora.formulation='merged'.")
     fan_in, cout, groups = _kernel_geometry(module, shapes[path])
     r, pixels = plan.rank(path), math.prod(out_shape[:-1])

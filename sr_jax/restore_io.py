@@ -1,4 +1,5 @@
-"""What every restorer shares: a model's size multiple and output scale, and PNG writing.
+"""What every restorer shares: a model's size multiple and output scale, the output file of each
+input (checked before any work), and PNG writing.
 
 Used by sr_jax.infer (one adapter) and sr_jax.bank_infer (an adapter bank); kept apart so that
 neither imports the other.
@@ -7,6 +8,7 @@ neither imports the other.
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -16,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from sr_jax import metrics
+from sr_jax.errors import UsageError
 from sr_jax.models import registry
 
 PyTree = Any
@@ -45,3 +48,29 @@ def write_png(path: pathlib.Path, image: np.ndarray) -> None:
   if pixels.ndim == 3 and pixels.shape[-1] == 1:
     pixels = pixels[..., 0]  # A grayscale model's output: an 'L' PNG.
   Image.fromarray(pixels).save(path, format="PNG")
+
+
+def folder_outputs(paths: Sequence[pathlib.Path], out_dir: pathlib.Path, *,
+                   overwrite: bool = True) -> list[tuple[pathlib.Path, pathlib.Path]]:
+  """(input, out_dir/<stem>.png) pairs; two inputs with one stem, writing over an input, or
+  (without `overwrite`) an existing output is an error."""
+  pairs, seen = [], {}
+  for src in paths:
+    dst = out_dir / f"{src.stem}.png"
+    if dst in seen:
+      raise UsageError(f"{seen[dst].name} and {src.name} would both be written to {dst}.")
+    if dst.exists() and dst.resolve() == src.resolve():
+      raise UsageError(f"Writing {dst} would overwrite the input {src}; choose another --output.")
+    seen[dst] = src
+    pairs.append((src, dst))
+  check_overwrite([dst for _, dst in pairs], overwrite)
+  return pairs
+
+
+def check_overwrite(outputs: Sequence[pathlib.Path], overwrite: bool) -> None:
+  """Refuses outputs that already exist unless `overwrite`, naming a few of them."""
+  existing = [p for p in outputs if p.exists()]
+  if existing and not overwrite:
+    names = ", ".join(p.name for p in existing[:5]) + (" ..." if len(existing) > 5 else "")
+    raise UsageError(f"{len(existing)} output(s) already exist in {existing[0].parent} "
+                     f"({names}); pass --overwrite to replace them, or choose another --output.")

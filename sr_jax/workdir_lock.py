@@ -102,6 +102,31 @@ def process_alive(pid: int, started_unix: float | None = None) -> bool:
   return True
 
 
+def heartbeat_age(holder: dict[str, Any]) -> float:
+  """Seconds since a lock body's holder last renewed it."""
+  return time.time() - float(holder.get("heartbeat_unix", 0) or 0)
+
+
+class _Heartbeat:
+  """A daemon thread that stamps `body['heartbeat_unix']` and calls `write` every `interval_s`
+  until stopped: the renewal both lock kinds hold their lease by."""
+
+  def __init__(self, body: dict[str, Any], write, interval_s: float, name: str):
+    self.body, self.write, self.interval_s = body, write, interval_s
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, daemon=True, name=name)
+    self._thread.start()
+
+  def _run(self) -> None:
+    while not self._stop.wait(self.interval_s):
+      self.body["heartbeat_unix"] = time.time()
+      self.write()
+
+  def stop(self) -> None:
+    self._stop.set()
+    self._thread.join()
+
+
 class _FileLock:
   """flock on a local lock file; the JSON body names the holder and is a lease too: a thread
   renews its heartbeat every `heartbeat_s`, so where a file system ignores flock (some network
@@ -115,8 +140,7 @@ class _FileLock:
     self.stale_s = STALE_S if stale_s is None else stale_s
     self._fd: int | None = None
     self._body: dict[str, Any] = {}
-    self._stop = threading.Event()
-    self._thread: threading.Thread | None = None
+    self._beat: _Heartbeat | None = None
 
   def _holder_lives(self, previous: dict[str, Any]) -> bool:
     """Whether the previous body's holder may still run: alive on this host, or on another
@@ -125,8 +149,7 @@ class _FileLock:
       return False
     if previous.get("host") == socket.gethostname():
       return process_alive(previous.get("pid"), previous.get("started_unix"))
-    age = time.time() - float(previous.get("heartbeat_unix", 0) or 0)
-    return age < self.stale_s
+    return heartbeat_age(previous) < self.stale_s
 
   def acquire(self) -> None:
     import fcntl  # pylint: disable=g-import-not-at-top  # POSIX only.
@@ -147,30 +170,17 @@ class _FileLock:
                     f"{describe(previous)}) ended without releasing it.", stacklevel=3)
     self._fd, self._body = fd, _body()
     self._write()
-    self._stop.clear()
-    self._thread = threading.Thread(target=self._renew, daemon=True, name="workdir-heartbeat")
-    self._thread.start()
+    self._beat = _Heartbeat(self._body, self._write, self.heartbeat_s, "workdir-heartbeat")
 
   def _write(self) -> None:
     os.ftruncate(self._fd, 0)
     os.pwrite(self._fd, json.dumps(self._body, indent=1).encode(), 0)
     os.fsync(self._fd)
 
-  def _renew(self) -> None:
-    while not self._stop.wait(self.heartbeat_s):
-      self._body["heartbeat_unix"] = time.time()
-      try:
-        self._write()
-      except (OSError, TypeError):  # Released meanwhile (fd closed).
-        return
-
   def release(self) -> None:
     if self._fd is None:
       return
-    self._stop.set()
-    if self._thread is not None:
-      self._thread.join()
-      self._thread = None
+    self._beat.stop()  # Before the file closes: no renewal writes to a closed descriptor.
     os.ftruncate(self._fd, 0)  # An empty body: released cleanly, not stale.
     os.close(self._fd)  # Closing drops the flock.
     self._fd = None
@@ -184,8 +194,7 @@ class _LeaseLock:
     self.workdir, self.path = workdir, f"{workdir.rstrip('/')}/{LOCK_NAME}"
     self.heartbeat_s, self.stale_s, self.read_back_s = heartbeat_s, stale_s, read_back_s
     self._body: dict[str, Any] | None = None
-    self._stop = threading.Event()
-    self._thread: threading.Thread | None = None
+    self._beat: _Heartbeat | None = None
 
   def _read(self) -> dict[str, Any]:
     return _parse(paths.read_text(self.path)) if paths.exists(self.path) else {}
@@ -194,7 +203,7 @@ class _LeaseLock:
     paths.makedirs(self.workdir)
     previous = self._read()
     if previous:
-      age = time.time() - float(previous.get("heartbeat_unix", 0))
+      age = heartbeat_age(previous)
       if age < self.stale_s:
         raise _refusal(self.workdir, self.path, previous)
       warnings.warn(f"Taking over a stale lock on {self.workdir}: its holder "
@@ -205,20 +214,16 @@ class _LeaseLock:
     winner = self._read()
     if winner.get("token") != self._body["token"]:
       raise _refusal(self.workdir, self.path, winner)
-    self._thread = threading.Thread(target=self._renew, daemon=True, name="workdir-lease")
-    self._thread.start()
+    self._beat = _Heartbeat(self._body, self._write, self.heartbeat_s, "workdir-lease")
 
-  def _renew(self) -> None:
-    while not self._stop.wait(self.heartbeat_s):
-      self._body["heartbeat_unix"] = time.time()
-      paths.write_text(self.path, json.dumps(self._body))
+  def _write(self) -> None:
+    paths.write_text(self.path, json.dumps(self._body))
 
   def release(self) -> None:
-    if self._thread is None:
+    if self._beat is None:
       return
-    self._stop.set()
-    self._thread.join()
-    self._thread = None
+    self._beat.stop()
+    self._beat = None
     if self._read().get("token") == self._body["token"]:
       paths.write_text(self.path, "")
 

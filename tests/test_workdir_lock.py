@@ -104,8 +104,7 @@ def test_lease_lock_for_object_stores(tmp_path):
   second = workdir_lock._LeaseLock(str(tmp_path), stale_s=1.0, read_back_s=0)
   with pytest.raises(workdir_lock.WorkdirLocked, match=f"pid {os.getpid()}"):
     second.acquire()
-  first._stop.set()  # The holder "dies": no more renewals.
-  first._thread.join()
+  first._beat.stop()  # The holder "dies": no more renewals.
   time.sleep(1.2)
   with pytest.warns(UserWarning, match="has not renewed it"):
     second.acquire()

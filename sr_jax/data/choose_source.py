@@ -62,6 +62,10 @@ class Records:
       raise IndexError(f"Record {index} of {len(self)}.")
     return self.source[self.start + index]
 
+  def sizes(self) -> list[tuple[int, int]]:
+    """(height, width) of these records (their source must say: in-memory or folder images)."""
+    return self.source.sizes()[self.start:self.stop]
+
   def __repr__(self) -> str:
     return f"Records([{self.start}, {self.stop}) of {self.source!r})"
 

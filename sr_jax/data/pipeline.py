@@ -230,14 +230,10 @@ def train_image_side(data_config: Any, degradation: Any = None) -> int:
   how much larger an image to restore is (sr_jax.tlc_inference)."""
   spec = degradations.as_spec(data_config.degradation if degradation is None else degradation)
   source = choose_source.make_source(data_config, "train", spec.effective_scale)
-  start, stop = getattr(source, "start", 0), getattr(source, "stop", len(source))
-  inner = getattr(source, "source", source)
-  if hasattr(inner, "files"):
-    sides = [min(sources.image_size(f)) for f in inner.files[start:stop]]
-  elif hasattr(inner, "_images"):
-    sides = [min(image.shape[:2]) for image in inner._images[start:stop]]  # pylint: disable=protected-access
-  else:
+  inner = getattr(source, "source", source)  # A few-shot or validation slice: its source.
+  if not hasattr(inner, "sizes"):
     return 0
+  sides = [min(size) for size in source.sizes()]
   return int(np.median(sides)) if sides else 0
 
 
@@ -258,10 +254,13 @@ def center_crop(image: np.ndarray, max_size: int, max_width: int | None = None,
 
 
 def crop_windows(height: int, width: int, size: int, count: int) -> list[tuple[int, int]]:
-  """(top, left) of `count` crops of `size` (clipped to the image) spread evenly over it: the
-  centre crop when count is 1, else crops centred on the cells of a ceil(sqrt(count))-square
-  grid over the image (row by row, the first `count`), kept inside the image."""
+  """(top, left) of `count` crops of `size` (clipped to the image; <= 0: the whole image)
+  spread evenly over it: the centre crop when count is 1, else crops centred on the cells of a
+  ceil(sqrt(count))-square grid over the image (row by row, the first `count`), kept inside
+  the image."""
   size_h, size_w = (height, width) if size <= 0 else (min(height, size), min(width, size))
+  if count == 1:  # As center_crop places it.
+    return [((height - size_h) // 2, (width - size_w) // 2)]
   side = math.ceil(math.sqrt(count))
 
   def starts(extent: int, crop: int) -> list[int]:
@@ -298,16 +297,11 @@ def make_eval_set(data_config: Any, *, seed: int, degradation: Any = None) -> li
       gt = center_crop(gt, lq.shape[0] * scale, lq.shape[1] * scale, scale)
       examples.append({"name": name, "lq": lq, "gt": np.ascontiguousarray(gt)})
       continue
-    image = record["image"]
-    for j, (top, left) in enumerate(crop_windows(*image.shape[:2], data_config.eval_max_size,
-                                                 crops)):
-      if crops == 1:
-        clean = center_crop(image, data_config.eval_max_size)
-        top = (image.shape[0] - clean.shape[0]) // 2
-        left = (image.shape[1] - clean.shape[1]) // 2
-      else:
-        size = data_config.eval_max_size
-        clean = image[top:top + size, left:left + size]
+    image, size = record["image"], data_config.eval_max_size
+    height, width = (image.shape[:2] if size <= 0 else
+                     (min(image.shape[0], size), min(image.shape[1], size)))
+    for j, (top, left) in enumerate(crop_windows(*image.shape[:2], size, crops)):
+      clean = image[top:top + height, left:left + width]
       window = ops.Window(top, left, *image.shape[:2])
       lq, gt = degradations.make_pair(clean, np.random.default_rng([seed, len(examples)]),
                                       spec, window)

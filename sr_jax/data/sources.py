@@ -249,6 +249,10 @@ class ImageSource:
   def __getitem__(self, index: int) -> dict[str, Any]:
     return {"image": self._images[index], "index": int(index)}
 
+  def sizes(self) -> list[tuple[int, int]]:
+    """(height, width) of every image."""
+    return [tuple(image.shape[:2]) for image in self._images]
+
   def __repr__(self) -> str:
     more = ", ..." if len(self) > 5 else ""
     return f"ImageSource({len(self)} images: {', '.join(self.names[:5])}{more})"
@@ -286,6 +290,10 @@ class FolderSource:
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     return {"image": read_image(self.files[index]), "index": int(index)}
+
+  def sizes(self) -> list[tuple[int, int]]:
+    """(height, width) of every file, from the headers (nothing is decoded)."""
+    return [image_size(f) for f in self.files]
 
   def __repr__(self) -> str:
     return f"FolderSource({len(self)} files in {self.files[0].parent})"

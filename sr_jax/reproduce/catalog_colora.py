@@ -8,6 +8,7 @@ from sr_jax.reproduce import render
 from sr_jax.reproduce.table import Region, Step, Table, main_job
 
 DEMO_SEEDS = (0, 1, 2)
+DEMO_IMAGES = "12 held-out 128x128 crops of 3 photos"  # data.eval_crops=4 of the demos.
 
 _SEED_COLUMNS = (
     ("psnr", "PSNR (dB)", lambda v: render.spread(v, 2)),
@@ -44,8 +45,7 @@ DEMO = Table(
     name="demo",
     what="The README's demo: PROD base + CoLoRA on haze, tiny NAFNet, three seeds.",
     steps=_seed_steps("configs/colora_nafnet.py:demo", DEMO_SEEDS),
-    regions=(Region("README.md", _seed_table(DEMO_SEEDS,
-                                             "12 held-out 128x128 crops of 3 photos")),),
+    regions=(Region("README.md", _seed_table(DEMO_SEEDS, DEMO_IMAGES)),),
     wall_time="10m28s (measured 2026-12-07; 3 runs of 3.5 minutes)",
 )
 
@@ -53,8 +53,7 @@ COLORA_ABLATION = Table(
     name="colora_demo_ablation",
     what="docs/colora.md: the demo's three arms (full, uniform LoRA, CoLoRA), three seeds.",
     steps=_seed_steps("configs/colora_nafnet.py:demo_ablation", DEMO_SEEDS),
-    regions=(Region("docs/colora.md", _seed_table(DEMO_SEEDS,
-                                                  "12 held-out 128x128 crops of 3 photos")),),
+    regions=(Region("docs/colora.md", _seed_table(DEMO_SEEDS, DEMO_IMAGES)),),
     wall_time="not measured alone yet (estimate: about 27 minutes (3 runs of 9))",
 )
 
@@ -62,8 +61,7 @@ COLORA_RESTORMER = Table(
     name="colora_restormer_demo",
     what="docs/colora.md: CoLoRA's arms on a micro Restormer (haze), one seed.",
     steps=(main_job("configs/colora_restormer.py:demo_ablation", "{workdir}/seed0", "seed=0"),),
-    regions=(Region("docs/colora.md", _seed_table((0,),
-                                                  "12 held-out 128x128 crops of 3 photos")),),
+    regions=(Region("docs/colora.md", _seed_table((0,), DEMO_IMAGES)),),
     wall_time="not measured alone yet (estimate: about 15 minutes)",
 )
 

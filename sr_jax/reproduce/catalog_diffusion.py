@@ -17,7 +17,7 @@ def _finetune(workdir: str) -> str:
   for i, (arm, _) in enumerate(_ARMS):
     found = render.results(os.path.join(workdir, arm))
     for label, row in found.items():
-      shared = label in ("bicubic", "base", "base @ general set")
+      shared = label in render.SHARED_ROWS
       if shared and i:
         continue  # bicubic and the base are the same in every arm's table.
       rows.append((label if shared else f"{arm}: {label}", row))
@@ -49,6 +49,7 @@ SR3_SAMPLERS = Table(
     wall_time=("not measured alone yet "
                "(estimate: about 45 minutes with the base (DDPM: about a minute per image))"),
 )
+
 
 def _resshift(workdir: str) -> str:
   found = render.results(os.path.join(workdir, "run"))

@@ -44,10 +44,8 @@ _L1_ONLY = ("gan.gan_weight=0", "gan.perceptual_weight=0", "gan.pixel_weight=1")
 
 def _esrgan_lora(workdir: str) -> str:
   gan, l1 = (render.results(os.path.join(workdir, d)) for d in ("gan", "l1"))
-  rows = [(f"{a}" if a in ("bicubic", "base", "base @ general set") else f"{a} (GAN objective)",
-           r) for a, r in gan.items()]
-  rows += [(f"{a} (L1 objective)", r) for a, r in l1.items()
-           if a not in ("bicubic", "base", "base @ general set")]
+  rows = [(a if a in render.SHARED_ROWS else f"{a} (GAN objective)", r) for a, r in gan.items()]
+  rows += [(f"{a} (L1 objective)", r) for a, r in l1.items() if a not in render.SHARED_ROWS]
   return ("Text (scikit-image's 'text') is the new domain; '@ general set' rows are the "
           "held-out photos (what the transfer forgets). PSNR/SSIM on Y, crop 4.\n\n" +
           render.rows_table(rows, ("psnr", "ssim", "lpips_alex", "trainable", "trainable_pct",

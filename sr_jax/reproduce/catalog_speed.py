@@ -9,6 +9,7 @@ from sr_jax.reproduce import render
 from sr_jax.reproduce.table import Region, Step, Table, main_job
 
 _BENCH = "sr_jax.tools.benchmark"
+_RANDOM_INPUTS = "nothing (random inputs); PyTorch (torch==2.13.0, CPU) for its column"
 _STEPS = (
     Step(_BENCH, ("--skip_forward", "--arms", "full,lora", "--steps", "5", "--layers",
                   "--output", "{workdir}/nafnet.md")),
@@ -44,7 +45,7 @@ SPEED = Table(
     what="docs/speed.md: training-step time, FLOPs and memory, full vs LoRA, beside PyTorch.",
     steps=_STEPS,
     regions=(Region("docs/speed.md", _speed),),
-    needs="nothing (random inputs); PyTorch (torch==2.13.0, CPU) for its column",
+    needs=_RANDOM_INPUTS,
     wall_time="not yet measured alone",
     packages=("torch",),
 )
@@ -56,7 +57,7 @@ RESTORMER_SPEED = Table(
                          "--config.loss.kind=l1", "--batch", "2", "--forward_batch", "1",
                          "--arms", "full", "--output", "{workdir}/restormer.md")),),
     regions=(Region("docs/speed.md", render.tool_report("restormer.md")),),
-    needs="nothing (random inputs); PyTorch (torch==2.13.0, CPU) for its column",
+    needs=_RANDOM_INPUTS,
     wall_time="not yet measured alone",
     packages=("torch",),
 )

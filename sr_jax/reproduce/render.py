@@ -17,6 +17,8 @@ import numpy as np
 from sr_jax import jsonfile
 
 Rows = dict[str, dict[str, Any]]
+# Rows every arm of an SR comparison shares: bicubic, and the untouched base on both sets.
+SHARED_ROWS = ("bicubic", "base", "base @ general set")
 
 
 def results(run_dir: str) -> Rows:

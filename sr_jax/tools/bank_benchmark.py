@@ -82,8 +82,8 @@ def main(argv: list[str]) -> None:
   del argv
   runtime.setup()
   dirs = bank_infer.named_adapters(FLAGS.adapter)
-  bank = adapter_bank.load(FLAGS.checkpoint, dirs)
-  named = [(n, adapters.load_adapter(d)) for n, d in dirs.items()]
+  model, base, named = adapter_bank.load_parts(FLAGS.checkpoint, dirs)
+  bank = adapter_bank.build(model, base, named)
   counts, batches = [int(c) for c in FLAGS.counts], [int(b) for b in FLAGS.batches]
   largest = max(batches)
   rows = [measure(bank, named, c, largest, FLAGS.size, FLAGS.repeats) for c in counts]
