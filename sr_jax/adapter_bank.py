@@ -10,18 +10,20 @@ gathers each row's factors and tuned leaves and runs the model once over the bat
 row), as S-LoRA and Punica serve language-model adapters. Shapes do not depend on which
 adapters a batch uses, so a new mix never recompiles.
 
-How each adapted layer takes its row's adapter: a pointwise kernel (1x1 conv, dense) gets the
-row's factors merged in, W + A B, and stays one batched matrix product per row; any other
-kernel keeps the shared W and adds the row's low-rank branch, computed as matrix products on
-the layer's input patches (a convolution with a per-row kernel lowers to a grouped convolution,
-several times slower on CPU). Rows are not grouped per adapter: groups would need a shape per
-mix. `python -m sr_jax.tools.bank_benchmark` measures the cost against one merged adapter.
+How each row takes its adapter: every adapted kernel gets the row's factors merged in, W + A B
+(per row, so a kernel is (N, ...) across the batch), and every convolution runs as matrix
+products (`matmul_conv`: 1x1 convs and NAFNet's 2x2 stride-2 down-samplings are one already;
+3x3 convs go through their input patches or, when they have fewer output than input channels,
+through each pixel's product with every kernel tap). A per-row kernel then costs one batched
+matrix product, where XLA's convolution would turn into a grouped one (several times slower on
+CPU) and an unmerged branch would add a second pass over the layer's input. Rows are not
+grouped per adapter: groups would need a shape per mix. `python -m
+sr_jax.tools.bank_benchmark` measures the cost against one merged adapter.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sr_jax import adapters as adapters_lib, lora, lora_branch
+from sr_jax import adapters as adapters_lib, lora
 from sr_jax.models import layers
 
 PyTree = Any
@@ -65,28 +67,21 @@ class AdapterBank:
   def apply(self, arrays: Mapping[str, Any], images: jax.Array, index: jax.Array) -> jax.Array:
     """The model on a batch (N, H, W, C), row i through adapter `index[i]`.
 
-    Per row (vmapped): pointwise kernels (1x1 convs, dense) get the row's factors merged in,
-    W + A B, so the layer stays one batched matrix product per row; the other kernels keep
-    the shared W and add the row's branch as products on the layer's input patches (a conv
-    with a per-row kernel would lower to a grouped convolution, several times slower on CPU).
+    Per row (vmapped), every adapted kernel gets the row's factors merged in, W + A B, and
+    every convolution runs as matrix products (`matmul_conv`), so a per-row kernel becomes one
+    batched matrix product rather than a grouped convolution.
     """
     base_flat = lora.flatten(arrays["base"])
-    pointwise = {p for p in self.plan.paths if _pointwise(base_flat[p].shape)}
 
     def one(a, b, tuned, image):
       flat = dict(base_flat, **tuned)
-      for p in pointwise:
+      for p in a:
         flat[p] = lora.effective_kernel(flat[p], a[p], b[p], 1.0)
-      branches = {p.rpartition("/")[0]: (a[p], b[p]) for p in a if p not in pointwise}
-      with nn.intercept_methods(functools.partial(_patch_branch, branches)):
+      with nn.intercept_methods(_matmul_convs):
         return self.model.apply({"params": lora.unflatten(flat)}, image[None])[0]
 
     take = lambda stacks: {p: v[index] for p, v in stacks.items()}
     return jax.vmap(one)(take(arrays["a"]), take(arrays["b"]), take(arrays["tuned"]), images)
-
-
-def _pointwise(shape: Sequence[int]) -> bool:
-  return len(shape) == 2 or tuple(shape[:-2]) == (1, 1)
 
 
 def patches(x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int],
@@ -94,36 +89,62 @@ def patches(x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int],
   """(N, Ho, Wo, kh*kw*C) input patches of a convolution, in (kh, kw, C) order (that of a
   kernel (kh, kw, C, c) flattened): shifted strided slices, no arithmetic."""
   (kh, kw), (sh, sw) = kernel_size, strides
-  if padding == "SAME":
-    padding = [((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2)]
-  elif padding == "VALID":
-    padding = [(0, 0), (0, 0)]
-  xp = jnp.pad(x, [(0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)])
+  xp = jnp.pad(x, [(0, 0), *_pads(padding, kh, kw), (0, 0)])
   ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
   cells = [xp[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :]
            for i in range(kh) for j in range(kw)]
   return jnp.stack(cells, axis=3).reshape(x.shape[0], ho, wo, -1)
 
 
-def _patch_branch(branches: dict[str, tuple[jax.Array, jax.Array]], next_fun, args, kwargs,
-                  context):
-  """Adds (patches(x) A) B to the output of each layers.Conv with a branch; other layers
-  with one (flax convs) take lora_branch's branch."""
-  out = next_fun(*args, **kwargs)
-  if context.method_name != "__call__":
-    return out
+def _pads(padding: str | Sequence[tuple[int, int]], kh: int, kw: int) -> list[tuple[int, int]]:
+  """Explicit (before, after) paddings of height and width (stride-1 'SAME')."""
+  if padding == "SAME":
+    return [((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2)]
+  if padding == "VALID":
+    return [(0, 0), (0, 0)]
+  return [tuple(p) for p in padding]
+
+
+def matmul_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
+                padding: str | Sequence[tuple[int, int]], precision: Any = None) -> jax.Array:
+  """A convolution (NHWC, kernel (kh, kw, cin, cout)) as one 2-D matrix product, through the
+  smaller of two intermediates: the input patches (kh*kw*cin per pixel, then a product to
+  cout) or, for stride 1 and cout < cin, the products of every pixel with every kernel tap
+  (kh*kw*cout per pixel) summed at their shifted places. Equal to the convolution up to float
+  rounding; with a per-row kernel under vmap either is a batched matrix product, where XLA's
+  convolution becomes a grouped one (several times slower on CPU)."""
+  kh, kw, cin, cout = kernel.shape
+  if tuple(strides) != (1, 1) or cout >= cin:
+    cols = patches(x, (kh, kw), strides, padding)
+    return layers.pixel_matmul(cols, kernel.reshape(kh * kw * cin, cout), precision)
+  n, h, w, _ = x.shape
+  taps = layers.pixel_matmul(x, kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout),
+                              precision)
+  (top, bottom), (left, right) = _pads(padding, kh, kw)
+  taps = jnp.pad(taps.reshape(n, h, w, kh * kw, cout),
+                 [(0, 0), (top, bottom), (left, right), (0, 0), (0, 0)])
+  ho, wo = h + top + bottom - kh + 1, w + left + right - kw + 1
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      term = taps[:, i:i + ho, j:j + wo, i * kw + j]
+      out = term if out is None else out + term
+  return out
+
+
+def _matmul_convs(next_fun, args, kwargs, context):
+  """Runs layers.Conv's kernel application as `matmul_conv` where it would be XLA's
+  convolution (its space-to-depth and 1x1 forms are matrix products already)."""
   module = context.module
-  found = branches.get(lora_branch.module_path(module))
-  if found is None:
-    return out
-  a, b = found
-  if not isinstance(module, layers.Conv):
-    return out + lora_branch.branch(module, args[0], a, b, 1.0).astype(out.dtype)
-  x = args[0].astype(out.dtype)
-  cols = patches(x, layers.pair(module.kernel_size), layers.pair(module.strides),
-                 layers._padding(module.padding))  # pylint: disable=protected-access
-  z = jnp.einsum("nhwk,kr->nhwr", cols, a.astype(out.dtype))
-  return out + jnp.einsum("nhwr,rc->nhwc", z, b.astype(out.dtype))
+  if context.method_name != "apply_kernel" or type(module) is not layers.Conv:  # pylint: disable=unidiomatic-typecheck
+    return next_fun(*args, **kwargs)
+  shifted = layers.resolve_impl(module.impl) == "shifted"
+  if shifted and module._is_patchify():  # pylint: disable=protected-access
+    return next_fun(*args, **kwargs)
+  x, kernel = (jnp.asarray(v, module.dtype) for v in args)
+  return matmul_conv(x, kernel, layers.pair(module.strides),
+                     layers._padding(module.padding),  # pylint: disable=protected-access
+                     module.precision)
 
 
 def _padded(matrix: jax.Array, rank: int, axis: int) -> jax.Array:

@@ -45,6 +45,21 @@ def _setup(name, preset, size):
   return model, base, arch, named
 
 
+@pytest.mark.parametrize("cin,cout,size,stride,padding", [
+    (3, 16, 3, 1, "SAME"), (16, 3, 3, 1, "SAME"), (8, 4, 3, 1, [(1, 1), (1, 1)]),
+    (8, 16, 2, 2, "VALID"), (6, 4, 3, 2, [(1, 1), (1, 1)]), (5, 2, 4, 1, "SAME")])
+def test_matmul_conv_equals_xla_convolution(cin, cout, size, stride, padding):
+  """Both intermediates (patches; per-tap products, taken when cout < cin at stride 1) give
+  lax's convolution, including an even kernel's asymmetric 'SAME' padding."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 10, cin))
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (size, size, cin, cout))
+  expected = jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  got = adapter_bank.matmul_conv(x, kernel, (stride, stride), padding)
+  assert got.shape == expected.shape
+  np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("name,preset,size", [("nafnet", "micro", 16), ("restormer", "micro", 16)])
 def test_a_mixed_batch_equals_each_image_through_its_merged_adapter(name, preset, size):
   model, base, _, named = _setup(name, preset, size)
