@@ -69,4 +69,38 @@ RESSHIFT_DEMO = Table(
     wall_time="12m21s (measured 2026-12-07; 2.1 steps/s alone)",
 )
 
-TABLES = (SR3_FINETUNE, SR3_SAMPLERS, RESSHIFT_DEMO)
+RESSHIFT_KAPPAS = (0.5, 2.0, 4.0, 8.0, 16.0)
+RESSHIFT_CURVES = (2.0, 16.0)  # The paper's kappa and the demo's.
+_KAPPA_DIRS = {k: f"{{workdir}}/kappa{k:g}" for k in RESSHIFT_KAPPAS}
+
+
+def _kappa_table(workdir: str) -> str:
+  rows = []
+  for k in RESSHIFT_KAPPAS:
+    found = render.results(_KAPPA_DIRS[k].format(workdir=workdir))
+    if k == RESSHIFT_KAPPAS[0]:
+      rows.append(("bicubic", found["bicubic"]))
+    rows += [(f"kappa = {k:g}", row) for label, row in found.items() if label != "bicubic"]
+  return ("The ResShift demo (configs/resshift.py:demo) trained once per kappa, everything else "
+          "equal; the held-out photos as in the demo's table (Y channel, crop 4; 15 sampling "
+          "steps from the EMA of weights).\n\n" +
+          render.rows_table(rows, ("psnr", "ssim", "lpips_alex", "consistency",
+                                   "seconds_per_image"), first_header="run"))
+
+
+RESSHIFT_KAPPA = Table(
+    name="resshift_kappa",
+    what="docs/diffusion.md: the ResShift demo's noise scale kappa, and where its chain drifts.",
+    steps=tuple(main_job("configs/resshift.py:demo", _KAPPA_DIRS[k], f"resshift.kappa={k}")
+                for k in RESSHIFT_KAPPAS) + (
+        Step("sr_jax.tools.resshift_curves", (
+            "--config", "configs/resshift.py:demo", "--samples", "0", "--checkpoint",
+            ",".join(f"{_KAPPA_DIRS[k]}/export/params" for k in RESSHIFT_CURVES),
+            "--output", "{workdir}/curves.md")),),
+    regions=(Region("docs/diffusion.md", _kappa_table),
+             Region("docs/diffusion.md", render.tool_report("curves.md"), key="curves")),
+    wall_time=("about 65 minutes (measured 2026-12-07 run by run, alone: 12 minutes per kappa, "
+               "4 for the curves)"),
+)
+
+TABLES = (SR3_FINETUNE, SR3_SAMPLERS, RESSHIFT_DEMO, RESSHIFT_KAPPA)

@@ -7,7 +7,8 @@ r"""An adapter bank's mixed batch against the same batch through one merged adap
 For each bank size N (the given adapters repeated to fill it) a batch whose rows cycle through
 all N adapters runs through `AdapterBank.apply`; the baseline is the same batch through one
 adapter merged into the base (`model.apply` on `adapters.apply_adapter`), what serving one
-task costs. Both are jitted and warmed; times are medians of --repeats, in this one process.
+task costs. Both are jitted and warmed; they take turns --repeats times in this one process
+and each time is the median of its turns.
 Memory is XLA's analysis of each compiled program (temporaries + arguments). Every mixed row
 is also checked against its own adapter merged and run alone (the largest difference).
 """
@@ -28,22 +29,30 @@ FLAGS = flags.FLAGS
 
 
 
-def timed(fn: Callable, *args, repeats: int = 5) -> tuple[float, float]:
-  """(median ms after one warm-up call, compiled memory MiB: temporaries + arguments)."""
+def compiled_program(fn: Callable, *args) -> tuple[Callable, float]:
+  """(fn jitted, compiled for args and warmed once, its compiled memory MiB: temporaries +
+  arguments)."""
   compiled = jax.jit(fn).lower(*args).compile()
   jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(1000 * (time.perf_counter() - start))
   mem = compiled.memory_analysis()
   mib = (mem.temp_size_in_bytes + mem.argument_size_in_bytes) / 2**20 if mem else float("nan")
-  return statistics.median(times), mib
+  return compiled, mib
+
+
+def interleaved_ms(calls: list[tuple[Callable, tuple]], repeats: int) -> list[float]:
+  """Median ms of each (compiled, args) call, the calls taking turns `repeats` times, so that
+  whatever else loads the machine meanwhile weighs on each alike."""
+  times: list[list[float]] = [[] for _ in calls]
+  for _ in range(repeats):
+    for spent, (fn, args) in zip(times, calls):
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      spent.append(1000 * (time.perf_counter() - start))
+  return [statistics.median(t) for t in times]
 
 
 def measure(bank: adapter_bank.AdapterBank, named, count: int, batch: int, size: int,
-            repeats: int = 5) -> dict:
+            repeats: int = 15) -> dict:
   """One row: the mixed batch through a bank of `count` adapters (the given ones repeated to
   fill it) against the same batch through one merged adapter."""
   cycled = []
@@ -53,10 +62,11 @@ def measure(bank: adapter_bank.AdapterBank, named, count: int, batch: int, size:
   sized = adapter_bank.build(bank.model, bank.base, cycled)
   images = jax.random.uniform(jax.random.PRNGKey(0), (batch, size, size, 3))
   index = jnp.arange(batch, dtype=jnp.int32) % count
-  bank_ms, bank_mib = timed(sized.apply, sized.arrays(), images, index, repeats=repeats)
-  merged = adapters.apply_adapter(bank.base, named[0][1])
-  one_ms, one_mib = timed(lambda p, x: bank.model.apply({"params": p}, x), merged, images,
-                          repeats=repeats)
+  bank_args = (sized.arrays(), images, index)
+  bank_fn, bank_mib = compiled_program(sized.apply, *bank_args)
+  one_args = (adapters.apply_adapter(bank.base, named[0][1]), images)
+  one_fn, one_mib = compiled_program(lambda p, x: bank.model.apply({"params": p}, x), *one_args)
+  bank_ms, one_ms = interleaved_ms([(bank_fn, bank_args), (one_fn, one_args)], repeats)
   mixed = sized.apply(sized.arrays(), images, index)
   worst = 0.0
   for row in range(batch):
@@ -106,7 +116,7 @@ def _define_flags() -> None:
   flags.DEFINE_list("counts", ["1", "2", "4", "8"], "Adapters in the bank.")
   flags.DEFINE_list("batches", ["1", "2", "4", "8"], "Batch sizes (at the largest count).")
   flags.DEFINE_integer("size", 128, "Image side.")
-  flags.DEFINE_integer("repeats", 5, "Timed calls per measurement (median).")
+  flags.DEFINE_integer("repeats", 15, "Timed calls of each program per row (median).")
   flags.DEFINE_string("output", "", "Also write the markdown report to this file.")
   flags.mark_flags_as_required(["checkpoint", "adapter"])
 
