@@ -152,6 +152,9 @@ def resshift_config() -> ml_collections.ConfigDict:
       kappa=2.0,  # Noise scale: x_t has variance kappa^2 eta_t.
       power=0.3,  # p: the schedule's sqrt(eta_t) is geometric in ((t-1)/(T-1))^p.
       eta_T=0.999,  # eta at the last step (the chain ends at y plus noise).
+      # eta at the first step, where the last sampling step starts: its noise std is kappa
+      # sqrt(eta_1). 0 = the paper's min((0.04 / kappa)^2, 0.001): a std of 0.04 for kappa >= 1.3.
+      eta_1=0.0,
       normalize_input=True,  # Scale x_t by 1 / (1 + 3 kappa sqrt(eta_t)) at the network input.
       level="sqrt_eta",  # The network's noise level: 'sqrt_eta' or 'timestep' (t / T).
       # The network's output: 'x0' (the paper's) or 'residual' (x0_hat = y + output).

@@ -126,6 +126,7 @@ RULES: dict[str, Rule] = {
     "diffusion.sample_seed": Int(0),
     "resshift.num_steps": Int(2), "resshift.kappa": Real(0, lo_open=True),
     "resshift.power": Real(0, lo_open=True), "resshift.eta_T": Real(0, 1, lo_open=True),
+    "resshift.eta_1": Real(0, 1),
     "resshift.t_min": Int(1), "resshift.t_max": Int(0), "resshift.sample_seed": Int(0),
     "eval.crop_border": Int(0, also=(-1,)),
     "mesh.data": Int(1, also=(-1,)), "mesh.fsdp": Int(1), "mesh.fsdp_min_size": Int(0),
@@ -190,6 +191,9 @@ def resshift_problems(config: ConfigDict) -> list[str]:
   if r.output not in resshift_sr.OUTPUTS:
     problems.append(f"config.resshift.output={r.output!r}: must be one of "
                     f"{resshift_sr.OUTPUTS}")
+  if r.get("eta_1", 0.0) and not r.eta_1 < r.eta_T:
+    problems.append(f"config.resshift.eta_1={r.eta_1}: must be below resshift.eta_T={r.eta_T} "
+                    "(0 = the paper's rule)")
   return problems
 
 

@@ -3,7 +3,7 @@
 The one place that turns an SR3 UNet used as ResShift's x0 network, and its parameters, into
 super-resolved images; the training objective (sr_jax.objectives.resshift) and `sr_jax.infer`
 build it from the same record (`sampling_record`, stored in exports' meta.json under
-'resshift'): the shifting schedule (T, kappa, p, eta_T), how the network sees the chain, what
+'resshift'): the shifting schedule (T, kappa, p, eta_T, eta_1), how the network sees the chain, what
 it outputs, the timestep range a fine-tune was restricted to, whether the base samples the
 steps outside that range, and the SR scale.
 
@@ -35,20 +35,22 @@ from sr_jax.diffusion.sr3 import bicubic_resize
 PyTree = Any
 OUTPUTS = ("x0", "residual")
 # What an exported ResShift records besides its weights (with the SR 'scale').
-RECORDED = ("num_steps", "kappa", "power", "eta_T", "normalize_input", "level", "output",
+RECORDED = ("num_steps", "kappa", "power", "eta_T", "eta_1", "normalize_input", "level", "output",
             "t_min", "t_max", "base_outside_range")
 
 
 def sampling_record(config: Any, scale: int) -> dict[str, Any]:
   """The record of config.resshift (a ConfigDict or mapping) and the data's SR scale."""
-  return dict({k: config[k] for k in RECORDED}, scale=int(scale))
+  get = lambda k: config.get(k, 0.0) if k == "eta_1" else config[k]  # Older records lack eta_1.
+  return dict({k: get(k) for k in RECORDED}, scale=int(scale))
 
 
 def schedule_of(record: dict[str, Any]) -> resshift.ShiftSchedule:
   """The shifting schedule a record describes."""
   return resshift.ShiftSchedule.create(
       int(record["num_steps"]), float(record["kappa"]), float(record["power"]),
-      float(record["eta_T"]), normalize_input=bool(record["normalize_input"]),
+      float(record["eta_T"]), float(record.get("eta_1", 0.0)) or None,
+      normalize_input=bool(record["normalize_input"]),
       level=str(record["level"]))
 
 

@@ -116,9 +116,10 @@ def build(context: base.BuildContext) -> base.Built:
   scale = int(config.data.degradation.scale)
   objective = ResShiftObjective(context.model, context.tx, context.plan, r, scale,
                                 context.schedule, context.unmerged)
-  logging.info("ResShift: T=%d, kappa=%g, p=%g, eta_T=%g, the network outputs %s; training "
-               "timesteps [%d, %d]; evaluation samples all %d steps.", r.num_steps, r.kappa,
-               r.power, r.eta_T, r.output, objective.sr.t_min, objective.sr.t_max, r.num_steps)
+  logging.info("ResShift: T=%d, kappa=%g, p=%g, eta_T=%g, eta_1=%g, the network outputs %s; "
+               "training timesteps [%d, %d]; evaluation samples all %d steps.", r.num_steps,
+               r.kappa, r.power, r.eta_T, objective.sr.schedule.etas[0], r.output,
+               objective.sr.t_min, objective.sr.t_max, r.num_steps)
   extra = frozen_tree({}, context.base, objective, context.labels)[base.EXTRA]
   return base.Built(objective, step_lib.init_state(context.trainable, context.tx, context.seed),
                     extra_frozen=extra,
