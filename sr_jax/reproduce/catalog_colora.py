@@ -134,7 +134,7 @@ BANK = Table(
             for a in ("--adapter", f"{task}={{workdir}}/{task}/colora/export/adapters")) +
             ("--output", "{workdir}/bank.md")),),
     regions=(Region("docs/deploy.md", render.tool_report("bank.md")),),
-    wall_time="9m06s (measured 2026-12-07: the demo, three adapters, the timings)",
+    wall_time="9m03s (measured 2026-12-07: the demo, three adapters, the timings)",
 )
 
 WIDE_FULL_RATES, WIDE_LORA_RATES = "3e-4,1e-3,3e-3,1e-2", "1e-3,3e-3,1e-2,3e-2"
