@@ -148,9 +148,11 @@ def test_config_checks_name_the_keys():
   config.resshift.t_min, config.resshift.t_max = 4, 2
   config.resshift.output, config.resshift.level = "eps", "sigma"
   config.resshift.kappa = 0.0
+  config.resshift.eta_1 = 0.9999  # Above eta_T = 0.999.
   with pytest.raises(config_check.ConfigError) as error:
     config_check.validate(config)
-  for key in ("resshift.t_min", "resshift.output", "resshift.level", "resshift.kappa"):
+  for key in ("resshift.t_min", "resshift.output", "resshift.level", "resshift.kappa",
+              "resshift.eta_1"):
     assert key in str(error.value)
 
 
@@ -160,3 +162,25 @@ def test_paper_schedule_through_the_config():
   chain = resshift_sr.schedule_of(resshift_sr.sampling_record(config.resshift, 4))
   assert chain.num_steps == 15 and math.sqrt(chain.etas[0]) == pytest.approx(0.02)
   assert chain.etas[-1] == pytest.approx(0.999)
+
+
+def test_eta_1_sets_the_first_step_and_a_record_without_it_keeps_the_papers_rule():
+  """resshift.eta_1 reaches the schedule through the record; 0, or a record written before the
+  key existed, gives the paper's min((0.04 / kappa)^2, 0.001)."""
+  record = resshift_sr.sampling_record(_config(kappa=16.0, eta_1=1e-7), 4)
+  chain = resshift_sr.schedule_of(record)
+  assert record["eta_1"] == 1e-7 and chain.etas[0] == pytest.approx(1e-7, rel=1e-12)
+  np.testing.assert_allclose(chain.etas, resshift.shift_etas(6, 16.0, 0.3, 0.999, 1e-7),
+                             rtol=1e-12)
+  older = {k: v for k, v in record.items() if k != "eta_1"}
+  for paper in (older, dict(record, eta_1=0.0)):
+    etas = resshift_sr.schedule_of(paper).etas
+    assert etas[0] == pytest.approx((0.04 / 16.0) ** 2, rel=1e-12)
+    assert etas[-1] == pytest.approx(0.999, rel=1e-12)
+
+
+def test_the_demo_runs_kappa_16_and_the_fine_tuning_demo_keeps_the_papers_chain():
+  from configs import resshift_finetune  # pylint: disable=g-import-not-at-top
+  demo = resshift_config.get_config("demo")
+  assert demo.resshift.kappa == 16.0 and demo.num_steps == 4500
+  assert resshift_finetune.get_config("demo").resshift.kappa == 2.0
