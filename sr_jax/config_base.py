@@ -337,7 +337,9 @@ def base_config() -> ml_collections.ConfigDict:
       base_images=0,  # Images for the base's pre-training (0 = none: base.checkpoint is given).
       train_images=16,  # Images the arms fine-tune on.
       val_images=8,  # Images the learning rates are chosen on.
-      test_images=0,  # Evaluation images reported (0 = all of data.eval_dir).
+      # Evaluation images reported (0 = all of data.eval_dir); with data.eval_dir empty, how
+      # many test images to cut from data.train_dir after the other splits.
+      test_images=0,
   ))
 
   # The pixel loss (sr_jax/objectives/pixel.py; a GAN's pixel term).

@@ -57,3 +57,13 @@ def test_a_one_step_prediction_is_the_network_on_a_forward_draw():
   expected = (np.clip(np.asarray(y + out), -1, 1) + 1) / 2
   np.testing.assert_allclose(got, expected[0], atol=2e-5)
   assert resshift.LEVELS[0] == "sqrt_eta"  # The level the hand computation assumes.
+
+
+def test_the_picture_puts_bicubic_the_output_and_the_hr_image_side_by_side():
+  images = _images(3)
+  outputs = [np.full((16, 16, 3), 0.5, np.float32) for _ in images]
+  strip = resshift_curves.picture(images, outputs, [0, 2], zoom=2, gap=4)
+  assert strip.dtype == np.uint8 and strip.shape == (2 * 32 + 4, 3 * 32 + 2 * 4, 3)
+  hr = np.round(np.kron(images[2]["gt"], np.ones((2, 2, 1))) * 255)
+  np.testing.assert_array_equal(strip[36:, 72:], hr.astype(np.uint8))
+  assert np.all(strip[:32, 36:68] == 128) and np.all(strip[32:36] == 255)

@@ -72,6 +72,35 @@ def test_folder_splits_are_disjoint_and_a_shared_test_image_is_an_error(tmp_path
     splits_lib.make_splits(c, str(tmp_path / "w3"))
 
 
+def test_one_folder_split_four_ways_keeps_the_test_images_out_of_every_choice(tmp_path):
+  """No evaluation folder: the test images are cut from the same fixed shuffle, disjoint from
+  base, fine-tuning and validation images, the same on every call, and only the test folder
+  holds them (rate selection reads the training folder's last val_images)."""
+  pages = _folder(tmp_path / "pages", [f"p{i:02d}.png" for i in range(12)])
+  c = _quick(**{"data.source": "folder", "data.train_dir": pages, "data.eval_dir": "",
+                "study.base_images": 0, "study.train_images": 5, "study.val_images": 3,
+                "study.test_images": 4})
+  first = splits_lib.make_splits(c, str(tmp_path / "w"))
+  again = splits_lib.make_splits(c, str(tmp_path / "w2"))
+  assert first.to_json() == again.to_json()
+  parts = [set(first.train), set(first.val), set(first.test)]
+  assert [len(p) for p in parts] == [5, 3, 4] and not first.base
+  assert len(set().union(*parts)) == 12
+  data = ml_collections.ConfigDict(c.data.to_dict())
+  data.update(first.data)
+  chosen_on = {n.split("_", 1)[1] for split in ("train", "val")
+               for n in choose_source.make_source(data, split).names}
+  assert chosen_on == parts[0] | parts[1] and not chosen_on & parts[2]
+  data.eval_split = "eval"
+  assert {x["name"].split("_", 1)[1] for x in pipeline.make_eval_set(data, seed=0)} == parts[2]
+  c.study.test_images = 0
+  with pytest.raises(ValueError, match="set study.test_images"):
+    splits_lib.make_splits(c, str(tmp_path / "w3"))
+  c.study.test_images = 5
+  with pytest.raises(ValueError, match=r"\+ test_images = 13, but .* holds 12 images"):
+    splits_lib.make_splits(c, str(tmp_path / "w4"))
+
+
 def test_unknown_arms_tasks_and_empty_splits_are_clear_errors(tmp_path):
   with pytest.raises(ValueError, match=r"Unknown study.arms \['dora'\]"):
     arms_lib.check_study(_quick(**{"study.arms": ("full", "dora")}))

@@ -3,8 +3,9 @@
 A folder source's training folder (data.train_dir) is shuffled once with a fixed seed and cut
 into study.base_images (the base pre-trains on these), study.train_images (each task fine-tunes
 on these) and study.val_images (learning rates are chosen on these); the evaluation folder
-(data.eval_dir, the first study.test_images of it when > 0) is the reported test set. The
-splits are materialised as folders of symbolic links in W/splits/, the training folder holding
+(data.eval_dir, the first study.test_images of it when > 0) is the reported test set; with
+no evaluation folder the next study.test_images of the same shuffle are (one folder of a new
+domain, e.g. manga pages, split once). The splits are materialised as folders of symbolic links in W/splits/, the training folder holding
 the validation images last so that data.val_images carves exactly them out, and written to
 W/splits.json. With the embedded photos (the default, needing no files) the last
 study.val_images training photos are the validation split and the held-out photos the test set.
@@ -66,17 +67,26 @@ def _check_disjoint(test: list[pathlib.Path], seen: list[pathlib.Path]) -> None:
 def _folder_splits(config: ml_collections.ConfigDict, workdir: str) -> Splits:
   s = config.study
   files = sources.list_image_files(config.data.train_dir)
+  carve = not config.data.eval_dir  # One folder: the test images are cut from it too.
+  if carve and s.test_images <= 0:
+    raise ValueError("data.eval_dir is empty, so the test images come from data.train_dir: "
+                     "set study.test_images to how many (or give a folder of test images).")
   need = s.base_images + s.train_images + s.val_images
-  if need > len(files):
-    raise ValueError(f"study.base_images + train_images + val_images = {need}, but "
-                     f"data.train_dir={config.data.train_dir} holds {len(files)} images; lower "
-                     "them or add images.")
+  total = need + (s.test_images if carve else 0)
+  if total > len(files):
+    raise ValueError(f"study.base_images + train_images + val_images"
+                     f"{' + test_images' if carve else ''} = {total}, but data.train_dir="
+                     f"{config.data.train_dir} holds {len(files)} images; lower them or add "
+                     "images.")
   order = [files[i] for i in np.random.default_rng(SHUFFLE_SEED).permutation(len(files))]
   base = order[:s.base_images]
   train = order[s.base_images:s.base_images + s.train_images]
   val = order[s.base_images + s.train_images:need]
-  test = sources.list_image_files(config.data.eval_dir)
-  test = test[:s.test_images] if s.test_images > 0 else test
+  if carve:
+    test = order[need:total]
+  else:
+    test = sources.list_image_files(config.data.eval_dir)
+    test = test[:s.test_images] if s.test_images > 0 else test
   _check_disjoint(test, base + train + val)
   root = pathlib.Path(workdir) / "splits"
   _link_folder(root / "train", train + val, ["t"] * len(train) + ["v"] * len(val))

@@ -45,6 +45,9 @@ def _define_flags() -> None:
   flags.DEFINE_integer("samples", 4, "Chains averaged for the 'mean of samples' row (0: skip).")
   flags.DEFINE_integer("seed", 0, "Seed of the forward draws and the sampling noise.")
   flags.DEFINE_string("output", "", "Also write the markdown table here.")
+  flags.DEFINE_string("picture", "", "Also write a PNG of held-out images, one per row: "
+                      "bicubic | the first checkpoint's sample | the HR image.")
+  flags.DEFINE_list("picture_images", ["0", "4", "8"], "Held-out image indices in --picture.")
   config_flags.DEFINE_config_file("config", None, "Config whose data/eval sections to use.",
                                   lock_config=True)
   flags.mark_flags_as_required(["config"])
@@ -127,8 +130,28 @@ def sampled(restorer, eval_set: Sequence[dict[str, Any]], seeds: Sequence[int]
   return first, mean, float(np.mean(seconds))
 
 
-def curves(checkpoints: Sequence[str], config, samples: int = 4,
-           seed: int = 0) -> tuple[list[str], list[dict[str, Any]]]:
+def picture(eval_set: Sequence[dict[str, Any]], outputs: Sequence[np.ndarray],
+            indices: Sequence[int], zoom: int = 2, gap: int = 4) -> np.ndarray:
+  """uint8 rows of bicubic | output | HR for the images `indices`, each shown `zoom`x with
+  nearest-neighbour pixels and white gaps."""
+  from sr_jax.data import resize  # pylint: disable=g-import-not-at-top
+  rows = []
+  for i in indices:
+    item = eval_set[int(i)]
+    bicubic = resize.imresize(np.asarray(item["lq"], np.float64), item["gt"].shape[0] //
+                              item["lq"].shape[0])
+    cells = [np.clip(np.asarray(x, np.float64), 0, 1) for x in (bicubic, outputs[int(i)],
+                                                                   item["gt"])]
+    cells = [np.kron(c, np.ones((zoom, zoom, 1))) for c in cells]
+    white = np.ones((cells[0].shape[0], gap, 3))
+    rows.append(np.concatenate([cells[0], white, cells[1], white, cells[2]], axis=1))
+    rows.append(np.ones((gap, rows[-1].shape[1], 3)))
+  return np.round(np.concatenate(rows[:-1], axis=0) * 255).astype(np.uint8)
+
+
+def curves(checkpoints: Sequence[str], config, samples: int = 4, seed: int = 0,
+           picture_path: str = "", picture_images: Sequence[int] = (0,)
+           ) -> tuple[list[str], list[dict[str, Any]]]:
   """(checkpoint labels, rows): per row a 'label', optional 'eta' and 'std', and per checkpoint
   i the scores 'i:psnr', 'i:lpips_alex'."""
   from sr_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -160,6 +183,9 @@ def curves(checkpoints: Sequence[str], config, samples: int = 4,
       logging.info("%s t=%d: PSNR %.2f dB from a forward draw, %.2f dB along the chain.",
                    checkpoint, t, row[f"{i}:psnr"], found["psnr"])
     first, mean, seconds = sampled(restorer, eval_set, list(range(seed, seed + max(samples, 1))))
+    if picture_path and not i:
+      from sr_jax import plots  # pylint: disable=g-import-not-at-top
+      plots.save_png(picture_path, picture(eval_set, first, picture_images))
     chain = rows.setdefault("chain", {"label": f"the sampled chain ({schedule.num_steps} "
                                                "steps, evaluation's draw)"})
     chain.update({f"{i}:{k}": v for k, v in score(first).items()})
@@ -213,7 +239,8 @@ def main(argv: list[str]) -> None:
   from sr_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   checkpoints = [c for c in FLAGS.checkpoint.split(",") if c]
-  labels, rows = curves(checkpoints, config, FLAGS.samples, FLAGS.seed)
+  labels, rows = curves(checkpoints, config, FLAGS.samples, FLAGS.seed, FLAGS.picture,
+                        [int(i) for i in FLAGS.picture_images])
   text = table(labels, rows, len(pipeline.make_eval_set(config.data, seed=config.seed)))
   print(text, flush=True)
   if FLAGS.output:
