@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import os
 
+from sr_jax import jsonfile
 from sr_jax.reproduce import render
 from sr_jax.reproduce.table import Region, Step, Table, main_job
 
@@ -148,8 +150,6 @@ _RULE_STUDY = ("--config", "configs/colora_nafnet.py:study") + _STUDY_DATA + (
 def _rule_table(workdir: str) -> str:
   """Per scaling and arm: validation PSNR of every candidate rate, the choice, and the test
   PSNR (mean +- std over the seeds) at it."""
-  import glob  # pylint: disable=g-import-not-at-top
-  from sr_jax import jsonfile  # pylint: disable=g-import-not-at-top
   lines = ["| LoRA scaling | arm | validation PSNR (dB) per candidate rate | chosen | "
            "at the list's top? | test PSNR (dB) |", "|---|---|---|---|---|---|"]
   for folder, scaling in _RULE_SCALINGS:
