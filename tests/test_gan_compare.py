@@ -227,8 +227,8 @@ def test_errors_name_the_flag(tmp_path):
   other = write_meta(tmp_path / "nafnet", nafnet)
   with pytest.raises(ValueError, match="--runs esrgan=.*'nafnet'.*not one of"):
     gan_compare.make_options(preset="micro", runs=[f"esrgan={other}"])
-  rrdb = write_meta(tmp_path / "rrdb" / "export" / "params",
-                    gan_study.model_config("esrgan", "micro", "auto"))
+  write_meta(tmp_path / "rrdb" / "export" / "params",
+             gan_study.model_config("esrgan", "micro", "auto"))
   with pytest.raises(ValueError, match="--runs srgan=.*rrdbnet"):
     gan_compare.make_options(preset="micro", runs=[f"srgan={tmp_path / 'rrdb'}"])
   x2 = write_meta(tmp_path / "x2", gan_study.model_config("esrgan", "x2", "auto"))
