@@ -63,23 +63,27 @@ class Allocation:
   def trainable_params(self) -> int:
     return self.fixed_params + self.adapter_params
 
-  def plan(self, lora_scale: float = 1.0) -> lora.LoraPlan:
-    """The LoRA plan of the adapted kernels (rank > 0), alpha = lora_scale * rank."""
+  def plan(self, lora_scale: float = 1.0, scaling: str = "standard") -> lora.LoraPlan:
+    """The LoRA plan of the adapted kernels (rank > 0), alpha = lora_scale * rank, with the
+    run's config.lora.scaling (the plan file records it, and a recorded scaling wins)."""
     kept = sorted((p, r) for p, r in self.ranks.items() if r > 0)
-    return lora.LoraPlan(tuple(kept), tuple((p, float(lora_scale * r)) for p, r in kept))
+    return lora.LoraPlan(tuple(kept), tuple((p, float(lora_scale * r)) for p, r in kept),
+                         scaling)
 
-  def to_json(self, lora_scale: float = 1.0) -> dict[str, Any]:
+  def to_json(self, lora_scale: float = 1.0, scaling: str = "standard") -> dict[str, Any]:
     """JSON for config.lora.plan_file ('ranks', 'alphas') plus the allocation's accounting."""
-    return dict(self.plan(lora_scale).to_json(), all_ranks=self.ranks, weights=self.weights,
+    return dict(self.plan(lora_scale, scaling).to_json(), all_ranks=self.ranks,
+                weights=self.weights,
                 scores=self.scores, rank_costs=self.rank_costs,
                 extra_trainable=list(self.extra_trainable), fixed_params=self.fixed_params,
                 adapter_params=self.adapter_params, trainable_params=self.trainable_params,
                 num_base_params=self.num_base_params, budget_params=self.budget_params)
 
   def save(self, path: str, lora_scale: float = 1.0,
-           settings: Mapping[str, Any] | None = None) -> None:
+           settings: Mapping[str, Any] | None = None, scaling: str = "standard") -> None:
     """Writes to_json (plus the `settings` it was made with) atomically."""
-    jsonfile.write(path, dict(self.to_json(lora_scale), settings=dict(settings or {})))
+    jsonfile.write(path, dict(self.to_json(lora_scale, scaling),
+                              settings=dict(settings or {})))
 
 
 def layer_weights(scores: Mapping[str, float], alpha: float, beta: float) -> dict[str, float]:

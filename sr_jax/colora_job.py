@@ -246,7 +246,8 @@ def allocation_stage(config: ml_collections.ConfigDict, workdir: str, base_dir: 
   allocation = colora.allocate(base, means, config.colora, config.lora.targets,
                                registry.entry(config.model.name).depthwise_kernels,
                                uniform=arm == "uniform")
-  allocation.save(path, config.colora.lora_scale, settings=settings)
+  allocation.save(path, config.colora.lora_scale, settings=settings,
+                  scaling=config.lora.scaling)
   logging.info("%s allocation: %s trainable of %s (budget %s): %d adapters, %d frozen kernels.",
                ARMS[arm], f"{allocation.trainable_params:,}", f"{allocation.num_base_params:,}",
                f"{allocation.budget_params:,}", sum(r > 0 for r in allocation.ranks.values()),

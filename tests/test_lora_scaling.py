@@ -48,3 +48,25 @@ def test_an_unknown_scaling_is_a_config_error():
   c.lora.scaling = "rslora"
   with pytest.raises(config_check.ConfigError, match="lora.scaling='rslora'"):
     config_check.validate(c)
+
+
+def test_an_allocation_plan_file_carries_the_runs_scaling(tmp_path):
+  """The study's and the CoLoRA job's plan files record config.lora.scaling: a recorded scaling
+  wins over the config when the file is read, so a file written 'standard' would silently turn
+  an rsLoRA run into a standard one (the bug this guards)."""
+  from sr_jax import jsonfile  # pylint: disable=g-import-not-at-top
+  from sr_jax.study import arms as arms_lib, select  # pylint: disable=g-import-not-at-top
+  from configs import colora_nafnet  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from sr_jax.models import registry  # pylint: disable=g-import-not-at-top
+  config = colora_nafnet.get_config("study_quick")
+  config.lora.scaling = "rank_stabilized"
+  model = registry.build_preset("nafnet", "micro")
+  base = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
+  path = select.plan_file(config, str(tmp_path), arms_lib.Arm("uniform", 0.07), base, None)
+  saved = jsonfile.read(path)
+  assert saved["scaling"] == "rank_stabilized"
+  plan = lora.LoraPlan.from_json(saved, "standard")
+  kernel, rank = plan.ranks[0]
+  assert plan.scale(kernel) == pytest.approx(dict(plan.alphas)[kernel] / np.sqrt(rank))

@@ -50,7 +50,8 @@ def plan_file(task_cfg: ml_collections.ConfigDict, workdir: str, arm: arms_lib.A
                                uniform=arm.name == "uniform")
   path = os.path.join(workdir, "allocations", f"{arm.label.replace('%', 'pct')}.json")
   paths.makedirs(os.path.dirname(path))
-  allocation.save(path, c.lora_scale, settings={"arm": arm.label})
+  allocation.save(path, c.lora_scale, settings={"arm": arm.label},
+                  scaling=task_cfg.lora.scaling)
   return path
 
 
