@@ -32,6 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from sr_jax import adapters as adapters_lib, lora
 from sr_jax.models import layers
@@ -89,19 +90,20 @@ def patches(x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int],
   """(N, Ho, Wo, kh*kw*C) input patches of a convolution, in (kh, kw, C) order (that of a
   kernel (kh, kw, C, c) flattened): shifted strided slices, no arithmetic."""
   (kh, kw), (sh, sw) = kernel_size, strides
-  xp = jnp.pad(x, [(0, 0), *_pads(padding, kh, kw), (0, 0)])
+  xp = jnp.pad(x, [(0, 0), *_pads(x, (kh, kw), strides, padding), (0, 0)])
   ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
   cells = [xp[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :]
            for i in range(kh) for j in range(kw)]
   return jnp.stack(cells, axis=3).reshape(x.shape[0], ho, wo, -1)
 
 
-def _pads(padding: str | Sequence[tuple[int, int]], kh: int, kw: int) -> list[tuple[int, int]]:
-  """Explicit (before, after) paddings of height and width (stride-1 'SAME')."""
-  if padding == "SAME":
-    return [((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2)]
-  if padding == "VALID":
-    return [(0, 0), (0, 0)]
+def _pads(x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int],
+          padding: str | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+  """Explicit (before, after) paddings of height and width, as lax's convolution reads
+  `padding` ('SAME' depends on the stride and the input size)."""
+  if isinstance(padding, str):
+    return [tuple(p) for p in lax.padtype_to_pads(x.shape[1:3], tuple(kernel_size),
+                                                  tuple(strides), padding)]
   return [tuple(p) for p in padding]
 
 
@@ -120,7 +122,7 @@ def matmul_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
   n, h, w, _ = x.shape
   taps = layers.pixel_matmul(x, kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout),
                               precision)
-  (top, bottom), (left, right) = _pads(padding, kh, kw)
+  (top, bottom), (left, right) = _pads(x, (kh, kw), strides, padding)
   taps = jnp.pad(taps.reshape(n, h, w, kh * kw, cout),
                  [(0, 0), (top, bottom), (left, right), (0, 0), (0, 0)])
   ho, wo = h + top + bottom - kh + 1, w + left + right - kw + 1
@@ -136,7 +138,7 @@ def _matmul_convs(next_fun, args, kwargs, context):
   """Runs layers.Conv's kernel application as `matmul_conv` where it would be XLA's
   convolution (its space-to-depth and 1x1 forms are matrix products already)."""
   module = context.module
-  if context.method_name != "apply_kernel" or type(module) is not layers.Conv:  # pylint: disable=unidiomatic-typecheck
+  if context.method_name != "apply_kernel" or not isinstance(module, layers.Conv):
     return next_fun(*args, **kwargs)
   shifted = layers.resolve_impl(module.impl) == "shifted"
   if shifted and module._is_patchify():  # pylint: disable=protected-access

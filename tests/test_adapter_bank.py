@@ -47,10 +47,12 @@ def _setup(name, preset, size):
 
 @pytest.mark.parametrize("cin,cout,size,stride,padding", [
     (3, 16, 3, 1, "SAME"), (16, 3, 3, 1, "SAME"), (8, 4, 3, 1, [(1, 1), (1, 1)]),
-    (8, 16, 2, 2, "VALID"), (6, 4, 3, 2, [(1, 1), (1, 1)]), (5, 2, 4, 1, "SAME")])
+    (8, 16, 2, 2, "VALID"), (6, 4, 3, 2, [(1, 1), (1, 1)]), (5, 2, 4, 1, "SAME"),
+    (6, 4, 3, 2, "SAME")])
 def test_matmul_conv_equals_xla_convolution(cin, cout, size, stride, padding):
   """Both intermediates (patches; per-tap products, taken when cout < cin at stride 1) give
-  lax's convolution, including an even kernel's asymmetric 'SAME' padding."""
+  lax's convolution, including an even kernel's asymmetric 'SAME' padding and a strided
+  'SAME' (whose padding depends on the input size)."""
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 10, cin))
   kernel = jax.random.normal(jax.random.PRNGKey(1), (size, size, cin, cout))
   expected = jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
