@@ -3,9 +3,10 @@
 The one place that turns an SR3 UNet used as ResShift's x0 network, and its parameters, into
 super-resolved images; the training objective (sr_jax.objectives.resshift) and `sr_jax.infer`
 build it from the same record (`sampling_record`, stored in exports' meta.json under
-'resshift'): the shifting schedule (T, kappa, p, eta_T, eta_1), how the network sees the chain, what
-it outputs, the timestep range a fine-tune was restricted to, whether the base samples the
-steps outside that range, and the SR scale.
+'resshift'): the shifting schedule (T, kappa, p, eta_T, eta_1; an export written before
+eta_1 existed reads as the paper's rule), how the network sees the chain, what it outputs,
+the timestep range a fine-tune was restricted to, whether the base samples the steps outside
+that range, and the SR scale.
 
 - The condition y is the LR input upscaled to the HR size with MATLAB's bicubic, in [-1, 1]
   (SR3's, sr_jax.diffusion.sr3.bicubic_resize). The UNet sees (y, the scaled x_t, the level).
@@ -41,8 +42,7 @@ RECORDED = ("num_steps", "kappa", "power", "eta_T", "eta_1", "normalize_input", 
 
 def sampling_record(config: Any, scale: int) -> dict[str, Any]:
   """The record of config.resshift (a ConfigDict or mapping) and the data's SR scale."""
-  get = lambda k: config.get(k, 0.0) if k == "eta_1" else config[k]  # Older records lack eta_1.
-  return dict({k: get(k) for k in RECORDED}, scale=int(scale))
+  return dict({k: config[k] for k in RECORDED}, scale=int(scale))
 
 
 def schedule_of(record: dict[str, Any]) -> resshift.ShiftSchedule:

@@ -5,9 +5,9 @@ into study.base_images (the base pre-trains on these), study.train_images (each 
 on these) and study.val_images (learning rates are chosen on these); the evaluation folder
 (data.eval_dir, the first study.test_images of it when > 0) is the reported test set; with
 no evaluation folder the next study.test_images of the same shuffle are (one folder of a new
-domain, e.g. manga pages, split once). The splits are materialised as folders of symbolic links in W/splits/, the training folder holding
-the validation images last so that data.val_images carves exactly them out, and written to
-W/splits.json. With the embedded photos (the default, needing no files) the last
+domain, e.g. manga pages, split once). The splits are materialised as folders of symbolic
+links in W/splits/, the training folder holding the validation images last so that
+data.val_images carves exactly them out, and written to W/splits.json. With the embedded photos (the default, needing no files) the last
 study.val_images training photos are the validation split and the held-out photos the test set.
 
 A test image that is also a training, validation or base image (the same file, or the same

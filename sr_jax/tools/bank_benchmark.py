@@ -28,7 +28,6 @@ from sr_jax import adapter_bank, adapters, bank_infer, errors, paths, runtime
 FLAGS = flags.FLAGS
 
 
-
 def compiled_program(fn: Callable, *args) -> tuple[Callable, float]:
   """(fn jitted, compiled for args and warmed once, its compiled memory MiB: temporaries +
   arguments)."""

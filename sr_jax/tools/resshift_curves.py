@@ -1,4 +1,4 @@
-r"""Where a ResShift model stands against bicubic, timestep by timestep, and what sampling costs.
+r"""Where a ResShift model stands against bicubic, timestep by timestep, along its sampled chain.
 
   python -m sr_jax.tools.resshift_curves --config configs/resshift.py:demo \
       --checkpoint W1/export/params,W2/export/params --output curves.md
@@ -7,9 +7,10 @@ For each ResShift export (or adapter-applied checkpoint) and each timestep t of 
 held-out images of `--config` (data section: source, eval_max_size, eval_crops, degradation)
 are put through the forward process (x_t = x0 + eta_t (y - x0) + kappa sqrt(eta_t) z, a fixed
 draw per t) and the network's one-step x0 prediction is scored with the config's eval
-protocol (PSNR / SSIM on the Y channel with crop = scale, LPIPS). Beside each t: bicubic (y
-itself), the sampled chain (the export's T steps from x_T, as evaluation draws it), and the
-mean of `--samples` chains.
+protocol (PSNR / SSIM on the Y channel with crop = scale, LPIPS), and so is the prediction at
+step t of the sampled chain (the export's T steps from x_T, as evaluation draws them; its
+t = 1 prediction is the chain's output). Beside them: bicubic (y itself) and the mean of
+`--samples` chains.
 
 Why these rows: the prediction at t = T sees no more than y (x_T carries 0.1% of x0 under noise
 of std kappa), so it estimates the posterior mean E[x0 | y], the best any method can do in
@@ -22,8 +23,8 @@ the gap is the sampler's variance.
 
 from __future__ import annotations
 
+import functools
 import os
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sr_jax import config_cli, errors, runtime
+from sr_jax import config_cli, errors, paths, runtime
 
 FLAGS = flags.FLAGS
 _METRICS = (("psnr", "PSNR", "{:.2f}"), ("lpips_alex", "LPIPS", "{:.3f}"))
@@ -53,15 +54,14 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["config"])
 
 
-def one_step_predictions(restorer, eval_set: Sequence[dict[str, Any]], t: int,
-                         seed: int = 0) -> list[np.ndarray]:
-  """x0_hat in [0, 1] for each image from a forward draw of x_t (image i: fold_in(seed, i)
-  of key(t)), the network called as sampling calls it."""
+@functools.lru_cache(maxsize=4)
+def _one_step_network(restorer):
+  """restorer's x0 prediction from a forward draw, jitted once for every t (t is an argument)."""
   from sr_jax.diffusion import resshift  # pylint: disable=g-import-not-at-top
   sr, schedule = restorer.sr, restorer.sr.schedule
 
   @jax.jit
-  def predict(params, lq, gt, key):
+  def predict(params, lq, gt, key, t):
     y = sr.condition(lq)
     x0 = gt * 2.0 - 1.0
     steps = jnp.full(x0.shape[:1], t, jnp.int32)
@@ -70,10 +70,18 @@ def one_step_predictions(restorer, eval_set: Sequence[dict[str, Any]], t: int,
     x0_hat = sr.sampling_network(params, y, x_in, level, steps)
     return (jnp.clip(x0_hat, -1.0, 1.0) + 1.0) / 2.0
 
+  return predict
+
+
+def one_step_predictions(restorer, eval_set: Sequence[dict[str, Any]], t: int,
+                         seed: int = 0) -> list[np.ndarray]:
+  """x0_hat in [0, 1] for each image from a forward draw of x_t (image i: fold_in(seed, i)
+  of key(t)), the network called as sampling calls it."""
+  predict = _one_step_network(restorer)
   base_key = jax.random.fold_in(jax.random.PRNGKey(seed), t)
   return [np.asarray(predict(restorer.params, jnp.asarray(item["lq"], jnp.float32)[None],
                              jnp.asarray(item["gt"], jnp.float32)[None],
-                             jax.random.fold_in(base_key, i))[0])
+                             jax.random.fold_in(base_key, i), jnp.int32(t))[0])
           for i, item in enumerate(eval_set)]
 
 
@@ -109,25 +117,13 @@ def chain_predictions(restorer, eval_set: Sequence[dict[str, Any]], seed: int = 
   return found
 
 
-def sampled(restorer, eval_set: Sequence[dict[str, Any]], seeds: Sequence[int]
-            ) -> tuple[list[np.ndarray], list[np.ndarray], float]:
-  """(the first seed's samples, the mean over seeds, mean seconds per chain of one image)."""
+def mean_of_chains(restorer, eval_set: Sequence[dict[str, Any]], seeds: Sequence[int]
+                   ) -> list[np.ndarray]:
+  """Per image, the mean of the chains sampled with each of `seeds`."""
   apply = jax.jit(lambda params, lq, seed: restorer.sr.sample(params, lq, seed=seed))
-  first, mean, seconds, compiled = [], [], [], set()
-  for item in eval_set:
-    lq = jnp.asarray(item["lq"], jnp.float32)[None]
-    if lq.shape not in compiled:  # Compiled outside the timing.
-      jax.block_until_ready(apply(restorer.params, lq, jnp.int32(seeds[0])))
-      compiled.add(lq.shape)
-    draws = []
-    for seed in seeds:
-      seed = jnp.int32(seed)
-      start = time.perf_counter()
-      draws.append(np.asarray(jax.block_until_ready(apply(restorer.params, lq, seed))[0]))
-      seconds.append(time.perf_counter() - start)
-    first.append(draws[0])
-    mean.append(np.mean(draws, axis=0))
-  return first, mean, float(np.mean(seconds))
+  return [np.mean([np.asarray(apply(restorer.params, jnp.asarray(item["lq"], jnp.float32)[None],
+                                    jnp.int32(seed))[0]) for seed in seeds], axis=0)
+          for item in eval_set]
 
 
 def picture(eval_set: Sequence[dict[str, Any]], outputs: Sequence[np.ndarray],
@@ -151,9 +147,9 @@ def picture(eval_set: Sequence[dict[str, Any]], outputs: Sequence[np.ndarray],
 
 def curves(checkpoints: Sequence[str], config, samples: int = 4, seed: int = 0,
            picture_path: str = "", picture_images: Sequence[int] = (0,)
-           ) -> tuple[list[str], list[dict[str, Any]]]:
-  """(checkpoint labels, rows): per row a 'label', optional 'eta' and 'std', and per checkpoint
-  i the scores 'i:psnr', 'i:lpips_alex'."""
+           ) -> tuple[list[str], list[dict[str, Any]], int]:
+  """(checkpoint labels, rows, number of held-out images): per row a 'label' and, per
+  checkpoint i, the scores 'i:psnr', 'i:lpips_alex' (and 'i:chain_...' along the chain)."""
   from sr_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from sr_jax.diffusion import restorers  # pylint: disable=g-import-not-at-top
   from sr_jax.tools import sr3_sampling  # pylint: disable=g-import-not-at-top
@@ -161,7 +157,7 @@ def curves(checkpoints: Sequence[str], config, samples: int = 4, seed: int = 0,
   eval_set = pipeline.make_eval_set(config.data, seed=config.seed)
   scale = int(config.data.degradation.scale)
   options = evaluate.options(config.eval, scale)
-  score = lambda outputs: sr3_sampling._score(outputs, eval_set, options)  # pylint: disable=protected-access
+  score = lambda outputs: sr3_sampling.score(outputs, eval_set, options)  # pylint: disable=unnecessary-lambda-assignment
   bicubic = score(None)
   rows: dict[str, dict[str, Any]] = {}
   for i, checkpoint in enumerate(checkpoints):
@@ -182,20 +178,20 @@ def curves(checkpoints: Sequence[str], config, samples: int = 4, seed: int = 0,
       row.update({f"{i}:chain_{k}": found[k] for k, _, _ in _METRICS if k in found})
       logging.info("%s t=%d: PSNR %.2f dB from a forward draw, %.2f dB along the chain.",
                    checkpoint, t, row[f"{i}:psnr"], found["psnr"])
-    first, mean, seconds = sampled(restorer, eval_set, list(range(seed, seed + max(samples, 1))))
+    output = along[1]  # The chain's last prediction is its output (the posterior at t = 1).
     if picture_path and not i:
       from sr_jax import plots  # pylint: disable=g-import-not-at-top
-      plots.save_png(picture_path, picture(eval_set, first, picture_images))
+      plots.save_png(picture_path, picture(eval_set, output, picture_images))
     chain = rows.setdefault("chain", {"label": f"the sampled chain ({schedule.num_steps} "
                                                "steps, evaluation's draw)"})
-    chain.update({f"{i}:{k}": v for k, v in score(first).items()})
-    chain[f"{i}:seconds"] = seconds
+    chain.update({f"{i}:{k}": v for k, v in score(output).items()})
     if samples > 1:
+      mean = mean_of_chains(restorer, eval_set, range(seed, seed + samples))
       averaged = rows.setdefault("mean", {"label": f"mean of {samples} sampled chains"})
       averaged.update({f"{i}:{k}": v for k, v in score(mean).items()})
   out = [dict({"label": "bicubic (y)"}, **{f"{i}:{k}": v for i in range(len(checkpoints))
                                            for k, v in bicubic.items()})]
-  return short_labels(checkpoints), out + list(rows.values())
+  return short_labels(checkpoints), out + list(rows.values()), len(eval_set)
 
 
 def short_labels(checkpoints: Sequence[str]) -> list[str]:
@@ -236,16 +232,12 @@ def main(argv: list[str]) -> None:
   if not FLAGS.checkpoint:
     raise app.UsageError("--checkpoint is required: ResShift exports (W/export/params).")
   runtime.setup()
-  from sr_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  config = FLAGS.config
   checkpoints = [c for c in FLAGS.checkpoint.split(",") if c]
-  labels, rows = curves(checkpoints, config, FLAGS.samples, FLAGS.seed, FLAGS.picture,
-                        [int(i) for i in FLAGS.picture_images])
-  text = table(labels, rows, len(pipeline.make_eval_set(config.data, seed=config.seed)))
+  text = table(*curves(checkpoints, FLAGS.config, FLAGS.samples, FLAGS.seed, FLAGS.picture,
+                       [int(i) for i in FLAGS.picture_images]))
   print(text, flush=True)
   if FLAGS.output:
-    with open(FLAGS.output, "w") as f:
-      f.write(text + "\n")
+    paths.write_text(FLAGS.output, text + "\n")
 
 
 if __name__ == "__main__":

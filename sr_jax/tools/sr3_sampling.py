@@ -87,7 +87,7 @@ def sample_timed(restorer, eval_set) -> tuple[list[np.ndarray], float]:
   return outputs, float(np.mean(seconds))
 
 
-def _score(outputs: Sequence[np.ndarray] | None, eval_set, options) -> dict[str, Any]:
+def score(outputs: Sequence[np.ndarray] | None, eval_set, options) -> dict[str, Any]:
   """Scores outputs (None: the bicubic baseline) as a baseline row is scored."""
   from sr_jax import evaluate  # pylint: disable=g-import-not-at-top
   if outputs is None:
@@ -129,14 +129,14 @@ def compare(checkpoints: str | Sequence[str], adapter: str | None, config,
   eval_set = pipeline.make_eval_set(config.data, seed=config.seed)
   scale = int(config.data.degradation.scale)
   options = dict(evaluate.options(config.eval, scale), consistency_scale=scale)
-  rows = [dict(_score(None, eval_set, options), model="-", sampler="bicubic", steps=0,
+  rows = [dict(score(None, eval_set, options), model="-", sampler="bicubic", steps=0,
                seconds=float("nan"))]
   for family, restorer in _restorers(checkpoints, adapter, entries, eta, seed):
     if restorer.scale != scale:
       raise ValueError(f"A checkpoint upscales by {restorer.scale} but --config's "
                        f"data.degradation.scale is {scale}; compare models of one scale.")
     outputs, seconds = sample_timed(restorer, eval_set)
-    scores = _score(outputs, eval_set, options)
+    scores = score(outputs, eval_set, options)
     logging.info("%s %s: %.2f s per image, PSNR %.3f dB.", family, restorer.label, seconds,
                  scores["psnr"])
     rows.append(dict(scores, model=family, sampler=restorer.label, seconds=seconds,
