@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sr_jax import config_base, config_check, lora
+from configs import colora_nafnet
+from sr_jax import config_base, config_check, jsonfile, lora
+from sr_jax.models import registry
+from sr_jax.study import arms as arms_lib, select
 
 
 def _params():
@@ -54,12 +59,6 @@ def test_an_allocation_plan_file_carries_the_runs_scaling(tmp_path):
   """The study's and the CoLoRA job's plan files record config.lora.scaling: a recorded scaling
   wins over the config when the file is read, so a file written 'standard' would silently turn
   an rsLoRA run into a standard one (the bug this guards)."""
-  from sr_jax import jsonfile  # pylint: disable=g-import-not-at-top
-  from sr_jax.study import arms as arms_lib, select  # pylint: disable=g-import-not-at-top
-  from configs import colora_nafnet  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from sr_jax.models import registry  # pylint: disable=g-import-not-at-top
   config = colora_nafnet.get_config("study_quick")
   config.lora.scaling = "rank_stabilized"
   model = registry.build_preset("nafnet", "micro")
