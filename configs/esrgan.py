@@ -27,6 +27,9 @@ Embedded demo (a small RRDBNet on the scikit-image photos, 2 CPU cores):
 
   python -m sr_jax.main --config configs/esrgan.py:demo --workdir /tmp/esrgan_demo
 
+The base of the GAN transfer study (configs/esrgan_lora.py:transfer): `photo_base`, the demo
+trained longer on a folder of photographs (--config.data.train_dir, --config.data.eval_dir).
+
 Metrics: PSNR/SSIM on the Y channel with a 4-pixel border crop (the SR papers' protocol), plus
 LPIPS (AlexNet) and RMSE.
 """
@@ -105,10 +108,23 @@ def apply_gan_demo(config: ml_collections.ConfigDict, preset: str = "small") -> 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the config; `arg` is a comma-separated list of variants, e.g. 'demo'."""
-  variants = common.parse_variants(arg, allowed=("demo",))
+  variants = common.parse_variants(arg, allowed=("demo", "photo_base"))
   config = common.base_config()
   config.job = "esrgan"
   sr_gan_job(config, "rrdbnet", "x4")
-  if "demo" in variants:
+  if variants & {"demo", "photo_base"}:
     apply_gan_demo(config)
+  if "photo_base" in variants:
+    photo_base(config)
   return config
+
+
+def photo_base(config: ml_collections.ConfigDict) -> None:
+  """The demo, longer, on a folder of photographs: the base of the GAN transfer study
+  (configs/esrgan_lora.py:transfer), 1,500 L1 steps then 300 GAN steps."""
+  config.job = "esrgan_photo_base"
+  config.data.source = "folder"
+  config.base.num_steps, config.base.milestones = 1500, (1000,)
+  config.num_steps, config.checkpoint_every = 300, 300
+  config.optimizer.milestones = config.gan.d_optimizer.milestones = (200,)
+  config.data.eval_max_size = 384  # As the transfer study scores photographs.

@@ -319,9 +319,12 @@ def base_config() -> ml_collections.ConfigDict:
   # The adaptation study (sr_jax/study): per task and seed, every arm at its own learning rate
   # chosen on a validation split of the training images (python -m sr_jax.study).
   c.study = ml_collections.ConfigDict(dict(
-      # Tasks the base never saw: 'haze', 'low_light', 'poisson_noise' (or any degradation op).
+      # Tasks the base never saw: 'haze', 'low_light', 'poisson_noise' (or any degradation op),
+      # or 'domain': the config's own degradation on data.train_dir's images (a new domain).
       tasks=("haze", "low_light", "poisson_noise"),
       arms=("full", "uniform", "colora"),  # 'full', 'uniform' (LoRA), 'colora'.
+      # Run every arm once per objective ('pixel', 'gan'); empty = config.objective only.
+      objectives=(),
       budget=0.07,  # Trainable share of the LoRA arms in the main table.
       curve_budgets=(0.01, 0.03, 0.15),  # More budgets of the LoRA arms: the budget curve.
       curve_tasks=("haze",),  # Tasks the budget curve is measured on.
@@ -340,6 +343,9 @@ def base_config() -> ml_collections.ConfigDict:
       # Evaluation images reported (0 = all of data.eval_dir); with data.eval_dir empty, how
       # many test images to cut from data.train_dir after the other splits.
       test_images=0,
+      # The first N images of eval.general_set (a folder) that score what a transfer forgets,
+      # linked into the study's splits (0 = all of them).
+      general_images=0,
   ))
 
   # The pixel loss (sr_jax/objectives/pixel.py; a GAN's pixel term).

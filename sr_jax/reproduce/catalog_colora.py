@@ -68,15 +68,9 @@ COLORA_RESTORMER = Table(
 )
 
 
-def _study_report(workdir: str) -> str:
-  """study.md as the study wrote it, without its title line."""
-  text = render.report_section(os.path.join(workdir, "study.md"))
-  return text.split("\n", 1)[1].strip() if text.startswith("#") else text
-
-
 def _study_summary(workdir: str) -> str:
   """The main budget's rows of study.md, one line per task (arms side by side)."""
-  rows = render.table_rows(render.tables_in(_study_report(workdir))[0])
+  rows = render.table_rows(render.tables_in(render.study_report(workdir))[0])
   tasks = list(dict.fromkeys(r["task"] for r in rows))
   by = {(r["task"], r["arm"]): r for r in rows}
   arms = [a for a in ("full", "uniform@7%", "colora@7%") if any((t, a) in by for t in tasks)]
@@ -99,7 +93,7 @@ STUDY = Table(
     steps=(Step("sr_jax.study", ("--config", "configs/colora_nafnet.py:study", "--workdir",
                                  "{workdir}") + _STUDY_DATA +
                 ("--config.study.curve_select_rates=False",)),),
-    regions=(Region("docs/study.md", _study_report),
+    regions=(Region("docs/study.md", render.study_report),
              Region("docs/colora.md", _study_summary, key="summary")),
     needs="Sun-Hays 80 (base, fine-tuning, validation) and CBSD68 (test) photographs",
     datasets=("CSun_Hays80", "CBSD68"),
@@ -153,7 +147,8 @@ def _rule_table(workdir: str) -> str:
   lines = ["| LoRA scaling | arm | validation PSNR (dB) per candidate rate | chosen | "
            "at the list's top? | test PSNR (dB) |", "|---|---|---|---|---|---|"]
   for folder, scaling in _RULE_SCALINGS:
-    report = render.table_rows(render.tables_in(_study_report(os.path.join(workdir, folder)))[0])
+    report = render.table_rows(
+        render.tables_in(render.study_report(os.path.join(workdir, folder)))[0])
     tests = {r["arm"]: r["test PSNR (dB)"] for r in report}
     for path in sorted(glob.glob(os.path.join(workdir, folder, "haze", "*", "selection.json"))):
       arm = os.path.basename(os.path.dirname(path)).replace("pct", "%")

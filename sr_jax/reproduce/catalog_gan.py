@@ -73,4 +73,31 @@ GAN_RUNTIME = Table(
     wall_time="not yet measured alone",
 )
 
-TABLES = (GAN_DEMOS, ESRGAN_LORA, GAN_RUNTIME)
+def _transfer(workdir: str) -> str:
+  """The study's report (its tables, settings and splits) and the photo base's own table."""
+  base = render.rows_table(list(render.results(os.path.join(workdir, "base")).items()),
+                           ("psnr", "ssim", "lpips_alex", "step_ms"), first_header="photo base")
+  return ("The base on the CBSD68 photographs (its own held-out set, 384-pixel centre crops):"
+          "\n\n" + base + "\n\n" + render.study_report(os.path.join(workdir, "study")))
+
+
+GAN_TRANSFER = Table(
+    name="gan_transfer",
+    what="docs/gan.md: LoRA and full fine-tuning of a photo-trained RRDBNet on manga, L1 and "
+         "GAN objectives, rates chosen on validation, 2 seeds, forgetting on photographs.",
+    steps=(main_job("configs/esrgan.py:photo_base", "{workdir}/base",
+                    "data.train_dir={datasets}/CSun_Hays80", "data.eval_dir={datasets}/CBSD68"),
+           Step("sr_jax.study", (
+               "--config", "configs/esrgan_lora.py:transfer", "--workdir", "{workdir}/study",
+               "--config.base.checkpoint={workdir}/base/export/params",
+               "--config.data.train_dir={datasets}/CManga109_60",
+               "--config.eval.general_set={datasets}/CBSD68"))),
+    regions=(Region("docs/gan.md", _transfer),),
+    needs="Sun-Hays 80 (the base), Manga109 colour pages (the new domain) and CBSD68 (the "
+          "photographs the forgetting is scored on)",
+    datasets=("CSun_Hays80", "CManga109_60", "CBSD68"),
+    wall_time="not measured alone yet (estimate: about 70 minutes)",
+    figures=(("study/study.png", "docs/gan_transfer.png"),),
+)
+
+TABLES = (GAN_DEMOS, ESRGAN_LORA, GAN_RUNTIME, GAN_TRANSFER)

@@ -113,6 +113,12 @@ METRICS = {  # key -> (header, format) for rows_table.
 }
 
 
+def study_report(workdir: str) -> str:
+  """A study's study.md (python -m sr_jax.study) as it wrote it, without its title line."""
+  text = report_section(os.path.join(workdir, "study.md"))
+  return text.split("\n", 1)[1].strip() if text.startswith("#") else text
+
+
 def rows_table(rows: Sequence[tuple[str, dict[str, Any]]], keys: Sequence[str],
                first_header: str = "arm") -> str:
   """A table of labelled result rows with the METRICS columns `keys` ('-' where a row lacks

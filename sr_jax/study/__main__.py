@@ -32,6 +32,8 @@ def base_config(config: ml_collections.ConfigDict,
   c = ml_collections.ConfigDict(config.to_dict())
   c.data.update(splits.data)
   c.base.update(splits.base_data)
+  if splits.general_set:
+    c.eval.general_set = splits.general_set
   return c
 
 
@@ -61,7 +63,12 @@ def run_task(config, workdir: str, task: str, splits: splits_lib.Splits, base_di
     results[arm.label] = select.test_runs(task_cfg, workdir, task, arm, plan, lr,
                                           seeds if main else seeds[:1], trainer)
     chosen[arm.label] = lr
-  return results, chosen
+  first = next(iter(results.values()))[0]
+  references = {name: [row] for name, row in first.pop("references", {}).items()}
+  for runs in results.values():
+    for row in runs:
+      row.pop("references", None)
+  return dict(references, **results), chosen
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, argv: list[str] = (),
@@ -77,6 +84,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, argv: list[str] = (),
     splits = splits_lib.make_splits(config, workdir)
     bconfig = base_config(config, splits)
     base = train.base_stage(bconfig, workdir)
+    if base is None:
+      raise ValueError("The study has no base to adapt: give base.checkpoint (a trained "
+                       "model's export/params) or study.base_images > 0 with base.num_steps "
+                       "> 0 to pre-train one here.")
     base_dir = config.base.checkpoint or os.path.join(workdir, "base", "export", "params")
     writer = metric_writers.create_default_writer(workdir, just_logging=True)
     results, chosen = {}, {}
@@ -101,6 +112,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, argv: list[str] = (),
               "list may do better outside it.",
               "Arms marked '-adapters' are at a budget too small to also tune the biases and "
               "norms fully: they train their LoRA factors alone."]
+    if config.study.objectives:
+      header.append("Objectives: every arm with each of " + ", ".join(
+          f"'+{o}'" for o in config.study.objectives) + "; a GAN-objective arm's rate is "
+          "chosen by the lowest validation LPIPS-alex where scored, every other by PSNR.")
+    if bconfig.eval.general_set:
+      header.append("'general' columns: the same runs scored on the general set (the base's "
+                    "own domain: what the adaptation forgets).")
     text = table.markdown(results, chosen, splits.to_json(), header)
     paths.write_text(os.path.join(workdir, "study.md"), text)
     plots.save_png(os.path.join(workdir, "study.png"), table.budget_plot(results))

@@ -2,8 +2,11 @@
 
 Arms: 'full' fine-tuning (every parameter), 'uniform' LoRA (one rank for every dense kernel)
 and 'colora' (ranks from FAIG contributions), the two LoRA arms at the same trainable budget
-(adapters plus the fully tuned biases and norms; sr_jax.colora.allocate). A task is a
-degradation chain of one op the base never saw ('haze', 'low_light', 'poisson_noise', ...).
+(adapters plus the fully tuned biases and norms; sr_jax.colora.allocate). With
+study.objectives (e.g. ('pixel', 'gan')) every arm runs once per training objective ('full+gan':
+full fine-tuning with the GAN objective). A task is a degradation chain of one op the base never
+saw ('haze', 'low_light', 'poisson_noise', ...), or 'domain': the config's own degradation on the
+data folder's images, a domain the base never saw (photographs to manga pages).
 """
 
 from __future__ import annotations
@@ -19,21 +22,32 @@ from sr_jax.models import registry
 
 ARMS = ("full", "uniform", "colora")
 LORA_ARMS = ("uniform", "colora")
+OBJECTIVES = ("pixel", "gan")  # The objectives an arm may train with (study.objectives).
+DOMAIN_TASK = "domain"  # The task that keeps the config's degradation: a new image domain.
 
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
   """One arm at one budget (0 for full fine-tuning). adapters_only: a LoRA arm at a budget too
-  small to also tune the biases and norms fully (colora.tune_extras) trains its adapters alone."""
+  small to also tune the biases and norms fully (colora.tune_extras) trains its adapters alone.
+  objective: the training objective ('' = the config's own; else config.objective is set)."""
   name: str
   budget: float = 0.0
   adapters_only: bool = False
+  objective: str = ""
 
   @property
   def label(self) -> str:
+    suffix = f"+{self.objective}" if self.objective else ""
     if self.name == "full":
-      return self.name
-    return f"{self.name}@{100 * self.budget:g}%" + ("-adapters" if self.adapters_only else "")
+      return self.name + suffix
+    return (f"{self.name}@{100 * self.budget:g}%" + ("-adapters" if self.adapters_only else "")
+            + suffix)
+
+  @property
+  def curve(self) -> str:
+    """The label without its budget: the budget curve this arm is a point of."""
+    return self.name + (f"+{self.objective}" if self.objective else "")
 
   @property
   def family(self) -> str:
@@ -47,10 +61,18 @@ def check_study(config: ml_collections.ConfigDict) -> None:
   unknown = [a for a in s.arms if a not in ARMS]
   if unknown or not s.arms:
     raise ValueError(f"Unknown study.arms {unknown or '(none)'}; choose from {list(ARMS)}.")
-  bad = [t for t in s.tasks if t not in ops.OPS]
+  bad = [t for t in s.tasks if t not in ops.OPS and t != DOMAIN_TASK]
   if bad or not s.tasks:
-    raise ValueError(f"Unknown study.tasks {bad or '(none)'}; each is a degradation op: "
-                     f"{list(ops.OPS)}.")
+    raise ValueError(f"Unknown study.tasks {bad or '(none)'}; each is a degradation op "
+                     f"{list(ops.OPS)} or {DOMAIN_TASK!r} (the config's own degradation on a "
+                     "new domain's images).")
+  unknown = [o for o in s.objectives if o not in OBJECTIVES]
+  if unknown:
+    raise ValueError(f"Unknown study.objectives {unknown}; choose from {list(OBJECTIVES)} (or "
+                     "none: every arm trains with config.objective).")
+  if "gan" in s.objectives and not config.gan.discriminator:
+    raise ValueError("study.objectives has 'gan' but config.gan.discriminator is empty: start "
+                     "from a GAN job's config (e.g. configs/esrgan_lora.py:transfer).")
   seen = set(config.base.degradation.ops) if config.base.degradation.kind in (
       "prod", "chain", "fixed", "single") else set()
   overlap = [t for t in s.tasks if t in seen]
@@ -67,11 +89,13 @@ def check_study(config: ml_collections.ConfigDict) -> None:
 def arms(config: ml_collections.ConfigDict, task: str) -> list[Arm]:
   """The task's arms: the main table's, then (on curve tasks) the LoRA arms at other budgets."""
   s = config.study
-  main = [Arm(a, 0.0 if a == "full" else s.budget) for a in s.arms]
+  objectives = tuple(s.objectives) or ("",)
+  main = [Arm(a, 0.0 if a == "full" else s.budget, objective=o)
+          for o in objectives for a in s.arms]
   if task not in s.curve_tasks:
     return main
-  return main + [Arm(a, b) for b in s.curve_budgets for a in s.arms if a in LORA_ARMS
-                 and b != s.budget]
+  return main + [Arm(a, b, objective=o) for o in objectives for b in s.curve_budgets
+                 for a in s.arms if a in LORA_ARMS and b != s.budget]
 
 
 def fit_extras(arm: Arm, task_cfg: ml_collections.ConfigDict, base_params: int,
@@ -102,7 +126,8 @@ def task_config(config: ml_collections.ConfigDict, task: str, base_dir: str,
   own stages off (each run is a plain training run)."""
   c = ml_collections.ConfigDict(config.to_dict())
   c.data.update(data)
-  c.data.degradation = task_degradation(config, task)
+  if task != DOMAIN_TASK:
+    c.data.degradation = task_degradation(config, task)
   c.job = f"{config.job}/{task}"
   c.colora.enabled = False
   c.base.checkpoint, c.base.num_steps = base_dir, 0
@@ -113,10 +138,15 @@ def task_config(config: ml_collections.ConfigDict, task: str, base_dir: str,
 def run_config(task_cfg: ml_collections.ConfigDict, arm: Arm, plan_file: str, learning_rate: float,
                seed: int, split: str) -> ml_collections.ConfigDict:
   """One training run: the arm's trainable set, its learning rate, the seed, and what it is
-  evaluated on ('val': the validation split, to choose the rate; 'eval': the test images)."""
+  evaluated on ('val': the validation split, to choose the rate; 'eval': the test images).
+  A validation run scores no general set and no NIQE: the choice reads neither."""
   c = ml_collections.ConfigDict(task_cfg.to_dict())
   c.job = f"{task_cfg.job}/{arm.label}/lr{learning_rate:g}/seed{seed}/{split}"
   c.seed, c.optimizer.learning_rate, c.data.eval_split = seed, learning_rate, split
+  if arm.objective:
+    c.objective = arm.objective
+  if split == "val":
+    c.eval.general_set, c.eval.niqe = "", False
   c.lora.enabled = arm.name != "full"
   c.lora.learning_rate_multiplier = 1.0  # The study sets every arm's rate itself.
   c.lora.plan_file = plan_file

@@ -2,8 +2,10 @@
 
 For each arm of a task: every candidate learning rate is trained once (the first seed) and
 scored on the validation split; the rate with the best validation PSNR is chosen (the first
-of equals: the candidates are ordered) and written to <arm>/selection.json; then the arm runs
-at that rate for each seed and is scored on the test images. The test images never take part
+of equals: the candidates are ordered; a GAN-objective arm, whose aim is perceptual, by the
+lowest LPIPS where the runs score it) and written to <arm>/selection.json; then the arm runs
+at that rate for each seed and is scored on the test images (and on the general set, when the
+config names one: the row carries it as 'general'). The test images never take part
 in a choice. Each run is train_and_evaluate in its own directory, so the study resumes.
 """
 
@@ -24,13 +26,39 @@ Row = dict[str, Any]
 Trainer = Callable[[ml_collections.ConfigDict, str], dict[str, Row]]
 
 
+GENERAL = " @ general set"  # The suffix of a run's rows scored on the general set.
+
+
 def tuned_row(rows: dict[str, Row]) -> Row:
-  """The trained model's row of a run's table (the last one)."""
-  return rows[list(rows)[-1]]
+  """The trained model's row of a run's table (the last one not on the general set), with its
+  general-set row under 'general' when the run scored one."""
+  names = [n for n in rows if not n.endswith(GENERAL)]
+  row = dict(rows[names[-1]])
+  if names[-1] + GENERAL in rows:
+    row["general"] = rows[names[-1] + GENERAL]
+  return row
+
+
+def reference_rows(rows: dict[str, Row]) -> dict[str, Row]:
+  """A run's rows that do not depend on the arm: bicubic (or the degraded input) and the
+  untouched base, each with its general-set row when scored."""
+  refs = {}
+  for name in ("bicubic", "degraded input", "base"):
+    if name in rows:
+      refs[name] = dict(rows[name])
+      if name + GENERAL in rows:
+        refs[name]["general"] = rows[name + GENERAL]
+  return refs
+
+
+def selection_metric(arm: arms_lib.Arm, row: Row) -> str:
+  """What the validation choice maximises: 'psnr', or for a GAN-objective arm '-lpips_alex'
+  (lower is better) when its runs score LPIPS-alex (config.eval.lpips)."""
+  return "-lpips_alex" if arm.objective == "gan" and "lpips_alex" in row else "psnr"
 
 
 def choose(scores: dict[float, float]) -> float:
-  """The learning rate of the best validation PSNR (the first listed among equals)."""
+  """The learning rate of the highest score (the first listed among equals)."""
   if not scores:
     raise ValueError("No candidate learning rate was scored.")
   return max(scores, key=lambda lr: (scores[lr], -list(scores).index(lr)))
@@ -68,17 +96,21 @@ def select_rate(task_cfg: ml_collections.ConfigDict, workdir: str, task: str,
                 ) -> float:
   """Trains every candidate rate on the validation split and returns the chosen one."""
   path = os.path.join(workdir, task, arm.label.replace("%", "pct"), "selection.json")
-  scores = {}
+  rows = {}
   for lr in arms_lib.learning_rates(task_cfg, arm):
     config = arms_lib.run_config(task_cfg, arm, plan, lr, seed, "val")
-    rows = trainer(config, arms_lib.run_dir(workdir, task, arm, lr, seed, "val"))
-    scores[lr] = float(tuned_row(rows)["psnr"])
-  chosen = choose(scores)
+    rows[lr] = tuned_row(trainer(config, arms_lib.run_dir(workdir, task, arm, lr, seed, "val")))
+  metric = selection_metric(arm, next(iter(rows.values())))
+  key, sign = metric.lstrip("-"), -1.0 if metric.startswith("-") else 1.0
+  chosen = choose({lr: sign * float(r[key]) for lr, r in rows.items()})
+  record = {"validation_psnr": {f"{lr:g}": float(r["psnr"]) for lr, r in rows.items()},
+            "metric": metric, "chosen": chosen, "seed": seed}
+  if key != "psnr":
+    record[f"validation_{key}"] = {f"{lr:g}": float(r[key]) for lr, r in rows.items()}
   paths.makedirs(os.path.dirname(path))
-  jsonfile.write(path, {"validation_psnr": {f"{lr:g}": v for lr, v in scores.items()},
-                        "chosen": chosen, "seed": seed})
-  logging.info("%s on %s: validation PSNR %s -> learning rate %g.", arm.label, task,
-               ", ".join(f"{lr:g}: {v:.2f}" for lr, v in scores.items()), chosen)
+  jsonfile.write(path, record)
+  logging.info("%s on %s: validation %s %s -> learning rate %g.", arm.label, task, key,
+               ", ".join(f"{lr:g}: {float(r[key]):.4g}" for lr, r in rows.items()), chosen)
   return chosen
 
 
@@ -89,7 +121,7 @@ def test_runs(task_cfg: ml_collections.ConfigDict, workdir: str, task: str, arm:
   results = []
   for seed in seeds:
     config = arms_lib.run_config(task_cfg, arm, plan, learning_rate, seed, "eval")
-    row = tuned_row(trainer(config, arms_lib.run_dir(workdir, task, arm, learning_rate, seed,
-                                                     "eval")))
-    results.append(dict(row, seed=seed, learning_rate=learning_rate, steps=config.num_steps))
+    rows = trainer(config, arms_lib.run_dir(workdir, task, arm, learning_rate, seed, "eval"))
+    results.append(dict(tuned_row(rows), seed=seed, learning_rate=learning_rate,
+                        steps=config.num_steps, references=reference_rows(rows)))
   return results

@@ -12,6 +12,9 @@ study.val_images training photos are the validation split and the held-out photo
 
 A test image that is also a training, validation or base image (the same file, or the same
 name in both folders) is an error: the reported numbers must come from images no choice saw.
+A general set given as a folder (eval.general_set: the original domain, what a transfer
+forgets) is linked too, its first study.general_images images (0 = all), and must not overlap
+the others either.
 """
 
 from __future__ import annotations
@@ -39,10 +42,15 @@ class Splits:
   test: tuple[str, ...]
   data: dict[str, Any]  # Overrides of config.data for the study's runs.
   base_data: dict[str, Any]  # Overrides of config.base for the base's pre-training.
+  general: tuple[str, ...] = ()  # The general set's images (eval.general_set as a folder).
+  general_set: str = ""  # The folder of their links: the runs' eval.general_set.
 
   def to_json(self) -> dict[str, Any]:
-    return {"base": list(self.base), "train": list(self.train), "val": list(self.val),
-            "test": list(self.test)}
+    out = {"base": list(self.base), "train": list(self.train), "val": list(self.val),
+           "test": list(self.test)}
+    if self.general:
+      out["general"] = list(self.general)
+    return out
 
 
 def _link_folder(folder: pathlib.Path, files: list[pathlib.Path], prefixes: list[str]) -> None:
@@ -55,13 +63,14 @@ def _link_folder(folder: pathlib.Path, files: list[pathlib.Path], prefixes: list
     (folder / f"{prefix}{i:03d}_{path.name}").symlink_to(path.resolve())
 
 
-def _check_disjoint(test: list[pathlib.Path], seen: list[pathlib.Path]) -> None:
+def _check_disjoint(test: list[pathlib.Path], seen: list[pathlib.Path], what: str = "test images",
+                    key: str = "data.eval_dir") -> None:
   same_file = {p.resolve() for p in test} & {p.resolve() for p in seen}
   same_name = {p.name for p in test} & {p.name for p in seen}
   if same_file or same_name:
-    raise ValueError("The study's test images overlap its training, validation or base images: "
-                     f"{sorted(str(x) for x in same_file | same_name)[:5]}. Use disjoint "
-                     "folders for data.train_dir and data.eval_dir.")
+    raise ValueError(f"The study's {what} overlap its other images (training, validation, "
+                     f"base or test): {sorted(str(x) for x in same_file | same_name)[:5]}. Use "
+                     f"disjoint folders for data.train_dir and {key}.")
 
 
 def _folder_splits(config: ml_collections.ConfigDict, workdir: str) -> Splits:
@@ -98,7 +107,16 @@ def _folder_splits(config: ml_collections.ConfigDict, workdir: str) -> Splits:
   data = {"source": "folder", "train_dir": str(root / "train"), "eval_dir": str(root / "test"),
           "val_images": len(val), "num_train_images": 0}
   names = lambda paths: tuple(p.name for p in paths)  # pylint: disable=unnecessary-lambda-assignment
-  return Splits(names(base), names(train), names(val), names(test), data, base_data)
+  general, general_set = [], ""
+  if config.eval.general_set and config.eval.general_set != "embedded":
+    general = sources.list_image_files(config.eval.general_set)
+    general = general[:s.general_images] if s.general_images > 0 else general
+    _check_disjoint(general, base + train + val + test, "general set (eval.general_set)",
+                    "eval.general_set")
+    _link_folder(root / "general", general, ["g"] * len(general))
+    general_set = str(root / "general")
+  return Splits(names(base), names(train), names(val), names(test), data, base_data,
+                names(general), general_set)
 
 
 def _embedded_splits(config: ml_collections.ConfigDict) -> Splits:
