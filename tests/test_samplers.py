@@ -16,6 +16,7 @@ import pytest
 from sr_jax import sharding
 from sr_jax.diffusion import samplers
 from sr_jax.diffusion import schedule as schedule_lib
+from sr_jax.tools import sr3_sampling
 
 SMALL = schedule_lib.NoiseSchedule.create("linear", 20, 1e-3, 0.3)
 
@@ -444,3 +445,25 @@ def test_auto_spacing():
       samplers.logsnr_timesteps(noise.gammas, 10))
   with pytest.raises(ValueError, match="config.diffusion.spacing"):
     samplers.SamplerConfig(spacing="karras")
+
+
+def test_the_sampler_table_names_the_fewest_dpm_steps_that_match_ddpm():
+  def row(sampler, steps, psnr, lpips, seconds):
+    return dict(model="SR3", sampler=f"{sampler} {steps} steps", steps=steps, psnr=psnr,
+                lpips_alex=lpips, seconds=seconds)
+
+  rows = [dict(model="-", sampler="bicubic", steps=0, psnr=26.0, lpips_alex=0.3,
+               seconds=float("nan"), images=3),
+          row("DDPM", 2000, 22.0, 0.40, 60.0), row("DDIM", 50, 21.9, 0.41, 1.5),
+          row("DPM-Solver++(2M)", 10, 21.5, 0.41, 0.3),  # 0.5 dB short.
+          row("DPM-Solver++(2M)", 20, 21.8, 0.43, 0.6),  # LPIPS 0.03 worse.
+          row("DPM-Solver++(2M)", 50, 21.75, 0.415, 1.5),  # Within both: the answer.
+          row("DPM-Solver++(2M)", 100, 22.1, 0.40, 3.0)]
+  reference, match = sr3_sampling.fewest_matching(rows)
+  assert reference["steps"] == 2000 and match["steps"] == 50
+  text = sr3_sampling.table(rows, 3)
+  assert "DDPM 2000 steps: 50 (-0.25 dB), 40x faster per image." in text
+  rows[5]["psnr"], rows[6]["lpips_alex"] = 21.0, 0.5
+  assert sr3_sampling.fewest_matching(rows)[1] is None
+  assert "No DPM-Solver++(2M) row comes within" in sr3_sampling.table(rows, 3)
+  assert sr3_sampling.fewest_matching(rows[:3]) is None  # No DPM row: no verdict.

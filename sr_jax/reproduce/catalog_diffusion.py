@@ -39,15 +39,16 @@ SR3_FINETUNE = Table(
 
 SR3_SAMPLERS = Table(
     name="sr3_samplers",
-    what="docs/diffusion.md: DDIM 50 against DDPM's 2,000 steps on the SR3 demo base.",
-    steps=(SR3_FINETUNE.steps[0],
+    what="docs/diffusion.md: DPM-Solver++(2M) and DDIM against DDPM's 2,000 steps (SR3 demo).",
+    steps=(main_job("configs/sr3.py:demo", "{workdir}/sr3"),
            Step("sr_jax.tools.sr3_sampling", (
-               "--checkpoint", _BASE, "--config", "configs/sr3.py:demo",
+               "--checkpoint", "{workdir}/sr3/export/params", "--config", "configs/sr3.py:demo",
                "--config.data.eval_max_size=64", "--config.eval.lpips=alex",
-               "--samplers", "ddim:50,ddpm:0", "--output", "{workdir}/sampling.md"))),
+               "--samplers", "ddpm:0,ddim:50,dpmpp_2m:5,dpmpp_2m:10,dpmpp_2m:20,dpmpp_2m:50,"
+               "dpmpp_2m:100,dpmpp_2m:200", "--output", "{workdir}/sampling.md"))),
     regions=(Region("docs/diffusion.md", render.tool_report("sampling.md")),),
     wall_time=("not measured alone yet "
-               "(estimate: about 45 minutes with the base (DDPM: about a minute per image))"),
+               "(estimate: about 35 minutes with the base (DDPM: about a minute per image))"),
 )
 
 

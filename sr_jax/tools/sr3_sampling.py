@@ -130,7 +130,7 @@ def compare(checkpoints: str | Sequence[str], adapter: str | None, config,
   scale = int(config.data.degradation.scale)
   options = dict(evaluate.options(config.eval, scale), consistency_scale=scale)
   rows = [dict(score(None, eval_set, options), model="-", sampler="bicubic", steps=0,
-               seconds=float("nan"))]
+               seconds=float("nan"), images=len(eval_set))]
   for family, restorer in _restorers(checkpoints, adapter, entries, eta, seed):
     if restorer.scale != scale:
       raise ValueError(f"A checkpoint upscales by {restorer.scale} but --config's "
@@ -144,7 +144,40 @@ def compare(checkpoints: str | Sequence[str], adapter: str | None, config,
   return rows
 
 
+def fewest_matching(rows: Sequence[dict[str, Any]], psnr_tol: float = 0.3,
+                    lpips_tol: float = 0.02, prefix: str = "DPM-Solver++(2M)"
+                    ) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+  """(the reference, the fewest-step `prefix` row within psnr_tol dB PSNR and lpips_tol
+  LPIPS-alex of it, or None), the reference being the SR3 DDPM row with the most steps; None
+  when the rows hold no such reference or no `prefix` row. Without LPIPS only PSNR counts."""
+  ddpm = [r for r in rows if r["model"] == "SR3" and r["sampler"].startswith("DDPM")]
+  fast = sorted((r for r in rows if r["model"] == "SR3" and r["sampler"].startswith(prefix)),
+                key=lambda r: r["steps"])
+  if not ddpm or not fast:
+    return None
+  reference = max(ddpm, key=lambda r: r["steps"])
+  close = [r for r in fast if reference["psnr"] - r["psnr"] <= psnr_tol and (
+      "lpips_alex" not in r or r["lpips_alex"] - reference["lpips_alex"] <= lpips_tol)]
+  return reference, (close[0] if close else None)
+
+
+def verdict(rows: Sequence[dict[str, Any]]) -> str:
+  """One sentence: the fewest DPM-Solver++(2M) steps that come within 0.3 dB PSNR and 0.02
+  LPIPS-alex of DDPM over its full chain, and the speed-up ('' when not comparable)."""
+  found = fewest_matching(rows)
+  if found is None:
+    return ""
+  reference, match = found
+  if match is None:
+    return (f"No DPM-Solver++(2M) row comes within 0.3 dB PSNR and 0.02 LPIPS-alex of "
+            f"{reference['sampler']}.")
+  return (f"The fewest DPM-Solver++(2M) steps within 0.3 dB PSNR and 0.02 LPIPS-alex of "
+          f"{reference['sampler']}: {match['steps']} ({match['psnr'] - reference['psnr']:+.2f} "
+          f"dB), {reference['seconds'] / match['seconds']:.0f}x faster per image.")
+
+
 def table(rows: Sequence[dict[str, Any]], num_images: int) -> str:
+  """The markdown table of compare's rows, with the verdict line when it applies."""
   columns = [c for c in _COLUMNS if any(c[0] in r for r in rows)]
   header = ["model", "sampler", "steps", "s / image"] + [c[1] for c in columns]
   lines = [f"Diffusion samplers on {num_images} held-out image(s)", "",
@@ -154,7 +187,8 @@ def table(rows: Sequence[dict[str, Any]], num_images: int) -> str:
     cells = [r["model"], r["sampler"], str(r["steps"] or "-"), seconds]
     cells += [fmt.format(r[k]) if k in r else "-" for k, _, fmt in columns]
     lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+  found = verdict(rows)
+  return "\n".join(lines + (["", found] if found else []))
 
 
 def main(argv: list[str]) -> None:
@@ -165,11 +199,9 @@ def main(argv: list[str]) -> None:
   if not FLAGS.checkpoint:
     raise app.UsageError("--checkpoint is required: the SR3 export to sample (W/export/params).")
   runtime.setup()
-  from sr_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  config = FLAGS.config
-  rows = compare(FLAGS.checkpoint, FLAGS.adapter, config, parse_samplers(FLAGS.samplers),
+  rows = compare(FLAGS.checkpoint, FLAGS.adapter, FLAGS.config, parse_samplers(FLAGS.samplers),
                  FLAGS.eta, FLAGS.seed)
-  text = table(rows, len(pipeline.make_eval_set(config.data, seed=config.seed)))
+  text = table(rows, rows[0]["images"])
   print(text, flush=True)
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:
