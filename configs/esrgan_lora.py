@@ -99,8 +99,8 @@ def transfer_study(config: ml_collections.ConfigDict) -> None:
   s = config.study
   s.tasks, s.arms, s.objectives = ("domain",), ("full", "uniform"), ("pixel", "gan")
   s.budget, s.curve_tasks, s.seeds = 0.2, (), (0, 1)  # LoRA at a fifth of the parameters.
-  s.full_learning_rates = (1e-4, 3e-4, 1e-3)
-  s.lora_learning_rates = (3e-4, 1e-3, 3e-3)
+  s.full_learning_rates = (1e-4, 3e-4, 1e-3, 3e-3)
+  s.lora_learning_rates = (3e-4, 1e-3, 3e-3, 1e-2)
   # One folder of the new domain (data.train_dir), split once: 36 to fine-tune on, 8 to choose
   # rates on, 16 to report; the first 12 photos of eval.general_set score the forgetting.
   s.base_images, s.train_images, s.val_images, s.test_images = 0, 36, 8, 16

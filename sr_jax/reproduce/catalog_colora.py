@@ -178,4 +178,24 @@ LR_RULE = Table(
     wall_time="not measured alone yet (estimate: about 40 minutes)",
 )
 
-TABLES = (DEMO, COLORA_ABLATION, COLORA_RESTORMER, STUDY, TLC, BANK, LR_RULE)
+
+
+def _lora_rate(name: str, config: str, minutes: str) -> Table:
+  """A pinned job's LoRA multiplier chosen on 2 held-out training photos (tools/lora_rate)."""
+  return Table(
+      name=name,
+      what=f"docs/study.md: {config}'s LoRA rate multiplier, chosen on a validation split.",
+      steps=(Step("sr_jax.tools.lora_rate", ("--config", config, "--workdir", "{workdir}",
+                                             "--multipliers", "1,3,10", "--val_images", "2")),),
+      regions=(Region("docs/study.md", render.tool_report("choice.md")),),
+      wall_time=f"not measured alone yet (estimate: {minutes})",
+  )
+
+
+LORA_RATE_NAFNET = _lora_rate("lora_rate_nafnet", "configs/lora_nafnet.py:demo",
+                              "about 8 minutes (3 runs of 2.5)")
+LORA_RATE_RESTORMER = _lora_rate("lora_rate_restormer", "configs/colora_restormer.py:demo",
+                                 "about 27 minutes (3 runs of 9)")
+
+TABLES = (DEMO, COLORA_ABLATION, COLORA_RESTORMER, STUDY, TLC, BANK, LR_RULE, LORA_RATE_NAFNET,
+          LORA_RATE_RESTORMER)
