@@ -322,9 +322,12 @@ def base_config() -> ml_collections.ConfigDict:
       # Tasks the base never saw: 'haze', 'low_light', 'poisson_noise' (or any degradation op),
       # or 'domain': the config's own degradation on data.train_dir's images (a new domain).
       tasks=("haze", "low_light", "poisson_noise"),
-      arms=("full", "uniform", "colora"),  # 'full', 'uniform' (LoRA), 'colora'.
+      # 'full', 'uniform' (LoRA), 'colora'; 'range' (a diffusion chain's data end only).
+      arms=("full", "uniform", "colora"),
       # Run every arm once per objective ('pixel', 'gan'); empty = config.objective only.
       objectives=(),
+      # The 'range' arm of a diffusion objective trains timesteps 1..range_t_max only.
+      range_t_max=5,
       budget=0.07,  # Trainable share of the LoRA arms in the main table.
       curve_budgets=(0.01, 0.03, 0.15),  # More budgets of the LoRA arms: the budget curve.
       curve_tasks=("haze",),  # Tasks the budget curve is measured on.

@@ -137,6 +137,7 @@ RULES: dict[str, Rule] = {
     "study.lora_learning_rates": Real(0, lo_open=True, sequence=True),
     "study.base_images": Int(0), "study.train_images": Int(1), "study.val_images": Int(1),
     "study.test_images": Int(0), "study.general_images": Int(0),
+    "study.range_t_max": Int(1),
 }
 DEGRADATION_KEYS = ("data.degradation", "base.degradation")
 

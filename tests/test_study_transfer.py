@@ -122,3 +122,24 @@ def test_unknown_objectives_and_a_gan_arm_without_a_discriminator_are_errors():
   c.gan.discriminator = ""
   with pytest.raises(ValueError, match="gan.discriminator is empty"):
     arms_lib.check_study(c)
+
+
+def test_the_range_arm_fine_tunes_the_data_end_of_a_diffusion_chain_at_full_rates():
+  from configs import colora_nafnet, resshift_finetune  # pylint: disable=g-import-not-at-top
+  c = resshift_finetune.get_config("study")
+  arms_lib.check_study(c)
+  by_label = {a.label: a for a in arms_lib.arms(c, "domain")}
+  assert list(by_label) == ["full", "uniform@5%", "range"]
+  arm = by_label["range"]
+  assert arms_lib.learning_rates(c, arm) == tuple(c.study.full_learning_rates)
+  run = arms_lib.run_config(c, arm, "", 2e-4, 1, "eval")
+  assert not run.lora.enabled and run.optimizer.learning_rate == 2e-4
+  assert (run.resshift.t_min, run.resshift.t_max, run.resshift.base_outside_range) == (
+      1, c.study.range_t_max, True)
+  assert run.resshift.kappa == 16.0  # The chain the demo base was trained with.
+  full = arms_lib.run_config(c, by_label["full"], "", 2e-4, 1, "eval")
+  assert (full.resshift.t_min, full.resshift.t_max) == (1, 0)  # The whole chain.
+  nafnet = colora_nafnet.get_config("study_quick")
+  nafnet.study.arms = ("full", "range")
+  with pytest.raises(ValueError, match="'range'.*needs one of"):
+    arms_lib.check_study(nafnet)

@@ -53,7 +53,7 @@ def run_task(config, workdir: str, task: str, splits: splits_lib.Splits, base_di
   seeds = list(config.study.seeds)
   for arm in task_arms:
     plan = select.plan_file(task_cfg, task_dir, arm, base, scores)
-    main = arm.name == "full" or arm.budget == config.study.budget
+    main = arm.name not in arms_lib.LORA_ARMS or arm.budget == config.study.budget
     if not main and not config.study.curve_select_rates:  # The arm's main-budget rate.
       lr = chosen[arms_lib.Arm(arm.name, config.study.budget).label]
       logging.info("%s on %s: the rate %s chose at %g%%, %g.", arm.label, task, arm.name,

@@ -2,7 +2,9 @@
 
 Arms: 'full' fine-tuning (every parameter), 'uniform' LoRA (one rank for every dense kernel)
 and 'colora' (ranks from FAIG contributions), the two LoRA arms at the same trainable budget
-(adapters plus the fully tuned biases and norms; sr_jax.colora.allocate). With
+(adapters plus the fully tuned biases and norms; sr_jax.colora.allocate); for a diffusion
+objective also 'range', full fine-tuning of the data end of the chain only (timesteps 1 to
+study.range_t_max, the base sampling the others; full fine-tuning's rate candidates). With
 study.objectives (e.g. ('pixel', 'gan')) every arm runs once per training objective ('full+gan':
 full fine-tuning with the GAN objective). A task is a degradation chain of one op the base never
 saw ('haze', 'low_light', 'poisson_noise', ...), or 'domain': the config's own degradation on the
@@ -20,8 +22,9 @@ from sr_jax import colora
 from sr_jax.data import ops
 from sr_jax.models import registry
 
-ARMS = ("full", "uniform", "colora")
+ARMS = ("full", "uniform", "colora", "range")
 LORA_ARMS = ("uniform", "colora")
+DIFFUSION = ("diffusion", "resshift")  # Objectives whose timestep chain 'range' restricts.
 OBJECTIVES = ("pixel", "gan")  # The objectives an arm may train with (study.objectives).
 DOMAIN_TASK = "domain"  # The task that keeps the config's degradation: a new image domain.
 
@@ -39,7 +42,7 @@ class Arm:
   @property
   def label(self) -> str:
     suffix = f"+{self.objective}" if self.objective else ""
-    if self.name == "full":
+    if self.name not in LORA_ARMS:
       return self.name + suffix
     return (f"{self.name}@{100 * self.budget:g}%" + ("-adapters" if self.adapters_only else "")
             + suffix)
@@ -52,7 +55,7 @@ class Arm:
   @property
   def family(self) -> str:
     """Which learning-rate candidates it draws from: 'full' or 'lora'."""
-    return "full" if self.name == "full" else "lora"
+    return "lora" if self.name in LORA_ARMS else "full"
 
 
 def check_study(config: ml_collections.ConfigDict) -> None:
@@ -70,6 +73,9 @@ def check_study(config: ml_collections.ConfigDict) -> None:
   if unknown:
     raise ValueError(f"Unknown study.objectives {unknown}; choose from {list(OBJECTIVES)} (or "
                      "none: every arm trains with config.objective).")
+  if "range" in s.arms and config.objective not in DIFFUSION:
+    raise ValueError(f"study.arms has 'range' (part of a diffusion chain) but config.objective "
+                     f"is {config.objective!r}; it needs one of {list(DIFFUSION)}.")
   if "gan" in s.objectives and not config.gan.discriminator:
     raise ValueError("study.objectives has 'gan' but config.gan.discriminator is empty: start "
                      "from a GAN job's config (e.g. configs/esrgan_lora.py:transfer).")
@@ -90,7 +96,7 @@ def arms(config: ml_collections.ConfigDict, task: str) -> list[Arm]:
   """The task's arms: the main table's, then (on curve tasks) the LoRA arms at other budgets."""
   s = config.study
   objectives = tuple(s.objectives) or ("",)
-  main = [Arm(a, 0.0 if a == "full" else s.budget, objective=o)
+  main = [Arm(a, s.budget if a in LORA_ARMS else 0.0, objective=o)
           for o in objectives for a in s.arms]
   if task not in s.curve_tasks:
     return main
@@ -102,7 +108,7 @@ def fit_extras(arm: Arm, task_cfg: ml_collections.ConfigDict, base_params: int,
                extras_params: int) -> Arm:
   """The arm, made adapters-only when its budget cannot hold the fully tuned extras (so a 1%
   curve point of a small model still runs, and says how it differs)."""
-  if (arm.name == "full" or not task_cfg.colora.tune_extras
+  if (arm.name not in LORA_ARMS or not task_cfg.colora.tune_extras
       or extras_params <= int(arm.budget * base_params)):
     return arm
   return dataclasses.replace(arm, adapters_only=True)
@@ -147,7 +153,10 @@ def run_config(task_cfg: ml_collections.ConfigDict, arm: Arm, plan_file: str, le
     c.objective = arm.objective
   if split == "val":
     c.eval.general_set, c.eval.niqe = "", False
-  c.lora.enabled = arm.name != "full"
+  c.lora.enabled = arm.name in LORA_ARMS
+  if arm.name == "range":
+    chain = c[c.objective]
+    chain.t_min, chain.t_max, chain.base_outside_range = 1, task_cfg.study.range_t_max, True
   c.lora.learning_rate_multiplier = 1.0  # The study sets every arm's rate itself.
   c.lora.plan_file = plan_file
   if c.lora.enabled:

@@ -67,7 +67,7 @@ def choose(scores: dict[float, float]) -> float:
 def plan_file(task_cfg: ml_collections.ConfigDict, workdir: str, arm: arms_lib.Arm, base: Any,
               scores: Sequence[Any] | None) -> str:
   """The arm's LoRA plan file at its budget (CoLoRA from FAIG scores; uniform from none)."""
-  if arm.name == "full":
+  if arm.name not in arms_lib.LORA_ARMS:
     return ""
   c = ml_collections.ConfigDict(task_cfg.colora.to_dict())
   c.budget = arm.budget
