@@ -258,3 +258,14 @@ def test_jobs_write_their_rows_beside_the_table(tmp_path):
   assert "| lora | 21.500 | 0.7500 |" in (tmp_path / "results.md").read_text()
   with pytest.raises(FileNotFoundError, match="has not finished"):
     render.results(str(tmp_path / "missing"))
+
+
+def test_a_rendered_table_names_no_local_folder_and_its_footer_the_datasets_flag():
+  text = runner.anonymous("Command: `python -m sr_jax.study --workdir /tmp/x/run/study "
+                          "--config.data.train_dir=/data/sets/Manga`", "/tmp/x/run/",
+                          "/data/sets")
+  assert text == ("Command: `python -m sr_jax.study --workdir W/study "
+                  "--config.data.train_dir=DATASETS/Manga`")
+  needs_data = Table("t", "what", (), (), datasets=("Manga",))
+  assert "--workdir W --datasets DIR`" in runner.footer(needs_data, 60.0, 1)
+  assert "--workdir W` on" in runner.footer(Table("t", "what", (), ()), 60.0, 1)
