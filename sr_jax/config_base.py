@@ -275,6 +275,10 @@ def base_config() -> ml_collections.ConfigDict:
       # 'merged' (W + scale * A @ B, differentiated whole), or 'auto' (per layer, whichever
       # costs fewer multiply-adds). Inference and exports always merge.
       formulation="auto",
+      # What 'auto' compares per layer (sr_jax/lora_branch.py): 'flops' (multiply-adds) or
+      # 'roofline' (multiply-adds and bytes moved at this machine's measured rates,
+      # sr_jax/roofline.py; cached per device kind).
+      cost_model="flops",
       # A LoRA run trains at optimizer.learning_rate x this: adapters start at zero and need a
       # higher rate than full fine-tuning. 3 is what the adaptation study (docs/colora.md)
       # chose on its validation split: LoRA arms' rates 1-3.3x full fine-tuning's.

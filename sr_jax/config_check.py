@@ -206,6 +206,9 @@ def joint_problems(config: ConfigDict) -> list[str]:
   if config.lora.scaling not in lora.SCALINGS:
     problems.append(f"config.lora.scaling={config.lora.scaling!r}: must be one of "
                     f"{lora.SCALINGS}")
+  if config.lora.cost_model not in lora_branch.COST_MODELS:
+    problems.append(f"config.lora.cost_model={config.lora.cost_model!r}: must be one of "
+                    f"{list(lora_branch.COST_MODELS)}.")
   if config.lora.formulation not in lora_branch.FORMULATIONS:
     problems.append(f"config.lora.formulation={config.lora.formulation!r}: must be one of "
                     f"{lora_branch.FORMULATIONS}")

@@ -15,10 +15,12 @@ as many for the input gradient and as many for the factors' gradients, against t
 kh kw cin cout of the weight gradient it removes; the merged form also multiplies A @ B and
 projects the kernel gradient back onto A and B (3 kh kw cin r cout per step, whatever the
 batch). `layer_costs` counts both for every adapted layer from an abstract trace of the model
-(actual output sizes and strides), and `unmerged_paths` runs a layer unmerged where that is
-cheaper (config.lora.formulation 'auto'), or every layer one way ('merged', 'unmerged'): wide
-layers (NAFNet's middle blocks, Restormer's projections) go unmerged, narrow full-resolution
-1x1 convs stay merged.
+(actual input and output sizes and strides), with the bytes each layout moves, and
+`unmerged_paths` runs a layer unmerged where that is predicted faster (config.lora.formulation
+'auto'; config.lora.cost_model 'flops': fewer multiply-adds; 'roofline': multiply-adds and
+bytes at this machine's measured rates, sr_jax.roofline), or every layer one way ('merged',
+'unmerged'): wide layers (NAFNet's middle blocks, Restormer's projections) go unmerged, narrow
+full-resolution 1x1 convs stay merged.
 
 How the model stays unaware of LoRA: `apply_model` merges the layers chosen merged into the
 parameter tree, then runs `model.apply` inside `flax.linen.intercept_methods` with an
@@ -42,11 +44,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sr_jax import lora
+from sr_jax import lora, roofline
 from sr_jax.models import layers
 
 PyTree = Any
 FORMULATIONS = ("auto", "merged", "unmerged")
+COST_MODELS = ("flops", "roofline")
 _SUPPORTED = (layers.Conv, layers.Conv1x1, nn.Dense, nn.Conv)
 
 
@@ -129,7 +132,8 @@ def apply_model(model: nn.Module, params: PyTree, plan: lora.LoraPlan | None, *i
 
 @dataclasses.dataclass(frozen=True)
 class LayerCost:
-  """One adapted layer's multiply-adds per step beyond the frozen layer's own, both ways."""
+  """One adapted layer's cost per step beyond the frozen layer's own, both ways: multiply-adds
+  and bytes moved (float32 elements x 4)."""
   path: str
   layer: str  # The module class, e.g. 'Conv1x1'.
   kernel: tuple[int, ...]
@@ -137,23 +141,40 @@ class LayerCost:
   out_pixels: int  # Output positions per step (batch x height x width; batch for a Dense).
   merged_macs: int  # Kernel gradient + forming A @ B and projecting its gradient onto A, B.
   unmerged_macs: int  # The branch: forward, input gradient, factor gradients.
+  # The kernel gradient reads the layer's input and output gradient once more (and the kernel
+  # -sized terms); the branch reads the input twice (forward, A's gradient), accumulates into
+  # the output and the input gradient (read and write each) and reads the output gradient
+  # twice (B's gradient, the rank-r gradient), besides its rank-r activations.
+  merged_bytes: int = 0
+  unmerged_bytes: int = 0
 
   @property
   def cheaper(self) -> str:
+    """The layout of fewer multiply-adds (the chooser's rule under roofline.FLOPS_ONLY)."""
     return "unmerged" if self.unmerged_macs < self.merged_macs else "merged"
+
+  def seconds(self, machine: roofline.Machine) -> dict[str, float]:
+    """Each layout's predicted extra time per step on `machine`."""
+    return {"merged": machine.seconds(self.merged_macs, self.merged_bytes),
+            "unmerged": machine.seconds(self.unmerged_macs, self.unmerged_bytes)}
+
+  def faster(self, machine: roofline.Machine) -> str:
+    """The layout `machine`'s roofline predicts faster (merged on a tie)."""
+    t = self.seconds(machine)
+    return "unmerged" if t["unmerged"] < t["merged"] else "merged"
 
 
 def layer_costs(model: nn.Module, base: PyTree, plan: lora.LoraPlan, *inputs: Any,
                 **kwargs: Any) -> list[LayerCost]:
   """Each adapted layer's cost both ways, from an abstract trace of `model` on `inputs`."""
   kernels = {path.rpartition("/")[0]: path for path in plan.paths}
-  seen: dict[str, tuple[nn.Module, tuple[int, ...]]] = {}
+  seen: dict[str, tuple[nn.Module, tuple[int, ...], tuple[int, ...]]] = {}
 
   def record(next_fun, args, kw, context):
     out = next_fun(*args, **kw)
     path = module_path(context.module)
     if context.method_name == "__call__" and path in kernels:
-      seen[path] = (context.module, tuple(out.shape))
+      seen[path] = (context.module, tuple(args[0].shape), tuple(out.shape))
     return out
 
   with nn.intercept_methods(record):
@@ -163,20 +184,33 @@ def layer_costs(model: nn.Module, base: PyTree, plan: lora.LoraPlan, *inputs: An
   for layer_path, path in kernels.items():
     if layer_path not in seen:
       raise ValueError(f"The adapted kernel {path} belongs to no layer the model calls.")
-    module, out_shape = seen[layer_path]
+    module, in_shape, out_shape = seen[layer_path]
     if not isinstance(module, _SUPPORTED):
       raise TypeError(f"No unmerged LoRA branch for {type(module).__name__} at {layer_path}; "
                       "set config.lora.formulation='merged'.")
     fan_in, cout, groups = _kernel_geometry(module, shapes[path])
     r, pixels = plan.rank(path), math.prod(out_shape[:-1])
-    costs.append(LayerCost(path, type(module).__name__, shapes[path], r, pixels,
-                           merged_macs=pixels * fan_in * cout + 3 * fan_in * r * cout,
-                           unmerged_macs=3 * pixels * r * (fan_in * groups + cout)))
+    inputs_, outputs = math.prod(in_shape), pixels * cout
+    costs.append(LayerCost(
+        path, type(module).__name__, shapes[path], r, pixels,
+        merged_macs=pixels * fan_in * cout + 3 * fan_in * r * cout,
+        unmerged_macs=3 * pixels * r * (fan_in * groups + cout),
+        merged_bytes=4 * (inputs_ + outputs + 3 * fan_in * cout),
+        unmerged_bytes=4 * (4 * inputs_ + 4 * outputs + 4 * pixels * r)))
   return costs
 
 
-def unmerged_paths(costs: Sequence[LayerCost], formulation: str) -> frozenset[str]:
-  """The kernels trained unmerged under config.lora.formulation."""
+def cost_machine(cost_model: str) -> roofline.Machine:
+  """The machine 'auto' predicts for: FLOPS_ONLY ('flops'), or this device's measured roofline."""
+  if cost_model not in COST_MODELS:
+    raise ValueError(f"Unknown config.lora.cost_model {cost_model!r}; use one of {COST_MODELS}.")
+  return roofline.current() if cost_model == "roofline" else roofline.FLOPS_ONLY
+
+
+def unmerged_paths(costs: Sequence[LayerCost], formulation: str,
+                   machine: roofline.Machine = roofline.FLOPS_ONLY) -> frozenset[str]:
+  """The kernels trained unmerged under config.lora.formulation ('auto': where `machine`'s
+  roofline predicts the branch faster; under FLOPS_ONLY, where it has fewer multiply-adds)."""
   if formulation not in FORMULATIONS:
     raise ValueError(f"Unknown config.lora.formulation {formulation!r}; use one of "
                      f"{FORMULATIONS}.")
@@ -184,4 +218,4 @@ def unmerged_paths(costs: Sequence[LayerCost], formulation: str) -> frozenset[st
     return frozenset()
   if formulation == "unmerged":
     return frozenset(c.path for c in costs)
-  return frozenset(c.path for c in costs if c.cheaper == "unmerged")
+  return frozenset(c.path for c in costs if c.faster(machine) == "unmerged")

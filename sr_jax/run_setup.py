@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from sr_jax import jsonfile, lora, lora_branch, objectives, sharding, step as step_lib
+from sr_jax import jsonfile, lora, lora_branch, objectives, roofline, sharding, step as step_lib
 from sr_jax.data import pipeline
 from sr_jax.models import registry
 from sr_jax.objectives import base as objective_base
@@ -121,12 +121,20 @@ def unmerged_kernels(config: ml_collections.ConfigDict, model, facts: registry.M
     size //= max(int(config.data.degradation.scale), 1)
   inputs = registry.example_inputs(model, size, max(config.batch_size // devices, 1))
   costs = lora_branch.layer_costs(model, base, plan, *inputs)
-  unmerged = lora_branch.unmerged_paths(costs, config.lora.formulation)
+  machine = (lora_branch.cost_machine(config.lora.cost_model)
+             if config.lora.formulation == "auto" else roofline.FLOPS_ONLY)
+  unmerged = lora_branch.unmerged_paths(costs, config.lora.formulation, machine)
   saved = sum(c.merged_macs - c.unmerged_macs for c in costs if c.path in unmerged)
   logging.info("LoRA formulation %r: %d of %d adapted kernels trained unmerged (no weight "
                "gradient of their frozen kernel), %d merged; %.3g fewer GMAC per device-step "
                "than all merged.", config.lora.formulation, len(unmerged), len(costs),
                len(costs) - len(unmerged), saved / 1e9)
+  if machine is not roofline.FLOPS_ONLY:
+    predicted = sum(c.seconds(machine)["merged"] - min(c.seconds(machine).values())
+                    for c in costs)
+    logging.info("Cost model: the roofline of %s (%.3g GMAC/s, %.3g GB/s); predicted %.3g ms "
+                 "per device-step saved against all merged.", machine.kind,
+                 machine.macs_per_s / 1e9, machine.bytes_per_s / 1e9, predicted * 1e3)
   return unmerged
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import lora_nafnet
-from sr_jax import checkpoint, lora, lora_branch, run_setup, sharding, train
+from sr_jax import checkpoint, lora, lora_branch, roofline, run_setup, sharding, train
 from sr_jax.models import layers, registry
 from sr_jax.tools import step_timing
 
@@ -175,3 +175,62 @@ def test_unmerged_run_keeps_no_state_for_frozen_leaves_and_exports_merged(tmp_pa
                                      unmerged=frozenset(plan.paths))
   np.testing.assert_allclose(model.apply({"params": export}, x), expected, atol=2e-5)
   assert json.loads((tmp_path / "export" / "adapters" / "meta.json").read_text())["lora_plan"]
+
+
+def _costs(*layers_cin_cout_rank):
+  """layer_costs of a chain of 1x1 convs (cin -> cout at rank r each) on a 64x64 input."""
+  model = nn.Sequential([layers.Conv1x1(cout, name=f"c{i}")
+                         for i, (_, cout, _) in enumerate(layers_cin_cout_rank)])
+  x = jnp.zeros((1, 64, 64, layers_cin_cout_rank[0][0]))
+  base = model.init(jax.random.PRNGKey(0), x)["params"]
+  plan = lora.make_plan(base, targets=(r".*/kernel",), rank=8, alpha=1.0)
+  return lora_branch.layer_costs(model, base, plan, x)
+
+
+def test_the_roofline_chooser_never_picks_a_layout_its_model_ranks_slower():
+  """Bytes counted as the docstring says; 'auto' takes the layout of the smaller predicted time
+  per layer; with bytes free (FLOPS_ONLY) it is the multiply-add rule."""
+  costs = _costs((32, 32, 8), (32, 512, 8), (512, 1024, 8))
+  narrow = costs[0]
+  pixels = 64 * 64
+  assert narrow.merged_bytes == 4 * (pixels * 32 + pixels * 32 + 3 * 32 * 32)
+  assert narrow.unmerged_bytes == 4 * (4 * pixels * 32 + 4 * pixels * 32 + 4 * pixels * 8)
+  cpu_like = roofline.Machine("slow memory", macs_per_s=5e10, bytes_per_s=1e10)
+  gpu_like = roofline.Machine("fast memory", macs_per_s=5e10, bytes_per_s=1e13)
+  for machine in (cpu_like, gpu_like, roofline.FLOPS_ONLY):
+    chosen = lora_branch.unmerged_paths(costs, "auto", machine)
+    for c in costs:
+      t = c.seconds(machine)
+      if c.path in chosen:
+        assert t["unmerged"] < t["merged"]
+      else:
+        assert t["merged"] <= t["unmerged"]
+  flops_rule = {c.path for c in costs if c.cheaper == "unmerged"}
+  assert lora_branch.unmerged_paths(costs, "auto", roofline.FLOPS_ONLY) == flops_rule
+  assert lora_branch.unmerged_paths(costs, "auto") == flops_rule  # The default machine.
+  # The middle layer (32 -> 512) saves multiply-adds unmerged but moves 4x the bytes: memory
+  # that is slow against arithmetic keeps it merged; fast memory sends it unmerged.
+  middle = costs[1].path
+  assert middle in flops_rule
+  assert middle not in lora_branch.unmerged_paths(costs, "auto", cpu_like)
+  assert middle in lora_branch.unmerged_paths(costs, "auto", gpu_like)
+  with pytest.raises(ValueError, match="config.lora.cost_model"):
+    lora_branch.cost_machine("guess")
+
+
+def test_the_roofline_is_measured_once_per_device_kind_and_cached(tmp_path, monkeypatch):
+  monkeypatch.setenv("SR_JAX_CACHE", str(tmp_path))
+  calls = []
+  real = roofline.measure
+
+  def counted(device=None):
+    calls.append(1)
+    return real(device)
+
+  monkeypatch.setattr(roofline, "measure", counted)
+  first = roofline.current()
+  second = roofline.current()
+  assert len(calls) == 1 and first == second
+  assert first.macs_per_s > 1e8 and first.bytes_per_s > 1e8  # Any machine this runs on.
+  cached = json.loads((tmp_path / "roofline.json").read_text())
+  assert cached[roofline.device_kind()]["macs_per_s"] == first.macs_per_s

@@ -134,7 +134,8 @@ def measure_pytorch(config: ml_collections.ConfigDict, batch: int, forward_batch
 
 def layer_table(config: ml_collections.ConfigDict, params: Any, batch: int,
                 size: int) -> list[str]:
-  """Every adapted layer of the LoRA arm: its formulation in the step and both costs."""
+  """Every adapted layer of the LoRA arm: its formulation in the step and why (multiply-adds,
+  bytes and, under config.lora.cost_model='roofline', the predicted time of each layout)."""
   from sr_jax import lora_branch, run_setup  # pylint: disable=g-import-not-at-top
   from sr_jax.models import registry  # pylint: disable=g-import-not-at-top
   c = arm_config(config, "lora", batch, size)
@@ -142,13 +143,24 @@ def layer_table(config: ml_collections.ConfigDict, params: Any, batch: int,
   plan = run_setup.lora_plan(c, params)
   inputs = registry.example_inputs(model, step_timing.lq_size(c), batch)
   costs = lora_branch.layer_costs(model, params, plan, *inputs)
-  chosen = lora_branch.unmerged_paths(costs, c.lora.formulation)
-  lines = ["| layer | kind | kernel | rank | trained | merged MMAC | unmerged MMAC |",
-           "|---|---|---|---|---|---|---|"]
+  machine = lora_branch.cost_machine(c.lora.cost_model)
+  chosen = lora_branch.unmerged_paths(costs, c.lora.formulation, machine)
+  timed = machine.bytes_per_s != float("inf")
+  lines = [f"Cost model: {c.lora.cost_model} ({machine.kind}" + (
+      f": {machine.macs_per_s / 1e9:.3g} GMAC/s, {machine.bytes_per_s / 1e9:.3g} GB/s)"
+      if timed else ")"), "",
+           "| layer | kind | kernel | rank | trained | merged MMAC | unmerged MMAC | merged MB "
+           "| unmerged MB |" + (" merged us | unmerged us |" if timed else ""),
+           "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if timed else "")]
   for x in costs:
-    lines.append(f"| {x.path} | {x.layer} | {'x'.join(map(str, x.kernel))} | {x.rank} | "
-                 f"{'unmerged' if x.path in chosen else 'merged'} | "
-                 f"{x.merged_macs / 1e6:.1f} | {x.unmerged_macs / 1e6:.1f} |")
+    cells = (f"| {x.path} | {x.layer} | {'x'.join(map(str, x.kernel))} | {x.rank} | "
+             f"{'unmerged' if x.path in chosen else 'merged'} | "
+             f"{x.merged_macs / 1e6:.1f} | {x.unmerged_macs / 1e6:.1f} | "
+             f"{x.merged_bytes / 1e6:.2f} | {x.unmerged_bytes / 1e6:.2f} |")
+    if timed:
+      t = x.seconds(machine)
+      cells += f" {t['merged'] * 1e6:.1f} | {t['unmerged'] * 1e6:.1f} |"
+    lines.append(cells)
   return lines
 
 
