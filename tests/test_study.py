@@ -214,3 +214,27 @@ def test_a_budget_too_small_for_the_biases_and_norms_trains_adapters_alone(tmp_p
                     .read_text())
   assert plan["fixed_params"] == 0 and plan["extra_trainable"] == []
   assert 0 < plan["trainable_params"] <= plan["budget_params"] == int(0.01 * lora.count(base))
+
+
+def test_a_diverging_candidate_rate_loses_the_choice_and_is_not_retrained(tmp_path):
+  from sr_jax import guards  # pylint: disable=g-import-not-at-top
+  trained = []
+
+  def trainer(config, workdir):
+    lr = config.optimizer.learning_rate
+    trained.append(lr)
+    if lr >= 1e-2:
+      raise guards.Diverged(f"step 3: parameters of magnitude 1e12 at lr {lr:g}")
+    return {"lora": {"psnr": 30 + np.log10(lr), "ssim": 0.9, "trainable_pct": 7.0}}
+
+  c = _quick(**{"study.lora_learning_rates": (1e-3, 3e-3, 1e-2)})
+  arm = arms_lib.Arm("uniform", 0.07)
+  assert select.select_rate(c, str(tmp_path), "haze", arm, "", 0, trainer) == 3e-3
+  record = json.loads((tmp_path / "haze" / "uniform@7pct" / "selection.json").read_text())
+  assert record["diverged"] == ["0.01"] and list(record["validation_psnr"]) == ["0.001", "0.003"]
+  trained.clear()
+  assert select.select_rate(c, str(tmp_path), "haze", arm, "", 0, trainer) == 3e-3
+  assert 1e-2 not in trained  # Resumed: the divergence is remembered, not trained again.
+  c.study.lora_learning_rates = (1e-2, 3e-2)
+  with pytest.raises(guards.Diverged, match="Every candidate learning rate of uniform@7%"):
+    select.select_rate(c, str(tmp_path / "all"), "haze", arm, "", 0, trainer)

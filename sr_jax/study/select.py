@@ -5,7 +5,8 @@ scored on the validation split; the rate with the best validation PSNR is chosen
 of equals: the candidates are ordered; a GAN-objective arm, whose aim is perceptual, by the
 lowest LPIPS where the runs score it) and written to <arm>/selection.json; then the arm runs
 at that rate for each seed and is scored on the test images (and on the general set, when the
-config names one: the row carries it as 'general'). The test images never take part
+config names one: the row carries it as 'general'). A candidate whose run diverges (the
+divergence guard refuses its state) loses the choice and is listed as diverged. The test images never take part
 in a choice. Each run is train_and_evaluate in its own directory, so the study resumes.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from sr_jax import colora, colora_job, jsonfile, paths, train
+from sr_jax import colora, colora_job, guards, jsonfile, paths, train
 from sr_jax.models import registry
 from sr_jax.study import arms as arms_lib
 
@@ -91,20 +92,48 @@ def faig_scores(task_cfg: ml_collections.ConfigDict, workdir: str, base_dir: str
   return colora_job.faig_stage(task_cfg, workdir, base_dir, base, probe, writer)
 
 
+def candidate_row(trainer: Trainer, config: ml_collections.ConfigDict, run_dir: str
+                  ) -> Row | None:
+  """A validation run's tuned row, or None when it diverged (sr_jax.guards refused to save
+  its state): a rate too high for the arm is a candidate that loses, not the end of the study.
+  The divergence is recorded in the run's directory, so a resumed study does not train it
+  again."""
+  marker = os.path.join(run_dir, "diverged.json")
+  if paths.exists(marker):
+    return None
+  try:
+    return tuned_row(trainer(config, run_dir))
+  except guards.Diverged as e:
+    logging.warning("Learning rate %g diverged; it is not a candidate: %s",
+                    config.optimizer.learning_rate, e)
+    paths.makedirs(run_dir)
+    jsonfile.write(marker, {"learning_rate": config.optimizer.learning_rate, "error": str(e)})
+    return None
+
+
 def select_rate(task_cfg: ml_collections.ConfigDict, workdir: str, task: str,
                 arm: arms_lib.Arm, plan: str, seed: int, trainer: Trainer = train.train_and_evaluate
                 ) -> float:
   """Trains every candidate rate on the validation split and returns the chosen one."""
   path = os.path.join(workdir, task, arm.label.replace("%", "pct"), "selection.json")
-  rows = {}
+  rows, diverged = {}, []
   for lr in arms_lib.learning_rates(task_cfg, arm):
     config = arms_lib.run_config(task_cfg, arm, plan, lr, seed, "val")
-    rows[lr] = tuned_row(trainer(config, arms_lib.run_dir(workdir, task, arm, lr, seed, "val")))
+    row = candidate_row(trainer, config, arms_lib.run_dir(workdir, task, arm, lr, seed, "val"))
+    if row is None:
+      diverged.append(lr)
+    else:
+      rows[lr] = row
+  if not rows:
+    raise guards.Diverged(f"Every candidate learning rate of {arm.label} on {task} diverged "
+                          f"({', '.join(f'{lr:g}' for lr in diverged)}): lower "
+                          f"study.{arm.family}_learning_rates.")
   metric = selection_metric(arm, next(iter(rows.values())))
   key, sign = metric.lstrip("-"), -1.0 if metric.startswith("-") else 1.0
   chosen = choose({lr: sign * float(r[key]) for lr, r in rows.items()})
   record = {"validation_psnr": {f"{lr:g}": float(r["psnr"]) for lr, r in rows.items()},
-            "metric": metric, "chosen": chosen, "seed": seed}
+            "metric": metric, "chosen": chosen, "seed": seed,
+            "diverged": [f"{lr:g}" for lr in diverged]}
   if key != "psnr":
     record[f"validation_{key}"] = {f"{lr:g}": float(r[key]) for lr, r in rows.items()}
   paths.makedirs(os.path.dirname(path))
