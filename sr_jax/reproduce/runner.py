@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sr_jax import jsonfile, paths, workdir_lock
 from sr_jax.reproduce import environment, markers
@@ -84,11 +84,12 @@ class _State:
   def record(self, key: str) -> dict:
     return self.steps.setdefault(key, {"done": False, "seconds": []})
 
-  def seconds(self) -> float:
-    return sum(sum(s["seconds"]) for s in self.steps.values())
+  def seconds(self, keys: Sequence[str]) -> float:
+    """The time the steps `keys` ran (a workdir two tables share holds both's steps)."""
+    return sum(sum(self.steps[k]["seconds"]) for k in keys if k in self.steps)
 
-  def sittings(self) -> int:
-    return max((len(s["seconds"]) for s in self.steps.values()), default=0)
+  def sittings(self, keys: Sequence[str]) -> int:
+    return max((len(self.steps[k]["seconds"]) for k in keys if k in self.steps), default=0)
 
 
 def _run_step(argv: list[str], cwd: str, state: _State, key: str) -> None:
@@ -158,7 +159,8 @@ def run(table: Table, workdir: str, *, docs_root: str, datasets: str = "",
         continue
       say(f"[{table.name} {i}/{len(table.steps)}] {step.text(workdir, datasets)}")
       _run_step(step.argv(workdir, datasets), docs_root, state, step.key)
-    note = footer(table, state.seconds(), state.sittings())
+    keys = [step.key for step in table.steps]
+    note = footer(table, state.seconds(keys), state.sittings(keys))
     bodies = [anonymous(region.render(workdir), workdir, datasets) + "\n\n" + note
               for region in table.regions]
   for region, body in zip(table.regions, bodies):
