@@ -75,7 +75,9 @@ GAN_RUNTIME = Table(
 
 def _transfer(workdir: str) -> str:
   """The study's report (its tables, settings and splits) and the photo base's own table."""
-  base = render.rows_table(list(render.results(os.path.join(workdir, "base")).items()),
+  names = {"base": "L1 stage", "GAN": "GAN stage: the study's base"}
+  base = render.rows_table([(names.get(k, k), r) for k, r in
+                            render.results(os.path.join(workdir, "base")).items()],
                            ("psnr", "ssim", "lpips_alex", "step_ms"), first_header="photo base")
   return ("The base on the CBSD68 photographs (its own held-out set, 384-pixel centre crops):"
           "\n\n" + base + "\n\n" + render.study_report(os.path.join(workdir, "study")))
