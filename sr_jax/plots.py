@@ -103,7 +103,7 @@ def log_ticks(axes: plt.Axes, values: Sequence[float], unit: str = "%") -> None:
   values = sorted(set(float(v) for v in values if v > 0))
   if values:
     axes.set_xscale("log")
-    axes.set_xticks(values, [f"{v:g}{unit}" for v in values])
+    axes.set_xticks(values, [f"{v:.3g}{unit}" for v in values])  # 19.9997 -> 20.
     axes.minorticks_off()
     axes.set_xlim(values[0] / 1.6, values[-1] * 1.6)
 
