@@ -28,7 +28,8 @@ Embedded demo (a small RRDBNet on the scikit-image photos, 2 CPU cores):
   python -m sr_jax.main --config configs/esrgan.py:demo --workdir /tmp/esrgan_demo
 
 The base of the GAN transfer study (configs/esrgan_lora.py:transfer): `photo_base`, the demo
-trained longer (5,000 + 300 steps) on a folder of photographs (--config.data.train_dir, --config.data.eval_dir).
+trained longer (5,000 + 300 steps) on a folder of photographs (--config.data.train_dir,
+--config.data.eval_dir).
 
 Metrics: PSNR/SSIM on the Y channel with a 4-pixel border crop (the SR papers' protocol), plus
 LPIPS (AlexNet) and RMSE.

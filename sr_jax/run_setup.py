@@ -130,8 +130,7 @@ def unmerged_kernels(config: ml_collections.ConfigDict, model, facts: registry.M
                "than all merged.", config.lora.formulation, len(unmerged), len(costs),
                len(costs) - len(unmerged), saved / 1e9)
   if machine is not roofline.FLOPS_ONLY:
-    predicted = sum(c.seconds(machine)["merged"] - min(c.seconds(machine).values())
-                    for c in costs)
+    predicted = sum(t["merged"] - min(t.values()) for t in (c.seconds(machine) for c in costs))
     logging.info("Cost model: the roofline of %s (%.3g GMAC/s, %.3g GB/s); predicted %.3g ms "
                  "per device-step saved against all merged.", machine.kind,
                  machine.macs_per_s / 1e9, machine.bytes_per_s / 1e9, predicted * 1e3)

@@ -48,11 +48,6 @@ class Arm:
             + suffix)
 
   @property
-  def curve(self) -> str:
-    """The label without its budget: the budget curve this arm is a point of."""
-    return self.name + (f"+{self.objective}" if self.objective else "")
-
-  @property
   def family(self) -> str:
     """Which learning-rate candidates it draws from: 'full' or 'lora'."""
     return "lora" if self.name in LORA_ARMS else "full"

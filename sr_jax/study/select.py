@@ -6,8 +6,9 @@ of equals: the candidates are ordered; a GAN-objective arm, whose aim is percept
 lowest LPIPS where the runs score it) and written to <arm>/selection.json; then the arm runs
 at that rate for each seed and is scored on the test images (and on the general set, when the
 config names one: the row carries it as 'general'). A candidate whose run diverges (the
-divergence guard refuses its state) loses the choice and is listed as diverged. The test images never take part
-in a choice. Each run is train_and_evaluate in its own directory, so the study resumes.
+divergence guard refuses its state) loses the choice and is listed as diverged. The test
+images never take part in a choice. Each run is train_and_evaluate in its own directory, so
+the study resumes.
 """
 
 from __future__ import annotations
@@ -30,36 +31,47 @@ Trainer = Callable[[ml_collections.ConfigDict, str], dict[str, Row]]
 GENERAL = " @ general set"  # The suffix of a run's rows scored on the general set.
 
 
+def _with_general(rows: dict[str, Row], name: str) -> Row:
+  """Row `name`, with its general-set row under 'general' when the run scored one."""
+  row = dict(rows[name])
+  if name + GENERAL in rows:
+    row["general"] = rows[name + GENERAL]
+  return row
+
+
 def tuned_row(rows: dict[str, Row]) -> Row:
   """The trained model's row of a run's table (the last one not on the general set), with its
   general-set row under 'general' when the run scored one."""
-  names = [n for n in rows if not n.endswith(GENERAL)]
-  row = dict(rows[names[-1]])
-  if names[-1] + GENERAL in rows:
-    row["general"] = rows[names[-1] + GENERAL]
-  return row
+  return _with_general(rows, [n for n in rows if not n.endswith(GENERAL)][-1])
 
 
 def reference_rows(rows: dict[str, Row]) -> dict[str, Row]:
   """A run's rows that do not depend on the arm: bicubic (or the degraded input) and the
   untouched base, each with its general-set row when scored."""
-  refs = {}
-  for name in ("bicubic", "degraded input", "base"):
-    if name in rows:
-      refs[name] = dict(rows[name])
-      if name + GENERAL in rows:
-        refs[name]["general"] = rows[name + GENERAL]
-  return refs
+  return {name: _with_general(rows, name) for name in ("bicubic", "degraded input", "base")
+          if name in rows}
+
+
+def objective_metric(objective: str, row: Row) -> str:
+  """What a validation choice maximises: 'psnr', or for the GAN objective '-lpips_alex'
+  (lower is better) when its runs score LPIPS-alex (config.eval.lpips)."""
+  return "-lpips_alex" if objective == "gan" and "lpips_alex" in row else "psnr"
 
 
 def selection_metric(arm: arms_lib.Arm, row: Row) -> str:
-  """What the validation choice maximises: 'psnr', or for a GAN-objective arm '-lpips_alex'
-  (lower is better) when its runs score LPIPS-alex (config.eval.lpips)."""
-  return "-lpips_alex" if arm.objective == "gan" and "lpips_alex" in row else "psnr"
+  """The metric of `arm`'s choice (objective_metric of the arm's own objective)."""
+  return objective_metric(arm.objective, row)
 
 
-def choose(scores: dict[float, float]) -> float:
-  """The learning rate of the highest score (the first listed among equals)."""
+def choose_by(rows: dict[Any, Row], metric: str) -> Any:
+  """The candidate (a key of `rows`) of the best `metric` (a '-' prefix: lower is better),
+  the first listed among equals."""
+  key, sign = metric.lstrip("-"), -1.0 if metric.startswith("-") else 1.0
+  return choose({candidate: sign * float(r[key]) for candidate, r in rows.items()})
+
+
+def choose(scores: dict[Any, float]) -> Any:
+  """The candidate of the highest score (the first listed among equals)."""
   if not scores:
     raise ValueError("No candidate learning rate was scored.")
   return max(scores, key=lambda lr: (scores[lr], -list(scores).index(lr)))
@@ -129,8 +141,7 @@ def select_rate(task_cfg: ml_collections.ConfigDict, workdir: str, task: str,
                           f"({', '.join(f'{lr:g}' for lr in diverged)}): lower "
                           f"study.{arm.family}_learning_rates.")
   metric = selection_metric(arm, next(iter(rows.values())))
-  key, sign = metric.lstrip("-"), -1.0 if metric.startswith("-") else 1.0
-  chosen = choose({lr: sign * float(r[key]) for lr, r in rows.items()})
+  chosen, key = choose_by(rows, metric), metric.lstrip("-")
   record = {"validation_psnr": {f"{lr:g}": float(r["psnr"]) for lr, r in rows.items()},
             "metric": metric, "chosen": chosen, "seed": seed,
             "diverged": [f"{lr:g}" for lr in diverged]}

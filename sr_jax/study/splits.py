@@ -7,8 +7,9 @@ on these) and study.val_images (learning rates are chosen on these); the evaluat
 no evaluation folder the next study.test_images of the same shuffle are (one folder of a new
 domain, e.g. manga pages, split once). The splits are materialised as folders of symbolic
 links in W/splits/, the training folder holding the validation images last so that
-data.val_images carves exactly them out, and written to W/splits.json. With the embedded photos (the default, needing no files) the last
-study.val_images training photos are the validation split and the held-out photos the test set.
+data.val_images carves exactly them out, and written to W/splits.json. With the embedded
+photos (the default, needing no files) the last study.val_images training photos are the
+validation split and the held-out photos the test set.
 
 A test image that is also a training, validation or base image (the same file, or the same
 name in both folders) is an error: the reported numbers must come from images no choice saw.

@@ -17,17 +17,12 @@ _COLOURS = {"uniform": (66, 110, 180), "colora": (200, 90, 40), "full": (60, 60,
 _LABELS = {"uniform": "uniform LoRA", "colora": "CoLoRA"}
 
 
-def mean_std(values: Sequence[float]) -> str:
-  """'m +- s' (sample std over seeds), or just 'm' for one value."""
+def mean_std(values: Sequence[float], digits: int = 2, sign: str = "") -> str:
+  """'m +- s' (sample std over seeds), or just 'm' for one value; sign='+' signs the mean."""
   if len(values) == 1:
-    return f"{values[0]:.2f}"
-  return f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f}"
-
-
-def _mean_std3(values: Sequence[float]) -> str:
-  if len(values) == 1:
-    return f"{values[0]:.4f}"
-  return f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
+    return f"{values[0]:{sign}.{digits}f}"
+  return (f"{statistics.mean(values):{sign}.{digits}f} +- "
+          f"{statistics.stdev(values):.{digits}f}")
 
 
 def _cell(runs: Sequence[Row], key: str, digits: int = 2, general: bool = False) -> str:
@@ -36,11 +31,7 @@ def _cell(runs: Sequence[Row], key: str, digits: int = 2, general: bool = False)
   values = [float(r[key]) for r in rows if key in r]
   if len(values) != len(runs) or not values:
     return "-"
-  if digits == 4:
-    return _mean_std3(values)
-  if len(values) == 1:
-    return f"{values[0]:.{digits}f}"
-  return f"{statistics.mean(values):.{digits}f} +- {statistics.stdev(values):.{digits}f}"
+  return mean_std(values, digits)
 
 
 # Columns shown only when some arm's runs score them: (header, row key, digits, general set?).
@@ -107,15 +98,13 @@ def curve_of(label: str) -> str:
 def _change(runs: Sequence[Row], against: Sequence[Row], key: str, general: bool = False,
             digits: int = 2) -> str:
   """Mean +- std of run - reference over seeds (a one-run reference is every seed's)."""
-  pick = (lambda r: r.get("general", {})) if general else (lambda r: r)  # pylint: disable=unnecessary-lambda-assignment
   refs = list(against) if len(against) == len(runs) else [against[0]] * len(runs)
-  diffs = [float(pick(r)[key]) - float(pick(a)[key]) for r, a in zip(runs, refs)
-           if key in pick(r) and key in pick(a)]
+  pairs = [(r.get("general", {}), a.get("general", {})) if general else (r, a)
+           for r, a in zip(runs, refs)]
+  diffs = [float(r[key]) - float(a[key]) for r, a in pairs if key in r and key in a]
   if len(diffs) != len(runs):
     return "-"
-  if len(diffs) == 1:
-    return f"{diffs[0]:+.{digits}f}"
-  return f"{statistics.mean(diffs):+.{digits}f} +- {statistics.stdev(diffs):.{digits}f}"
+  return mean_std(diffs, digits, sign="+")
 
 
 def gain_rows(results: dict[str, dict[str, list[Row]]]) -> list[list[str]]:

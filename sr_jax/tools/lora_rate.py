@@ -64,19 +64,11 @@ def candidate_config(config: ml_collections.ConfigDict, multiplier: float, val_i
   return c
 
 
-def metric_of(config: ml_collections.ConfigDict, row: dict[str, Any]) -> str:
-  """'psnr', or '-lpips_alex' (lower is better) for a GAN objective whose row scores it."""
-  return "-lpips_alex" if config.objective == "gan" and "lpips_alex" in row else "psnr"
-
-
-def tuned_row(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-  """The adapted model's row: the last one not on a general set."""
-  return rows[[n for n in rows if not n.endswith(" @ general set")][-1]]
-
-
 def choose(config: ml_collections.ConfigDict, workdir: str, multipliers: Sequence[float],
            val_images: int, trainer: Trainer) -> dict[str, Any]:
   """Runs every candidate and returns (and writes) the choice record."""
+  # After runtime.setup(): the study's choice imports the trainer (TensorFlow).
+  from sr_jax.study import select  # pylint: disable=g-import-not-at-top
   if not (config.lora.enabled or config.colora.enabled):
     raise ValueError("The config trains no adapters (lora.enabled and colora.enabled are "
                      "False): the multiplier applies to LoRA jobs only.")
@@ -86,15 +78,14 @@ def choose(config: ml_collections.ConfigDict, workdir: str, multipliers: Sequenc
   base, rows = "", {}
   for i, m in enumerate(multipliers):
     run_dir = os.path.join(workdir, f"m{m:g}")
-    rows[m] = tuned_row(trainer(candidate_config(config, m, val_images, base), run_dir))
+    rows[m] = select.tuned_row(trainer(candidate_config(config, m, val_images, base), run_dir))
     logging.info("lora.learning_rate_multiplier %g: validation PSNR %.3f dB (%d of %d).", m,
                  rows[m]["psnr"], i + 1, len(multipliers))
     pretrained = os.path.join(run_dir, "base", "export", "params")
     if not base and not config.base.checkpoint and paths.exists(pretrained):
       base = pretrained
-  metric = metric_of(config, next(iter(rows.values())))
-  key, sign = metric.lstrip("-"), -1.0 if metric.startswith("-") else 1.0
-  chosen = max(rows, key=lambda m: (sign * float(rows[m][key]), -multipliers.index(m)))
+  metric = select.objective_metric(config.objective, next(iter(rows.values())))
+  chosen = select.choose_by(rows, metric)
   record = {"job": config.job, "learning_rate": float(config.optimizer.learning_rate),
             "val_images": val_images, "metric": metric, "chosen": chosen,
             "validation": {f"{m:g}": {k: float(r[k]) for k in ("psnr", "ssim", "lpips_alex")
