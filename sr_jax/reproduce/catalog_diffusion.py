@@ -7,7 +7,7 @@ import os
 from sr_jax.reproduce import render
 from sr_jax.reproduce.table import Region, Step, Table, main_job
 
-_BASE = "{workdir}/full/base/export/params"
+_BASE = "{workdir}/sr3/export/params"  # The SR3 demo, shared with sr3_samplers.
 _ARMS = (("full", "demo"), ("lora", "demo,lora"), ("range", "demo,range"))
 _KEYS = ("psnr", "ssim", "lpips_alex", "consistency", "trainable_pct", "export_mb", "step_ms")
 
@@ -29,12 +29,12 @@ def _finetune(workdir: str) -> str:
 SR3_FINETUNE = Table(
     name="sr3_finetune_demo",
     what="docs/diffusion.md: a tiny SR3 fine-tuned to text: full, LoRA, part of the chain.",
-    steps=tuple(main_job(f"configs/sr3_finetune.py:{variant}", f"{{workdir}}/{arm}",
-                         *(() if arm == "full" else (f"base.checkpoint={_BASE}",)))
-                for arm, variant in _ARMS),
+    steps=(main_job("configs/sr3.py:demo", "{workdir}/sr3"),
+           *(main_job(f"configs/sr3_finetune.py:{variant}", f"{{workdir}}/{arm}",
+                      f"base.checkpoint={_BASE}") for arm, variant in _ARMS)),
     regions=(Region("docs/diffusion.md", _finetune),),
-    wall_time=("not measured alone yet "
-               "(estimate: about 60 minutes (the base's 2,000 steps took 40 beside other jobs))"),
+    wall_time=("not measured alone yet (estimate: about 45 minutes with the SR3 demo, which it "
+               "shares with sr3_samplers (reproduce both in one workdir))"),
 )
 
 SR3_SAMPLERS = Table(
