@@ -105,7 +105,9 @@ def markdown(record: dict[str, Any]) -> str:
            " is better).", "",
            "| multiplier | LoRA rate | " + " | ".join(f"validation {k}" for k in keys)
            + " | chosen |", "|---|---|" + "---|" * len(keys) + "---|"]
-  for m, scores in record["validation"].items():
+  # In increasing order, whatever order they ran in (a list widened later appends its new
+  # candidates, so the first run's pre-trained base serves them all).
+  for m, scores in sorted(record["validation"].items(), key=lambda item: float(item[0])):
     cells = [f"{scores[k]:.4f}" if k != "psnr" else f"{scores[k]:.2f}" for k in keys]
     mark = "yes" if float(m) == record["chosen"] else ""
     lines.append(f"| {m} | {float(m) * record['learning_rate']:g} | " + " | ".join(cells)
