@@ -16,7 +16,7 @@ from sr_jax.adapt import lora
 from sr_jax.config import config_doc, rules as config_rules
 from sr_jax.data import pipeline, sources
 from sr_jax.inference import restore_io, restorer as restorer_lib
-from sr_jax.jobs import train
+from sr_jax.jobs import base_stage, train
 from sr_jax.models import registry
 from sr_jax.objectives import base, pixel, step as step_lib
 from sr_jax.train import config_check, loop as train_loop, run_setup
@@ -101,7 +101,7 @@ def test_a_diffusion_model_with_the_pixel_objective_is_an_error_naming_the_key(t
 
 def test_the_gan_objective_pretrains_its_base_with_the_pixel_objective():
   config = _config(objective="gan")
-  assert train.base_config(config).objective == "pixel"
+  assert base_stage.base_config(config).objective == "pixel"
   assert objectives.get("pixel") is pixel.SPEC
 
 

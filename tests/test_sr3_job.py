@@ -18,7 +18,7 @@ import pytest
 from sr_jax import forgetting, infer
 from sr_jax.adapt import adapters, lora
 from sr_jax.data import pipeline
-from sr_jax.jobs import train
+from sr_jax.jobs import base_stage, train
 from sr_jax.quality import metrics
 from sr_jax.tools import sr3_sampling
 from sr_jax.train import run_setup
@@ -78,7 +78,7 @@ def test_lora_on_part_of_the_chain_end_to_end(tmp_path):
   changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(saved),
                                                       jax.tree.leaves(base))]
   assert any(changed)  # ... the merged export differs from the base ...
-  run_base = train.base_stage(config, str(tmp_path))  # ... which itself did not move.
+  run_base = base_stage.base_stage(config, str(tmp_path))  # ... which itself did not move.
   for a, b in zip(jax.tree.leaves(run_base), jax.tree.leaves(base)):
     np.testing.assert_array_equal(a, b)
 

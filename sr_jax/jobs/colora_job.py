@@ -34,9 +34,9 @@ from absl import logging
 
 from sr_jax.adapt import colora, faig
 from sr_jax.data import pipeline
-from sr_jax.jobs import train
+from sr_jax.jobs import base_stage as base_stage_lib, run_stage, stages, train
 from sr_jax.models import registry
-from sr_jax.train import config_check, report, workdir_lock
+from sr_jax.train import config_check, report
 from sr_jax.util import console, exports, jsonfile, layout, paths, plots
 
 PyTree = Any
@@ -44,8 +44,9 @@ ARMS = {"colora": "CoLoRA", "uniform": "uniform LoRA", "full": "full fine-tuning
 PROBE_TITLE = "probe (full fine-tune, used only for FAIG)"
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) every stage; returns the results-table rows {arm: metrics}."""
+def check(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Everything that can fail before work: the arms, the objective, eval mode's needs, the
+  whole config (ranges and every image)."""
   unknown = [a for a in config.colora.arms if a not in ARMS]
   if unknown or not config.colora.arms:
     raise ValueError(f"Unknown colora.arms {unknown}; choose from {list(ARMS)}.")
@@ -56,20 +57,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     raise ValueError(f"CoLoRA scores kernels with FAIG on the model's squared error, but "
                      f"config.objective={config.objective!r}: set config.colora.enabled=False "
                      "(uniform LoRA: config.lora.enabled=True) for this objective.")
-  workdir = paths.absolute(workdir)
   if config.mode == "eval":
-    train.check_eval_ready(eval_missing(config, workdir), workdir)
+    base_stage_lib.check_eval_ready(eval_missing(config, workdir), workdir)
   config_check.validate_all(config)  # Ranges and every image, before any stage runs.
-  with workdir_lock.hold(workdir, jax.process_index()):  # One job per workdir.
-    return _run_stages(config, workdir)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) every stage; returns the results-table rows {arm: metrics}."""
+  workdir = paths.absolute(workdir)
+  return stages.run(stages.Job(check=lambda: check(config, workdir),
+                               stages=lambda: job_stages(config, workdir)), workdir)
 
 
 def eval_missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   """What config.mode='eval' needs (the base and, per arm, its checkpoint and allocation)."""
-  missing = [m for m in train.eval_missing(config, workdir) if "checkpoint in" not in m]
+  missing = [m for m in base_stage_lib.eval_missing(config, workdir)
+             if "checkpoint in" not in m]
   for arm in config.colora.arms:
     arm_dir = layout.Workdir(workdir).sub(arm).root
-    if not train.has_checkpoint(arm_dir):
+    if not run_stage.has_checkpoint(arm_dir):
       missing.append(f"checkpoint of the {ARMS[arm]} arm in {arm_dir}")
     allocation = layout.Workdir(workdir).allocation(arm)
     if arm != "full" and not paths.exists(allocation):
@@ -77,35 +83,54 @@ def eval_missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   return missing
 
 
-def _stage_names(config: ml_collections.ConfigDict) -> list[str]:
-  if config.mode == "eval":
-    return ["base"] + [f"{ARMS[arm]} arm (evaluation)" for arm in config.colora.arms]
-  return ([train.base_title(config), PROBE_TITLE, "FAIG"]
-          + [f"{ARMS[arm]} arm" for arm in config.colora.arms])
+BASE, PROBE, FAIG = "base", PROBE_TITLE, "FAIG"
 
 
-def _run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def job_stages(config: ml_collections.ConfigDict, workdir: str) -> list[stages.Stage]:
+  """The base; outside eval mode the probe and FAIG; one stage per arm; the final table."""
   writer = console.tensorboard_writer(workdir)
-  train.write_config(config, workdir, writer)
-  names = _stage_names(config)
-  stages = console.Stages(names)
-  stages.begin(names[0])
-  base_dir, base = base_stage(config, workdir)
-  scores = None
-  if config.mode != "eval":  # Eval mode reuses the allocations; no probe or FAIG needed.
-    stages.begin(names[1], f"{config.colora.probe_steps} steps")
-    tuned_dir = probe_stage(config, workdir, base_dir)
-    stages.begin(names[2], f"M={config.colora.faig_steps} points on "
-                 f"{config.colora.faig_images} crops")
-    scores = faig_stage(config, workdir, base_dir, base, tuned_dir, writer)
+  run_stage.write_config(config, workdir, writer)
+  evaluating = config.mode == "eval"  # Eval mode reuses the allocations: no probe or FAIG.
+  out = [stages.Stage(BASE if evaluating else base_stage_lib.base_title(config),
+                      lambda _: base_stage(config, workdir))]
+  base_key = out[0].title
+  if not evaluating:
+    out += [
+        stages.Stage(PROBE, lambda done: probe_stage(config, workdir, done[base_key][0]),
+                     f"{config.colora.probe_steps} steps"),
+        stages.Stage(FAIG, lambda done: faig_stage(config, workdir, *done[base_key],
+                                                   done[PROBE], writer),
+                     f"M={config.colora.faig_steps} points on {config.colora.faig_images} "
+                     "crops")]
+  for arm in config.colora.arms:
+    out.append(stages.Stage(f"{ARMS[arm]} arm" + (" (evaluation)" if evaluating else ""),
+                            functools.partial(_arm_stage, config, workdir, arm, base_key,
+                                              writer),
+                            "" if evaluating else f"{config.num_steps} steps"))
+  out.append(stages.Stage("final results", lambda done: _final_table(config, workdir, done,
+                                                                      writer), counted=False))
+  return out
+
+
+def _arm_stage(config: ml_collections.ConfigDict, workdir: str, arm: str, base_key: str,
+               writer, done: stages.Products) -> dict[str, Any]:
+  """One arm: its allocation (made from FAIG's scores, or the saved one in eval mode), then a
+  training job of its own in workdir/<arm>."""
+  base_dir, base = done[base_key]
+  scores = done.get(FAIG)
+  plan_file = (allocation_stage(config, workdir, base_dir, base, scores, arm, writer)
+               if scores is not None else _saved_allocation(workdir, arm))
+  return train.train_and_evaluate(arm_config(config, arm, base_dir, plan_file),
+                                  layout.Workdir(workdir).sub(arm).root, label=ARMS[arm],
+                                  echo=False)
+
+
+def _final_table(config: ml_collections.ConfigDict, workdir: str, done: stages.Products,
+                 writer) -> dict[str, Any]:
+  """Every arm's rows in one table (the input's and the base's rows once)."""
   rows = {}
   for arm in config.colora.arms:
-    stages.begin(f"{ARMS[arm]} arm", f"{config.num_steps} steps")
-    plan_file = (allocation_stage(config, workdir, base_dir, base, scores, arm, writer)
-                 if scores is not None else _saved_allocation(workdir, arm))
-    arm_rows = train.train_and_evaluate(arm_config(config, arm, base_dir, plan_file),
-                                        layout.Workdir(workdir).sub(arm).root, label=ARMS[arm],
-                                        echo=False)
+    arm_rows = next(v for k, v in done.items() if k.startswith(f"{ARMS[arm]} arm"))
     for shared in ("degraded input", "base", "base @ general set"):
       if shared in arm_rows:
         rows.setdefault(shared, arm_rows[shared])
@@ -136,7 +161,7 @@ def base_stage(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, Py
   if not config.base.checkpoint and config.base.num_steps <= 0:
     raise ValueError("CoLoRA adapts a base: set config.base.checkpoint (e.g. a PROD run's "
                      "export/params) or config.base.num_steps > 0 to pre-train one here.")
-  base = train.base_stage(config, workdir)  # Checks the architecture; pre-trains if needed.
+  base = base_stage_lib.base_stage(config, workdir)  # Checks the architecture; pre-trains.
   return config.base.checkpoint or layout.Workdir(workdir).base.export_params, base
 
 

@@ -22,7 +22,7 @@ from ml_collections import config_flags
 from sr_jax import objectives
 from sr_jax.adapt import colora, lora
 from sr_jax.config import config_cli
-from sr_jax.jobs import train
+from sr_jax.jobs import base_stage, train
 from sr_jax.study import arms as arms_lib, select, splits as splits_lib, table
 from sr_jax.train import config_check, workdir_lock
 from sr_jax.util import console, errors, layout, paths, plots, runtime
@@ -87,7 +87,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, argv: list[str] = (),
     paths.makedirs(workdir)
     splits = splits_lib.make_splits(config, workdir)
     bconfig = base_config(config, splits)
-    base = train.base_stage(bconfig, workdir)
+    base = base_stage.base_stage(bconfig, workdir)
     if base is None:
       raise ValueError("The study has no base to adapt: give base.checkpoint (a trained "
                        "model's export/params) or study.base_images > 0 with base.num_steps "
