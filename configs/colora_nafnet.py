@@ -2,7 +2,7 @@ r"""CoLoRA on NAFNet (Park et al. 2024): a PROD base adapted to an unseen task, 
 
 The job: pre-train (or load) a PROD base -> a short full fine-tune ("probe") on the task ->
 FAIG contributions of every layer between the base and the probe -> LoRA ranks per layer from
-those contributions under a 7% parameter budget (sr_jax/colora.py) -> CoLoRA fine-tuning ->
+those contributions under a 7% parameter budget (sr_jax/adapt/colora.py) -> CoLoRA fine-tuning ->
 evaluation. The task here is dehazing (one of the paper's six); the PROD base saw blur, noise,
 JPEG and rain, never haze. colora.arms adds the comparison arms at equal steps and data:
 'full' fine-tuning and 'uniform' LoRA at the same budget.
@@ -41,7 +41,8 @@ adaptation study's choice on its validation split).
 import ml_collections
 
 from configs import prod_nafnet
-from sr_jax import config_base as common
+from sr_jax import objectives
+from sr_jax.config import config_base as common
 
 
 def haze_colora_job(config: ml_collections.ConfigDict) -> None:
@@ -112,7 +113,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                  "study_quick"))
   config = common.base_config()
   config.job = "colora_nafnet"
-  config.objective = "pixel"
+  objectives.configure(config, "pixel")
   config.model.name = "nafnet"
   config.model.preset = "sidd_w32"
   haze_colora_job(config)

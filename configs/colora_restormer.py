@@ -2,7 +2,7 @@ r"""CoLoRA on Restormer (the CoLoRA paper's transformer backbone): the job of co
 
 The job: a base (a converted official Restormer, or PROD pre-training here) -> a short full
 fine-tune ("probe") on the task -> FAIG contributions of every layer -> LoRA ranks per layer
-under a 7% parameter budget -> CoLoRA fine-tuning -> evaluation (sr_jax/colora_job.py). The
+under a 7% parameter budget -> CoLoRA fine-tuning -> evaluation (sr_jax/jobs/colora_job.py). The
 depthwise convs (qkv_dwconv, ffn.dwconv) get no adapter; biases, LayerNorms and the attention
 temperatures are tuned fully within the budget (colora.tune_extras). The task is dehazing,
 which the PROD base never saw. Restormer's own recipe: AdamW (0.9, 0.999), weight decay 1e-4,
@@ -35,7 +35,8 @@ far weaker than the tiny NAFNet of colora_nafnet's demo on this task.
 import ml_collections
 
 from configs import colora_nafnet
-from sr_jax import config_base as common
+from sr_jax import objectives
+from sr_jax.config import config_base as common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -43,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = common.parse_variants(arg, allowed=("demo", "demo_ablation"))
   config = common.base_config()
   config.job = "colora_restormer"
-  config.objective = "pixel"
+  objectives.configure(config, "pixel")
   config.model.name = "restormer"
   config.model.preset = "default"
   colora_nafnet.haze_colora_job(config)  # The same task, stages and budget as NAFNet's.

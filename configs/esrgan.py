@@ -20,7 +20,7 @@ vgg19-dcbbb36e.pth --dst /ckpt/vgg19` from torchvision's file. Start stage 2 fro
 RRDB-PSNR model instead of training stage 1 with --config.base.checkpoint=DIR. Blend the two
 stages afterwards (ESRGAN's network interpolation):
 
-  python -m sr_jax.interpolate --psnr /tmp/esrgan/base/export/params \
+  python -m sr_jax.inference.interpolate --psnr /tmp/esrgan/base/export/params \
       --gan /tmp/esrgan/export/params --alpha 0.8 --dst /tmp/esrgan/interp_0.8
 
 Embedded demo (a small RRDBNet on the scikit-image photos, 2 CPU cores):
@@ -37,7 +37,8 @@ LPIPS (AlexNet) and RMSE.
 
 import ml_collections
 
-from sr_jax import config_base as common
+from sr_jax import objectives
+from sr_jax.config import config_base as common
 
 
 def sr_gan_job(config: ml_collections.ConfigDict, generator: str, preset: str) -> None:
@@ -61,7 +62,7 @@ def sr_gan_job(config: ml_collections.ConfigDict, generator: str, preset: str) -
   config.optimizer = common.optimizer_config(
       name="adam", learning_rate=1e-4, b2=0.999, schedule="multistep",
       milestones=(50_000, 100_000, 200_000, 300_000))
-  config.objective = "gan"
+  objectives.configure(config, "gan")
   config.gan.discriminator = "vgg"
   config.gan.kind = "ragan"
   config.gan.pixel_weight = 1e-2

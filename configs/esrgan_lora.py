@@ -41,7 +41,7 @@ the transfer forgets) with PSNR/SSIM (Y, crop 4), LPIPS-alex and NIQE:
 import ml_collections
 
 from configs import esrgan
-from sr_jax import config_base as common
+from sr_jax.config import config_base as common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

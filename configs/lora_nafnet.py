@@ -21,7 +21,8 @@ photos: noisy input 21.0 dB / 0.36; the base, trained only to deblur, 20.1 / 0.3
 
 import ml_collections
 
-from sr_jax import config_base as common
+from sr_jax import objectives
+from sr_jax.config import config_base as common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -29,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = common.parse_variants(arg, allowed=("demo",))
   config = common.base_config()
   config.job = "lora_nafnet"
-  config.objective = "pixel"
+  objectives.configure(config, "pixel")
 
   config.model.name = "nafnet"
   config.model.preset = "sidd_w32"

@@ -21,7 +21,7 @@ Compare it with SRGAN and ESRGAN (runtime by batch size, and quality of trained 
 import ml_collections
 
 from configs import esrgan
-from sr_jax import config_base as common
+from sr_jax.config import config_base as common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -31,7 +31,8 @@ PROD-trained 22.65 / 0.574.
 
 import ml_collections
 
-from sr_jax import config_base as common
+from sr_jax import objectives
+from sr_jax.config import config_base as common
 
 # PROD's degradation set (Park et al. 2024) and its per-sample count.
 PROD_OPS = ("gaussian_blur", "motion_blur", "gaussian_noise", "jpeg", "rain")
@@ -57,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = common.parse_variants(arg, allowed=("demo",))
   config = common.base_config()
   config.job = "prod_nafnet"
-  config.objective = "pixel"
+  objectives.configure(config, "pixel")
   config.model.name = "nafnet"
   config.model.preset = "sidd_w32"
   prod_degradation(config.data.degradation)

@@ -25,14 +25,15 @@ Sample images with the export:
 
 import ml_collections
 
-from sr_jax import config_base as common
+from sr_jax import objectives
+from sr_jax.config import config_base as common
 
 
 def resshift_job(config: ml_collections.ConfigDict) -> None:
   """ResShift x4 at paper settings (pixel space): model, data, chain, optimizer, evaluation."""
   config.ema.decay = 0.999  # The EMA of weights the paper evaluates and releases.
 
-  config.objective = "resshift"
+  objectives.configure(config, "resshift")
   config.model.name = "sr3"
   config.model.preset = "sr3_16_128"
   config.model.dropout = 0.0

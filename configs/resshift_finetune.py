@@ -40,7 +40,7 @@ scored on the new domain and on a general set of photographs (forgetting):
 import ml_collections
 
 from configs import resshift
-from sr_jax import config_base as common
+from sr_jax.config import config_base as common
 
 RANGE_T_MAX = 5  # Of T = 15: the data end of the chain (noise std kappa sqrt(eta_t) <= ~0.7).
 

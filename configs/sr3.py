@@ -25,7 +25,8 @@ Convert a checkpoint of the common implementation (`I640000_E37_gen.pth`) and ev
 
 import ml_collections
 
-from sr_jax import config_base as common
+from sr_jax import objectives
+from sr_jax.config import config_base as common
 
 
 def sr3_job(config: ml_collections.ConfigDict) -> None:
@@ -42,7 +43,7 @@ def sr3_job(config: ml_collections.ConfigDict) -> None:
   config.num_steps = 1_000_000
   config.optimizer = common.optimizer_config(name="adam", learning_rate=1e-4, b2=0.999,
                                              schedule="constant", warmup_steps=10_000)
-  config.objective = "diffusion"
+  objectives.configure(config, "diffusion")
   config.diffusion.schedule = "linear"
   config.diffusion.num_timesteps = 2000
   config.diffusion.beta_start = 1e-6

@@ -33,7 +33,7 @@ too: pass it as --config.base.checkpoint to every arm.
 import ml_collections
 
 from configs import sr3
-from sr_jax import config_base as common
+from sr_jax.config import config_base as common
 
 RANGE_T_MAX = 500  # Of T = 2000: the data end of the chain, where gamma_t > ~0.3.
 

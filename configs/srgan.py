@@ -21,7 +21,7 @@ Embedded demo (small MSRResNet, 2 CPU cores):
 import ml_collections
 
 from configs import esrgan
-from sr_jax import config_base as common
+from sr_jax.config import config_base as common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

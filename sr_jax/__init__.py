@@ -8,8 +8,8 @@ import os as _os
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from sr_jax import large_pages as _large_pages  # noqa: E402
+from sr_jax.util import large_pages as _large_pages  # noqa: E402
 
-# `python -m sr_jax.<tool>` restarts once with glibc's large pages (see sr_jax.large_pages);
+# `python -m sr_jax.<tool>` restarts once with glibc's large pages (see sr_jax.util.large_pages);
 # importing sr_jax as a library never does.
 _large_pages.reexecute_if_wanted()

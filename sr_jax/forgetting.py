@@ -21,7 +21,8 @@ from typing import Any
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sr_jax import console, errors, runtime
+from sr_jax import objectives
+from sr_jax.util import console, errors, runtime
 
 FLAGS = flags.FLAGS
 
@@ -87,14 +88,14 @@ def evaluate_config(config, original: str, new: str):
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from sr_jax import config_cli  # pylint: disable=g-import-not-at-top
-  if config_cli.shown():
+  from sr_jax.config import config_cli  # pylint: disable=g-import-not-at-top
+  if config_cli.shown(sections=objectives.sections()):
     return
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required: the fine-tuning run to score.")
   runtime.setup()
   console.log_to_file(FLAGS.workdir)
-  from sr_jax import train  # pylint: disable=g-import-not-at-top
+  from sr_jax.jobs import train  # pylint: disable=g-import-not-at-top
   config = evaluate_config(FLAGS.config, FLAGS.original, FLAGS.new)
   logging.info("Scoring %s and its base on the new domain and on %s.", FLAGS.workdir,
                config.eval.general_set)
@@ -107,7 +108,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  from sr_jax import config_cli  # pylint: disable=g-import-not-at-top
+  from sr_jax.config import config_cli  # pylint: disable=g-import-not-at-top
   _define_flags()
   config_cli.define_show_config()
   app.run(errors.guarded(main), flags_parser=config_cli.parse_flags)

@@ -5,22 +5,22 @@ r"""Restores image files with a saved model, optionally through a task adapter, 
 
 `--checkpoint` is a parameter directory (a run's export/params, or a converted checkpoint); the
 model is rebuilt from the architecture recorded in its meta.json, so no config is needed.
-`--adapter` applies a LoRA adapter (a run's export/adapters) after checking that it fits the
-base. `--input` is an image file or a folder (every image in it, sorted by name); `--output` is
-a .png file (or an existing folder) for one image, a folder (created) for a folder, holding the
-same file names with .png. The output is checked before any work (writable; existing files are
-replaced only with `--overwrite`). An image that cannot be read or restored is named and
-skipped; every other one is written, and the command then lists the failures and exits 1.
-Outputs are clamped to [0, 1] and rounded to 8 bits exactly as the
-PSNR/SSIM protocol rounds them (sr_jax.metrics.to_uint8_grid), so metrics on the files equal
-metrics on the arrays. `--tile N` bounds memory for large images (see sr_jax.tiling: exact away
-from tile borders for models with a finite receptive field). `--tile 0` runs whole images; many
-tiles show a progress bar (log lines when stderr is not a terminal).
+`--adapter` applies a LoRA adapter (a run's export/adapters) after checking that it fits the base.
+`--input` is an image file or a folder (every image in it, sorted by name); `--output` is a .png
+file (or an existing folder) for one image, a folder (created) for a folder, holding the same file
+names with .png. The output is checked before any work (writable; existing files are replaced only
+with `--overwrite`). An image that cannot be read or restored is named and skipped; every other one
+is written, and the command then lists the failures and exits 1. Outputs are clamped to [0, 1] and
+rounded to 8 bits exactly as the PSNR/SSIM protocol rounds them
+(sr_jax.quality.metrics.to_uint8_grid), so metrics on the files equal metrics on the arrays.
+`--tile N` bounds memory for large images (see sr_jax.inference.tiling: exact away from tile
+borders for models with a finite receptive field). `--tile 0` runs whole images; many tiles show a
+progress bar (log lines when stderr is not a terminal).
 
 NAFNet and Restormer gather statistics over their whole input; `--tlc auto` (the default) makes
-them local at test time (TLC, windows of 1.5x the training crop, sr_jax.tlc_inference) when the
-training crop size is known: from `--train_size`, else the checkpoint's meta.json. Tiles then
-also see `--context` pixels around them (-1: half the window), so they join without seams.
+them local at test time (TLC, windows of 1.5x the training crop, sr_jax.inference.tlc_inference)
+when the training crop size is known: from `--train_size`, else the checkpoint's meta.json. Tiles
+then also see `--context` pixels around them (-1: half the window), so they join without seams.
 `--tlc off` restores with the trained global statistics.
 
 Diffusion checkpoints are sampled instead (whole images, no tiles). SR3: `--sampler
@@ -37,96 +37,28 @@ The library entry points are `load_model` and `restore_images` / `restore_files`
 
 from __future__ import annotations
 
-import functools
 import os
 import pathlib
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
-import jax
-import numpy as np
 from absl import logging
 
-from sr_jax import adapters, bank_infer, console, errors, runtime, tiling
-from sr_jax import tlc_inference
+from sr_jax import objectives
 from sr_jax.data import sources
-from sr_jax.restore_io import (check_overwrite, downsampling, folder_outputs,  # noqa: F401
-                               output_scale, write_png)
-from sr_jax.errors import UsageError
-from sr_jax.diffusion.restorers import (DiffusionRestorer, ResShiftRestorer,  # noqa: F401
-                                        diffusion_restorer, is_diffusion)
-from sr_jax.models import registry
+from sr_jax.diffusion.restorers import ResShiftRestorer, diffusion_restorer  # noqa: F401
+from sr_jax.inference import bank_infer, tlc_inference
+from sr_jax.inference import restorer as restorer_lib
+from sr_jax.inference.restore_io import check_overwrite, folder_outputs, write_png
+from sr_jax.inference.restorer import Restorer
+from sr_jax.util import console, errors, runtime
+from sr_jax.util.errors import UsageError
 
 PyTree = Any
-
-
-def load_model(checkpoint_dir: str, adapter_dir: str | None = None, *, dtype: str = "float32",
-               impl: str = "auto") -> tuple[nn.Module, PyTree]:
-  """(module, plain params) from a parameter directory and, optionally, an adapter on it."""
-  params, meta = adapters.load_base(checkpoint_dir)
-  if adapter_dir:
-    adapter = adapters.load_adapter(adapter_dir)
-    adapters.check_compatible(meta, adapter, params)
-    params = adapters.apply_adapter(params, adapter)
-  return adapters.model_from_architecture(meta["model"], dtype=dtype, impl=impl), params
-
-
-class Restorer:
-  """A model and its parameters with one jitted apply (compiled once per tile shape)."""
-
-  def __init__(self, model: nn.Module, params: PyTree, tile: int = 0, overlap: int = 0,
-               context: int = 0,
-               planner: Callable[[int], tlc_inference.LocalPlan] | None = None):
-    """`planner` (image short side -> TLC plan) converts the model per image size, for TLC
-    windows that grow with the image; without it `model` and `context` serve every image."""
-    self.model, self.params, self.tile, self.overlap = model, params, tile, overlap
-    self.multiple, self.context, self.planner = downsampling(model), context, planner
-    self._local: dict[int, tuple[Callable, int]] = {}  # TLC window -> (apply, context).
-    # Flag errors before any image is read.
-    tiling.check_tiling(tile, overlap, self.multiple, context)
-    self.channels = registry.facts(registry.name_of(model), model).in_channels
-    if self.channels not in (1, 3):
-      raise ValueError(f"The model takes {self.channels}-channel inputs (e.g. Restormer's "
-                       "dual-pixel pairs); sr_jax.infer reads single RGB or grayscale images.")
-    self.scale = output_scale(model, params, self.channels)
-    apply = jax.jit(model.apply)
-    self._fn = lambda x: apply({"params": params}, x)
-
-  def __call__(self, image: np.ndarray) -> np.ndarray:
-    """HWC float32 in [0, 1] -> the model's HWC float32 output (not clamped).
-
-    A grayscale model (1 input channel, e.g. Restormer 'gaussian_gray') gets the RGB image's
-    luma (ITU-R 601, as Pillow's 'L' conversion).
-    """
-    if self.channels == 1 and image.shape[-1] == 3:
-      image = (image @ np.asarray([0.299, 0.587, 0.114], np.float32))[..., None]
-    fn, context = self._fn, self.context
-    if self.planner is not None:
-      fn, context = self.for_image(*image.shape[:2])
-    return tiling.tiled_apply(fn, image, tile=self.tile, overlap=self.overlap,
-                              scale=self.scale, multiple=self.multiple, context=context,
-                              progress=tiling.TileProgress())
-
-  def for_image(self, height: int, width: int) -> tuple[Callable, int]:
-    """The apply and tile context of the TLC plan for an image of this size (cached)."""
-    local = self.planner(min(height, width))
-    if local.window not in self._local:
-      tiling.check_tiling(self.tile, self.overlap, self.multiple, local.context)
-      logging.info("TLC for %dx%d (WxH) images: %s.", width, height, local.describe())
-      apply = jax.jit(tlc_inference.convert(self.model, local).apply)
-      params = self.params
-      self._local[local.window] = (lambda x: apply({"params": params}, x), local.context)
-    return self._local[local.window]
-
-  def num_tiles(self, height: int, width: int) -> int:
-    if self.tile <= 0 or (height <= self.tile and width <= self.tile):
-      return 1
-    return (len(tiling.tile_starts(height, self.tile, self.overlap)) *
-            len(tiling.tile_starts(width, self.tile, self.overlap)))
 
 
 class ImageErrors(ValueError):
@@ -231,31 +163,11 @@ def run(checkpoint: str, adapter: str | None, input_path: str, output_path: str,
   a bad --output costs no model loading.
   """
   pairs = plan_outputs(input_path, output_path, overwrite=overwrite)
-  if is_diffusion(checkpoint):
-    if tile:
-      raise UsageError("--tile does not apply to SR3: tiles sampled apart would not join; "
-                       "images are sampled whole (--tile 0).")
-    restorer = diffusion_restorer(checkpoint, adapter, dtype=dtype, scale=scale,
-                                  **(sampling or {}))
-  else:
-    model, params = load_model(checkpoint, adapter, dtype=dtype)
-    # --train_size sets the window by hand; otherwise it grows with each image when the export
-    # records its training images' size.
-    image_ref = 0 if train_size else tlc_inference.train_image_side_of(checkpoint, adapter)
-    size = train_size or tlc_inference.train_size_of(checkpoint, adapter)
-    planner = functools.partial(tlc_inference.plan, model, tlc, size, context=context,
-                                multiple=downsampling(model), name=checkpoint,
-                                train_image_side=image_ref)
-    local = planner()  # Errors (mode, crop size) before any image is read.
-    if local.window and image_ref:
-      restorer = Restorer(model, params, tile, overlap, local.context,
-                          planner=lambda side: planner(image_side=side))
-      logging.info("Large images: TLC windows of %d px for images up to the training images' "
-                   "%d px, growing with larger ones.", local.window, image_ref)
-    else:
-      restorer = Restorer(tlc_inference.convert(model, local), params, tile, overlap,
-                          local.context)
-      logging.info("Large images: %s.", local.describe())
+  options = restorer_lib.RestoreOptions(tile=tile, overlap=overlap, dtype=dtype, scale=scale,
+                                        sampling=dict(sampling or {}), tlc=tlc,
+                                        train_size=train_size, context=context)
+  spec = objectives.for_export(checkpoint)
+  restorer = spec.restorer(checkpoint, adapter, options)
   logging.info("Restoring %d image(s) with %s%s, %s.", len(pairs), checkpoint,
                f" + adapter {adapter}" if adapter else "",
                f"tiles {tile} overlapping by {overlap}" if tile > 0 else "whole images")

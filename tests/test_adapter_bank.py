@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sr_jax import adapter_bank, adapters, checkpoint, lora
+from sr_jax.adapt import adapter_bank, adapters, lora
 from sr_jax.models import registry
+from sr_jax.util import exports, trees
 
 
 def _adapter(base, arch, name, *, seed, rank, scaling="standard", overrides=(), tune=()):
@@ -21,14 +22,14 @@ def _adapter(base, arch, name, *, seed, rank, scaling="standard", overrides=(), 
   plan = lora.make_plan(base, targets=[r".*/kernel"], rank=rank, alpha=2.0 * rank,
                         exclude=exclude, rank_overrides=overrides, scaling=scaling)
   rng = jax.random.PRNGKey(seed)
-  factors = lora.flatten(lora.init_adapters(rng, base, plan))
+  factors = trees.flatten(lora.init_adapters(rng, base, plan))
   for i, path in enumerate(sorted(factors)):
     if path.endswith("/b"):
       factors[path] = 0.05 * jax.random.normal(jax.random.fold_in(rng, 100 + i),
                                                factors[path].shape)
-  flat = lora.flatten(base)
+  flat = trees.flatten(base)
   tuned = {p: flat[p] + 0.1 * (i + 1) for i, p in enumerate(tune)}
-  return adapters.Adapter(lora.unflatten(factors), lora.unflatten(tuned), plan,
+  return adapters.Adapter(trees.unflatten(factors), trees.unflatten(tuned), plan,
                           {"model": arch, "lora_plan": plan.to_json()}, name)
 
 
@@ -36,7 +37,7 @@ def _setup(name, preset, size):
   model = registry.build_preset(name, preset)
   base = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))["params"]
   arch = registry.module_architecture(name, model)
-  biases = [p for p in lora.flatten(base) if p.endswith("bias")]
+  biases = [p for p in trees.flatten(base) if p.endswith("bias")]
   named = [("haze", _adapter(base, arch, "haze", seed=1, rank=2, tune=biases[:3])),
            ("rain", _adapter(base, arch, "rain", seed=2, rank=4,
                              overrides=(r".*(ending|output).*=1",))),
@@ -93,17 +94,17 @@ def test_a_new_mix_does_not_recompile():
 
 def test_loading_refuses_an_adapter_that_does_not_fit_naming_it(tmp_path):
   model, base, arch, named = _setup("nafnet", "micro", 16)
-  checkpoint.save_params(str(tmp_path / "base"), base, {"model": arch})
+  exports.save_params(str(tmp_path / "base"), base, {"model": arch})
   for name, adapter in named[:2]:
-    checkpoint.save_adapters(str(tmp_path / name), adapter.lora, adapter.tuned_base,
-                             dict(adapter.meta, train_size=16))
+    exports.save_adapters(str(tmp_path / name), adapter.lora, adapter.tuned_base,
+                          dict(adapter.meta, train_size=16))
   bank = adapter_bank.load(str(tmp_path / "base"), {n: str(tmp_path / n) for n, _ in named[:2]})
   assert bank.names == ("haze", "rain") and bank.index("rain") == 1
   other = registry.build_preset("restormer", "micro")
   other_base = jax.jit(other.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
   wrong = _adapter(other_base, registry.module_architecture("restormer", other), "wrong",
                    seed=4, rank=2)
-  checkpoint.save_adapters(str(tmp_path / "wrong"), wrong.lora, wrong.tuned_base, wrong.meta)
+  exports.save_adapters(str(tmp_path / "wrong"), wrong.lora, wrong.tuned_base, wrong.meta)
   with pytest.raises(ValueError, match=r"Adapter 'low_light' \(.*wrong\) does not fit"):
     adapter_bank.load(str(tmp_path / "base"), {"haze": str(tmp_path / "haze"),
                                                "low_light": str(tmp_path / "wrong")})
@@ -112,24 +113,25 @@ def test_loading_refuses_an_adapter_that_does_not_fit_naming_it(tmp_path):
 
 
 def _saved(tmp_path, named, base, arch):
-  checkpoint.save_params(str(tmp_path / "base"), base, {"model": arch, "train_size": 16})
+  exports.save_params(str(tmp_path / "base"), base, {"model": arch, "train_size": 16})
   dirs = {}
   for name, adapter in named:
-    checkpoint.save_adapters(str(tmp_path / name), adapter.lora, adapter.tuned_base,
-                             dict(adapter.meta, train_size=16))
+    exports.save_adapters(str(tmp_path / name), adapter.lora, adapter.tuned_base,
+                          dict(adapter.meta, train_size=16))
     dirs[name] = str(tmp_path / name)
   return str(tmp_path / "base"), dirs
 
 
 def _merged_png(model, base, adapter, image):
-  from sr_jax import metrics  # pylint: disable=g-import-not-at-top
+  from sr_jax.quality import metrics  # pylint: disable=g-import-not-at-top
   out = model.apply({"params": adapters.apply_adapter(base, adapter)}, jnp.asarray(image)[None])
   return np.asarray(metrics.to_uint8_grid(out[0])).astype(np.int32)
 
 
 def test_infer_routes_images_by_folder_and_csv_through_one_bank(tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from sr_jax import bank_infer, errors  # pylint: disable=g-import-not-at-top
+  from sr_jax.inference import bank_infer  # pylint: disable=g-import-not-at-top
+  from sr_jax.util import errors
   from sr_jax.data import sources  # pylint: disable=g-import-not-at-top
   model, base, arch, named = _setup("nafnet", "micro", 16)
   base_dir, dirs = _saved(tmp_path, named, base, arch)
@@ -169,7 +171,7 @@ def test_infer_routes_images_by_folder_and_csv_through_one_bank(tmp_path):
 
 
 def test_bank_tiles_with_tlc_join_far_closer_than_without(tmp_path):
-  from sr_jax import bank_infer  # pylint: disable=g-import-not-at-top
+  from sr_jax.inference import bank_infer  # pylint: disable=g-import-not-at-top
   model, base, _, named = _setup("nafnet", "micro", 16)
   leaves, tree = jax.tree.flatten(base)  # Initial channel attention is nearly inert: stir it.
   keys = jax.random.split(jax.random.PRNGKey(5), len(leaves))

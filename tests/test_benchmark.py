@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from configs import lora_nafnet
-from sr_jax import lora, run_setup
+from sr_jax.adapt import lora
 from sr_jax.models import registry
 from sr_jax.tools import benchmark
+from sr_jax.train import run_setup
 
 SIZE, BATCH = 32, 2
 # Config overrides per model: the job config names NAFNet's output conv ('ending'), Restormer's

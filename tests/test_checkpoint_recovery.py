@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sr_jax import checkpoint, guards
+from sr_jax.train import checkpoint, guards
+from sr_jax.util import layout
 
 
 def template():
@@ -79,7 +80,7 @@ def test_each_kind_of_damage_falls_back_to_the_previous_step(saved, tmp_path, ca
   assert step == 2 and int(state["w"][0, 0]) == 2 and float(frozen["f"][0]) == 1.0
   assert next(it) == 20  # The iterator resumes where step 2 left it.
   assert mgr.all_steps() == [1, 2] and mgr.latest_step() == 2
-  moved = glob.glob(str(run / checkpoint.CORRUPT_DIR / "3-*"))
+  moved = glob.glob(str(run / layout.CORRUPT_NAME / "3-*"))
   assert len(moved) == 2  # The step directory (kept, not deleted) and its reason file.
   kept = next(m for m in moved if os.path.isdir(m))
   assert os.path.exists(os.path.join(kept, "_CHECKPOINT_METADATA"))
@@ -103,7 +104,7 @@ def test_no_intact_step_raises_one_paragraph_naming_each_and_changes_nothing(sav
     assert f"Step {step}: ValueError: OUT_OF_RANGE: Error reading \"state.w" in message
   assert "Step 2: " in message and "process_0-of-1.json is not valid JSON" in message
   assert "move the checkpoints directory aside" in message
-  assert mgr.all_steps() == [1, 2, 3] and not (run / checkpoint.CORRUPT_DIR).exists()
+  assert mgr.all_steps() == [1, 2, 3] and not (run / layout.CORRUPT_NAME).exists()
 
 
 def test_a_config_error_is_not_mistaken_for_damage(saved, tmp_path):
@@ -135,7 +136,7 @@ def test_a_refused_state_is_set_aside_and_a_lone_one_restarts_from_zero(saved, t
   step, state, _ = checkpoint.restore_latest_intact(mgr, *template(), it,
                                                      check_restored=diverged)
   assert step == 1 and int(state["w"][0, 0]) == 1 and mgr.all_steps() == [1]
-  reasons = sorted(glob.glob(str(run / checkpoint.CORRUPT_DIR / "*.reason.txt")))
+  reasons = sorted(glob.glob(str(run / layout.CORRUPT_NAME / "*.reason.txt")))
   assert len(reasons) == 2 and "max_param_abs=2" in open(reasons[0]).read()
   it = data_iter()
   step, state, _ = checkpoint.restore_latest_intact(

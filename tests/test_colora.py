@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from configs import colora_nafnet
-from sr_jax import colora, colora_job, lora, run_setup
+from sr_jax.adapt import colora, lora
+from sr_jax.jobs import colora_job
+from sr_jax.train import run_setup
+from sr_jax.util import exports, trees
 
 
 def colora_cfg(**overrides):
@@ -121,12 +124,11 @@ def saved_micro_base(directory):
   """A randomly initialised micro NAFNet saved as a base (pre-training is tested elsewhere)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from sr_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from sr_jax.models import registry  # pylint: disable=g-import-not-at-top
   config = micro_colora()
   params = registry.build_model(config.model).init(jax.random.PRNGKey(0),
                                                    jnp.zeros((1, 32, 32, 3)))["params"]
-  checkpoint.save_params(directory, params, {"model": registry.architecture(config.model)})
+  exports.save_params(directory, params, {"model": registry.architecture(config.model)})
   return directory
 
 
@@ -159,12 +161,12 @@ def test_colora_job_runs_every_arm_and_resumes(tmp_path, caplog):
   # What the allocation paid for is exactly what the arm trained.
   assert rows["CoLoRA"]["trainable"] == colora_plan["trainable_params"]
   # The exported adapter, applied to the base, is bit-for-bit the exported merged model.
-  from sr_jax import adapters, checkpoint  # pylint: disable=g-import-not-at-top
+  from sr_jax.adapt import adapters  # pylint: disable=g-import-not-at-top
   base_params, _ = adapters.load_base(base_dir)
-  applied = lora.flatten(adapters.apply_adapter(
+  applied = trees.flatten(adapters.apply_adapter(
       base_params, adapters.load_adapter(str(tmp_path / "colora" / "export" / "adapters"))))
-  merged = lora.flatten(checkpoint.load_params(str(tmp_path / "colora" / "export" /
-                                                   "params"))[0])
+  merged = trees.flatten(exports.load_params(str(tmp_path / "colora" / "export" /
+                                                 "params"))[0])
   assert set(applied) == set(merged)
   for path, value in merged.items():
     np.testing.assert_array_equal(np.asarray(applied[path]), np.asarray(value), err_msg=path)

@@ -16,17 +16,19 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 from configs import colora_restormer
-from sr_jax import adapters, colora_job, convert, infer, lora
-from sr_jax.convert import mapping
-from sr_jax.convert import restormer as restormer_keys
+from sr_jax import convert, infer
+from sr_jax.adapt import adapters
+from sr_jax.convert import mapping, restormer as restormer_keys
+from sr_jax.jobs import colora_job
 from sr_jax.models import registry
+from sr_jax.util import trees
 
 
 def _official_checkpoint(path):
   """A micro Restormer in the official key layout, as a .safetensors file."""
   model = registry.entry("restormer").build("micro")
   params = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 16, 16, 3)))["params"]
-  flat = {p: np.asarray(v) for p, v in lora.flatten(params).items()}
+  flat = {p: np.asarray(v) for p, v in trees.flatten(params).items()}
   save_file(mapping.export(flat, restormer_keys.RULES, restormer_keys.BROADCAST), str(path))
 
 
@@ -53,7 +55,7 @@ def test_converted_restormer_runs_the_colora_job_and_infers(tmp_path):
   assert plan["trainable_params"] == rows["CoLoRA"]["trainable"]
   assert plan["ranks"] and not any("dwconv" in p for p in plan["ranks"])
   adapter = adapters.load_adapter(str(tmp_path / "job" / "colora" / "export" / "adapters"))
-  tuned = lora.flatten(adapter.tuned_base)
+  tuned = trees.flatten(adapter.tuned_base)
   assert any(p.endswith("attn/temperature") for p in tuned)
   assert any(p.endswith("norm1/bias") for p in tuned)
 

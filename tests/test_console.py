@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 from PIL import ImageDraw, Image
 
-from sr_jax import colora_job, console, evaluate, faig, plots
+from sr_jax.adapt import faig
 from sr_jax.data import preview
+from sr_jax.jobs import colora_job
 from sr_jax.models import nafnet
+from sr_jax.quality import evaluate
+from sr_jax.util import console, plots
 
 
 @pytest.fixture

@@ -22,9 +22,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from sr_jax import adapters, convert, lora
+from sr_jax import convert
+from sr_jax.adapt import adapters
 from sr_jax.convert import mapping, state_dict
 from sr_jax.models import registry
+from sr_jax.util import trees
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-4  # Max abs error between the PyTorch and the converted Flax forward pass.
@@ -105,7 +107,7 @@ def _assert_same_tree(got: dict, want: dict) -> None:
 def _flax_forward(conversion, x_nchw: np.ndarray, impl: str) -> np.ndarray:
   """The converted model's output on an NCHW input, as NCHW."""
   model = adapters.model_from_architecture(conversion.architecture, impl=impl)
-  params = jax.tree.map(jnp.asarray, lora.unflatten(conversion.params))
+  params = jax.tree.map(jnp.asarray, trees.unflatten(conversion.params))
   y = jax.jit(model.apply)({"params": params}, jnp.asarray(x_nchw.transpose(0, 2, 3, 1)))
   return np.asarray(y).transpose(0, 3, 1, 2)
 
@@ -188,7 +190,7 @@ def test_pth_picks_ema_weights_by_default_and_key_selects_others(tmp_path):
   result = convert.convert_file("nafnet", src, tmp_path / "ema")
   _assert_same_tree(result.params, want_ema)
   params, meta = adapters.load_base(tmp_path / "ema")
-  _assert_same_tree(lora.flatten(params), want_ema)
+  _assert_same_tree(trees.flatten(params), want_ema)
   assert meta["source_key"] == "params_ema" and meta["source"] == str(src)
   assert meta["model"] == result.architecture and meta["num_params"] == result.num_params
 
@@ -225,7 +227,7 @@ def test_safetensors_converts_without_torch(tmp_path, monkeypatch):
   assert result.architecture == _architecture("restormer", "micro", bias=True,
                                               layernorm_type="BiasFree")
   params, meta = adapters.load_base(tmp_path / "out")
-  _assert_same_tree(lora.flatten(params), flat)
+  _assert_same_tree(trees.flatten(params), flat)
   assert meta["source_key"] == "" and meta["preset"] is None and meta["job"] == "convert"
 
   (tmp_path / "model.pth").write_bytes(b"anything")
@@ -388,7 +390,7 @@ def test_existing_destination_is_kept_unless_overwrite(tmp_path):
   flat2, state2 = _random_checkpoint("nafnet", "micro", seed=9)
   save_file(state2, str(src))
   convert.convert_file("nafnet", src, tmp_path / "empty", overwrite=True)
-  _assert_same_tree(lora.flatten(adapters.load_base(tmp_path / "empty")[0]), flat2)
+  _assert_same_tree(trees.flatten(adapters.load_base(tmp_path / "empty")[0]), flat2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,7 +419,7 @@ def test_cli_converts_and_names_the_matching_preset(tmp_path):
   params, meta = adapters.load_base(tmp_path / "out")
   assert meta["preset"] == "micro" and meta["source_key"] == ""
   want = convert.convert_state_dict("restormer", _numpy_state(model)).params
-  _assert_same_tree(lora.flatten(params), want)
+  _assert_same_tree(trees.flatten(params), want)
 
 
 def test_cli_bad_file_exits_2_with_one_error_line(tmp_path):
@@ -454,7 +456,7 @@ def test_export_then_convert_is_identity(name, fields):
                              jax.ShapeDtypeStruct((1, 16, 16, channels), jnp.float32))
   rng = np.random.default_rng(8)
   flat = {p: rng.standard_normal(v.shape).astype(v.dtype)
-          for p, v in lora.flatten(variables["params"]).items()}
+          for p, v in trees.flatten(variables["params"]).items()}
   module = convert.converter(name)
   state = mapping.export(flat, module.RULES, module.BROADCAST)
   if name == "nafnet":  # Spot checks of the official layouts.

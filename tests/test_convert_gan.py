@@ -23,9 +23,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from sr_jax import adapters, checkpoint, convert, lora
+from sr_jax import convert
+from sr_jax.adapt import adapters
 from sr_jax.convert import mapping, rrdbnet
 from sr_jax.models import registry
+from sr_jax.util import exports, trees
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-4  # Max abs error between the PyTorch and the converted Flax forward pass.
@@ -59,7 +61,7 @@ def _assert_same_tree(got: dict, want: dict) -> None:
 def _flax_forward(conversion, x_nchw: np.ndarray) -> np.ndarray:
   """The converted model's output on an NCHW input, as NCHW."""
   model = adapters.model_from_architecture(conversion.architecture, impl="xla")
-  params = jax.tree.map(jnp.asarray, lora.unflatten(conversion.params))
+  params = jax.tree.map(jnp.asarray, trees.unflatten(conversion.params))
   y = jax.jit(model.apply)({"params": params}, jnp.asarray(x_nchw.transpose(0, 2, 3, 1)))
   return np.asarray(y).transpose(0, 3, 1, 2)
 
@@ -308,13 +310,13 @@ def test_pth_with_params_and_params_ema_converts_the_ema_weights(tmp_path):
   result = convert.convert_file("rrdbnet", tmp_path / "g.pth", tmp_path / "out")
   _assert_same_tree(result.params,
                     convert.convert_state_dict("rrdbnet", ref.numpy_state(ema)).params)
-  assert checkpoint.read_params_meta(str(tmp_path / "out"))["source_key"] == "params_ema"
+  assert exports.read_params_meta(str(tmp_path / "out"))["source_key"] == "params_ema"
 
 
 def test_cli_converts_an_old_layout_pth(tmp_path):
   """`python -m sr_jax.convert --arch rrdbnet` (a subprocess: the module's main()) converts an
   oldest-layout .pth of the 'micro' preset's shape, names the preset, and writes a directory
-  that checkpoint.load_params reads back as exactly the BasicSR-layout conversion."""
+  that exports.load_params reads back as exactly the BasicSR-layout conversion."""
   torch = pytest.importorskip("torch")
   ref = _ref()
   micro = dict(registry.entry("rrdbnet").presets["micro"])
@@ -328,7 +330,7 @@ def test_cli_converts_an_old_layout_pth(tmp_path):
   assert proc.returncode == 0, proc.stderr
   count = sum(p.numel() for p in model.parameters())
   assert f"{count:,} parameters, preset 'micro'" in proc.stdout
-  params, meta = checkpoint.load_params(str(tmp_path / "D"))
+  params, meta = exports.load_params(str(tmp_path / "D"))
   assert meta["model"] == {"name": "rrdbnet", **micro} and meta["source_key"] == ""
   want = convert.convert_state_dict("rrdbnet", ref.numpy_state(model)).params
-  _assert_same_tree(lora.flatten(params), want)
+  _assert_same_tree(trees.flatten(params), want)

@@ -21,9 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sr_jax import adapters, checkpoint, convert, lora
+from sr_jax import convert
+from sr_jax.adapt import adapters
 from sr_jax.convert import mapping, sr3
 from sr_jax.models import registry
+from sr_jax.util import exports, trees
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-4  # Max abs error between the PyTorch and the converted Flax forward pass.
@@ -85,7 +87,7 @@ def test_gen_checkpoint_matches_torch(torch):
   with torch.no_grad():
     want = unet(torch.from_numpy(x), torch.from_numpy(level)).numpy()
   model = adapters.model_from_architecture(result.architecture, impl="xla")
-  params = jax.tree.map(jnp.asarray, lora.unflatten(result.params))
+  params = jax.tree.map(jnp.asarray, trees.unflatten(result.params))
   forward = jax.jit(lambda c, n, l: model.apply({"params": params}, c, n, l))
   nhwc = x.transpose(0, 2, 3, 1)
   got = np.asarray(forward(nhwc[..., :3], nhwc[..., 3:], level)).transpose(0, 3, 1, 2)
@@ -239,11 +241,11 @@ def test_cli_converts_a_gen_pth(tmp_path, torch):
   assert proc.returncode == 0, proc.stderr
   count = sum(p.numel() for p in unet.parameters())
   assert f"{count:,} parameters, preset 'micro'" in proc.stdout
-  params, meta = checkpoint.load_params(str(tmp_path / "D"))
+  params, meta = exports.load_params(str(tmp_path / "D"))
   assert meta["model"] == {"name": "sr3", **{k: list(v) if isinstance(v, tuple) else v
                                              for k, v in micro.items()}}
   want = convert.convert_state_dict("sr3", ref.numpy_state(unet)).params
-  got = lora.flatten(params)
+  got = trees.flatten(params)
   assert sorted(got) == sorted(want)
   for path, value in want.items():
     np.testing.assert_array_equal(np.asarray(got[path]), value, err_msg=path)

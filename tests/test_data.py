@@ -12,11 +12,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from sr_jax.data import choose_source, degradations, kernels, op_ranges
-from sr_jax.data import pipeline
-from sr_jax.data import sources
+from sr_jax.config import config_base as _config_module
+from sr_jax.data import choose_source, degradations, kernels, op_ranges, pipeline, sources
 
-from sr_jax import config_base as _config_module
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

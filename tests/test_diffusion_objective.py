@@ -12,17 +12,19 @@ import numpy as np
 import optax
 import pytest
 
-from sr_jax import config_base, evaluate, forgetting, lora, step as step_lib
+from sr_jax import forgetting
+from sr_jax.adapt import lora
 from sr_jax.data import resize
 from sr_jax.diffusion import samplers, sr3
 from sr_jax.models import registry
-from sr_jax.objectives import diffusion
+from sr_jax.objectives import diffusion, step as step_lib
+from sr_jax.quality import evaluate
 
 T = 20
 
 
 def _diffusion_config(**overrides) -> ml_collections.ConfigDict:
-  d = config_base.diffusion_config()
+  d = diffusion.config_section()
   d.num_timesteps, d.beta_start, d.beta_end = T, 1e-3, 0.2
   d.sampler, d.sample_steps = "ddim", 4
   d.update(overrides)

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from sr_jax.models import discriminators as D
-from sr_jax.models import layers
+from sr_jax.models import discriminators as D, layers
 
 RNG = jax.random.PRNGKey(0)
 # One tiny module per network, shared by the tests so each jitted function compiles once.

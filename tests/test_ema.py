@@ -9,8 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from sr_jax import checkpoint, config_check, lora, run_setup, train
 from sr_jax.data import pipeline
+from sr_jax.jobs import train
+from sr_jax.train import config_check, run_setup
+from sr_jax.util import exports, trees
 from tests.test_train import micro_config
 
 DECAY = 0.5  # Short: after a few steps the EMA is far from both the init and the last iterate.
@@ -22,7 +24,7 @@ def _batches(config, count):
 
 
 def _flat(tree):
-  return {k: np.asarray(v) for k, v in lora.flatten(tree).items()}
+  return {k: np.asarray(v) for k, v in trees.flatten(tree).items()}
 
 
 def test_ema_follows_its_recurrence_over_the_trainable_tree_only():
@@ -34,7 +36,7 @@ def test_ema_follows_its_recurrence_over_the_trainable_tree_only():
   state = run.state
   for batch in _batches(c, 3):
     state, _ = step_fn(state, run.frozen, batch)
-    expected = {k: DECAY * v + (1 - DECAY) * np.asarray(lora.flatten(state.trainable)[k])
+    expected = {k: DECAY * v + (1 - DECAY) * np.asarray(trees.flatten(state.trainable)[k])
                 for k, v in expected.items()}
   got = _flat(state.ema)
   assert got.keys() == expected.keys()
@@ -42,8 +44,8 @@ def test_ema_follows_its_recurrence_over_the_trainable_tree_only():
     np.testing.assert_allclose(got[path], value, rtol=1e-6, atol=1e-7, err_msg=path)
   assert not np.allclose(got[next(iter(got))], _flat(state.trainable)[next(iter(got))])
   # Evaluation and export read the EMA, not the last iterate.
-  evaluated = lora.flatten(run.objective.eval_params(state, run.frozen))
-  for path, value in lora.flatten(state.ema).items():
+  evaluated = trees.flatten(run.objective.eval_params(state, run.frozen))
+  for path, value in trees.flatten(state.ema).items():
     np.testing.assert_array_equal(evaluated[path], value)
 
 
@@ -65,7 +67,7 @@ def test_ema_is_checkpointed_resumed_bitwise_and_exported(tmp_path):
   train.train_and_evaluate(micro_config(**common, num_steps=4), straight)
   train.train_and_evaluate(micro_config(**common, num_steps=2), resumed)  # "Interrupted" at 2.
   train.train_and_evaluate(micro_config(**common, num_steps=4), resumed)
-  a, b = (_flat(checkpoint.load_params(os.path.join(w, "export", "params"))[0])
+  a, b = (_flat(exports.load_params(os.path.join(w, "export", "params"))[0])
           for w in (straight, resumed))
   assert a.keys() == b.keys()
   for path in a:  # An EMA restarted at step 2 from the weights would differ here.
@@ -73,7 +75,7 @@ def test_ema_is_checkpointed_resumed_bitwise_and_exported(tmp_path):
   # The export is the EMA: it differs from the same run's last iterate.
   raw = micro_config(**dict(common, **{"ema.decay": 0.0}), num_steps=4)
   train.train_and_evaluate(raw, str(tmp_path / "raw"))
-  last = _flat(checkpoint.load_params(str(tmp_path / "raw" / "export" / "params"))[0])
+  last = _flat(exports.load_params(str(tmp_path / "raw" / "export" / "params"))[0])
   assert any(not np.array_equal(a[p], last[p]) for p in a)
 
 

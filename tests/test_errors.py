@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from sr_jax import errors
+from sr_jax.util import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MICRO = ["--config.model.preset=micro", "--config.data.crop_size=32",
@@ -77,7 +77,7 @@ def test_a_missing_checkpoint_for_inference_exits_2(tmp_path):
 
 
 def test_missing_image_folders_exit_2_naming_the_flag(tmp_path):
-  proc = run("sr_jax.metrics", "--pred", str(tmp_path / "nope"), "--gt", str(tmp_path))
+  proc = run("sr_jax.quality.metrics", "--pred", str(tmp_path / "nope"), "--gt", str(tmp_path))
   assert_message(proc, 2, "--pred")
 
 
@@ -116,7 +116,7 @@ def test_what_counts_as_expected():
   with pytest.raises(ValueError) as library:
     json.loads("{")  # A library's ValueError: a bug if it reaches the user.
   assert not errors.is_expected(library.value)
-  from sr_jax import lora  # pylint: disable=g-import-not-at-top
+  from sr_jax.adapt import lora  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError) as ours:
     lora.make_plan({"k": {"kernel": np.zeros((3, 3, 4, 4))}}, targets=[".*"], rank=2, alpha=2.0,
                    scaling="sqrt")  # sr_jax's own message for the user.

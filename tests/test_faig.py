@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sr_jax import faig, lora
+from sr_jax.adapt import faig
 from sr_jax.models import registry
+from sr_jax.util import trees
 
 STEPS = 3
 
@@ -82,13 +83,13 @@ def test_nafnet_matches_explicit_grad_loop(micro, micro_attribution):
   apply_fn, base, tuned, lq, gt = micro
   loss = lambda p: jnp.sum(jnp.square(apply_fn(p, lq) - gt))
   grad_fn = jax.jit(jax.grad(loss))
-  flat_base, flat_tuned = lora.flatten(base), lora.flatten(tuned)
+  flat_base, flat_tuned = trees.flatten(base), trees.flatten(tuned)
   grad_sum = {k: np.zeros(v.shape) for k, v in flat_base.items()}
   for s in range(STEPS):
     point = {k: flat_tuned[k] + (s / STEPS) * (flat_base[k] - flat_tuned[k]) for k in flat_base}
-    for k, g in lora.flatten(grad_fn(lora.unflatten(point))).items():
+    for k, g in trees.flatten(grad_fn(trees.unflatten(point))).items():
       grad_sum[k] += np.asarray(g, np.float64)
-  got = lora.flatten(micro_attribution)
+  got = trees.flatten(micro_attribution)
   assert set(got) == set(flat_base)
   scale = max(float(np.max(v)) for v in got.values())
   for k, g in grad_sum.items():
@@ -102,7 +103,7 @@ def test_chunked_batches_equal_one_batch(micro, micro_attribution):
   apply_fn, base, tuned, lq, gt = micro
   chunked = faig.integrated_gradients(apply_fn, base, tuned, lq, gt, steps=STEPS, batch_size=2)
   scale = max(float(np.max(v)) for v in jax.tree.leaves(micro_attribution))
-  for (path, a), b in zip(lora.flatten(micro_attribution).items(), jax.tree.leaves(chunked)):
+  for (path, a), b in zip(trees.flatten(micro_attribution).items(), jax.tree.leaves(chunked)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * scale, err_msg=path)
 
 
@@ -116,7 +117,7 @@ def test_identical_models_score_exactly_zero(micro):
 
 
 def test_param_groups_on_nafnet_paths(micro):
-  paths = list(lora.flatten(micro[1]))
+  paths = list(trees.flatten(micro[1]))
   pattern = registry.entry("nafnet").depthwise_kernels
   groups = [faig.param_group(p, pattern) for p in paths]
   # micro: 5 blocks (2 encoder, 1 middle, 2 decoder) of 18 leaves: conv1,3,4,5 and sca kernels,
@@ -138,7 +139,7 @@ def test_param_groups_on_nafnet_paths(micro):
 
 def test_scores_aggregate_the_attribution(micro_attribution):
   pattern = registry.entry("nafnet").depthwise_kernels
-  flat = lora.flatten(micro_attribution)
+  flat = trees.flatten(micro_attribution)
   scores = faig.layer_scores(micro_attribution, pattern)
   assert [s.path for s in scores] == list(flat)
   for s in scores:
@@ -162,7 +163,7 @@ def test_scores_aggregate_the_attribution(micro_attribution):
 
 
 def test_filter_scores_sum_spatial_taps(micro_attribution):
-  flat = lora.flatten(micro_attribution)
+  flat = trees.flatten(micro_attribution)
   intro = np.asarray(flat["intro/kernel"])
   np.testing.assert_allclose(faig.filter_scores(intro), intro.sum(axis=(0, 1)), rtol=1e-6)
   assert faig.filter_scores(intro).shape == (3, 8)

@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from sr_jax import checkpoint, config_check, guards, train, workdir_lock
+from sr_jax.jobs import train
+from sr_jax.train import checkpoint, config_check, guards, workdir_lock
+from sr_jax.util import layout
 from tests.test_train import micro_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +37,7 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_step(tmp_path,
   with caplog.at_level("WARNING"):
     train.train_and_evaluate(micro_config(num_steps=4), str(tmp_path))
   assert "Checkpoint step 4" in caplog.text and "falling back to step 2" in caplog.text
-  assert glob.glob(str(tmp_path / checkpoint.CORRUPT_DIR / "4-*" / "state"))
+  assert glob.glob(str(tmp_path / layout.CORRUPT_NAME / "4-*" / "state"))
   assert checkpoint.manager(str(tmp_path)).all_steps() == [2, 4]  # Step 4 trained again.
 
 

@@ -11,8 +11,12 @@ import optax
 import pytest
 
 from configs import esrgan_lora
-from sr_jax import checkpoint, interpolate, lora, resume, run_setup, train
+from sr_jax.adapt import lora
+from sr_jax.inference import interpolate
+from sr_jax.jobs import train
 from sr_jax.objectives import adversarial
+from sr_jax.train import checkpoint, resume, run_setup
+from sr_jax.util import exports, trees
 
 
 def tiny_config(lora_enabled: bool = True):
@@ -108,7 +112,7 @@ def test_two_stage_lora_gan_run_keeps_the_base_and_resumes(tmp_path):
   config = tiny_config()
   workdir = str(tmp_path / "w")
   rows = train.train_and_evaluate(config, workdir)
-  base, _ = checkpoint.load_params(os.path.join(workdir, "base", "export", "params"))
+  base, _ = exports.load_params(os.path.join(workdir, "base", "export", "params"))
   assert {"bicubic", "base", "GAN + LoRA", "base @ general set",
           "GAN + LoRA @ general set"} <= set(rows)
   assert 0 < rows["GAN + LoRA"]["lpips_alex"] < 1 and rows["GAN + LoRA"]["trainable_pct"] < 50
@@ -128,12 +132,12 @@ def test_two_stage_lora_gan_run_keeps_the_base_and_resumes(tmp_path):
   run = run_setup.build_run(config, workdir, jax.device_get(base))
   resume.restore_step(run, mgr, 2)
   assert not leaves_equal(run.state.d_params, saved_d)
-  adapters = lora.flatten(run.state.trainable["lora"])
+  adapters = trees.flatten(run.state.trainable["lora"])
   assert adapters and any(np.any(np.asarray(v) != 0) for k, v in adapters.items()
                           if k.endswith("/b"))
-  for path, value in lora.flatten(run.frozen["model"]["base"]).items():
+  for path, value in trees.flatten(run.frozen["model"]["base"]).items():
     if not isinstance(value, optax.MaskedNode):
-      np.testing.assert_array_equal(np.asarray(value), np.asarray(lora.flatten(base)[path]))
+      np.testing.assert_array_equal(np.asarray(value), np.asarray(trees.flatten(base)[path]))
 
 
 def test_scale_mismatch_is_a_clear_error(tmp_path):
@@ -149,16 +153,16 @@ def test_interpolation_blends_every_tensor_and_checks_architectures(tmp_path):
                    "bias": rng.normal(size=4).astype(np.float32)}}
   gan = jax.tree.map(lambda x: x + 1.0, psnr)
   meta = {"model": {"name": "rrdbnet", "num_feat": 4}}
-  checkpoint.save_params(str(tmp_path / "p"), psnr, meta)
-  checkpoint.save_params(str(tmp_path / "g"), gan, meta)
+  exports.save_params(str(tmp_path / "p"), psnr, meta)
+  exports.save_params(str(tmp_path / "g"), gan, meta)
   assert interpolate.main(["--psnr", str(tmp_path / "p"), "--gan", str(tmp_path / "g"),
                            "--alpha", "0,0.25,1", "--dst", str(tmp_path / "o")]) == 0
   for alpha in (0.0, 0.25, 1.0):
-    got, got_meta = checkpoint.load_params(str(tmp_path / "o" / f"alpha_{alpha:.2f}"))
+    got, got_meta = exports.load_params(str(tmp_path / "o" / f"alpha_{alpha:.2f}"))
     assert got_meta["alpha"] == alpha and got_meta["model"] == meta["model"]
     for x, p in zip(jax.tree.leaves(got), jax.tree.leaves(psnr)):
       np.testing.assert_allclose(np.asarray(x), p + alpha, rtol=1e-6)
-  checkpoint.save_params(str(tmp_path / "other"), psnr, {"model": {"name": "srresnet"}})
+  exports.save_params(str(tmp_path / "other"), psnr, {"model": {"name": "srresnet"}})
   with pytest.raises(ValueError, match="different architecture"):
     interpolate.run(str(tmp_path / "p"), str(tmp_path / "other"), [0.5], str(tmp_path / "x"))
   with pytest.raises(ValueError, match=r"\[0, 1\]"):

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from configs import esrgan as esrgan_config
-from sr_jax import checkpoint, evaluate
 from sr_jax.data import resize
 from sr_jax.models import mesrgan, registry, rrdbnet, srresnet
+from sr_jax.quality import evaluate
 from sr_jax.tools import benchmark, gan_compare, gan_study, step_timing
+from sr_jax.util import exports
 
 LR, BATCHES, SCALE = 8, (1, 2), 4
 MODELS = ("srgan", "esrgan", "mesrgan")
@@ -146,7 +147,8 @@ def test_breakdown_flops_match_layer_arithmetic():
 
 
 def numpy_psnr_y(pred, gt, crop):
-  """BasicSR's PSNR on MATLAB's Y channel, in float64 NumPy (independent of sr_jax.metrics)."""
+  """BasicSR's PSNR on MATLAB's Y channel, in float64 NumPy (independent of
+  sr_jax.quality.metrics)."""
   to8 = lambda x: np.round(np.clip(np.asarray(x, np.float64), 0, 1) * 255)
   y = lambda x: x @ np.array([65.481, 128.553, 24.966]) / 255 + 16
   diff = (y(to8(pred)) - y(to8(gt)))[crop:-crop, crop:-crop]
@@ -158,8 +160,8 @@ def save_run(root, name, preset="micro"):
   config = gan_study.model_config(name, preset, "auto")
   module = registry.build_model(config)
   params = gan_study.random_params(module, (1, LR, LR, 3), seed=3)
-  checkpoint.save_params(os.path.join(root, "export", "params"), params,
-                         {"model": registry.architecture(config)})
+  exports.save_params(os.path.join(root, "export", "params"), params,
+                      {"model": registry.architecture(config)})
   return module, params
 
 

@@ -17,8 +17,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sr_jax import adapters, faig, lora
+from sr_jax.adapt import adapters, faig
 from sr_jax.models import layers, mesrgan, registry, rrdbnet, srresnet
+from sr_jax.util import trees
 
 build_mesrgan = functools.partial(registry.build_preset, 'mesrgan')
 build_rrdbnet = functools.partial(registry.build_preset, 'rrdbnet')
@@ -101,12 +102,12 @@ def test_mesrgan_parameter_count_closed_form():
 
 
 def test_parameter_names_follow_the_converter_contract():
-  paths = set(lora.flatten(_abstract_params(registry.build_preset('rrdbnet', 'micro'))))
+  paths = set(trees.flatten(_abstract_params(registry.build_preset('rrdbnet', 'micro'))))
   assert {'conv_first/kernel', 'body_0/rdb3/conv5/bias', 'conv_body/kernel', 'conv_up1/kernel',
           'conv_up2/kernel', 'conv_hr/bias', 'conv_last/kernel'} <= paths
-  paths = set(lora.flatten(_abstract_params(registry.build_preset('mesrgan', 'micro'))))
+  paths = set(trees.flatten(_abstract_params(registry.build_preset('mesrgan', 'micro'))))
   assert {f'body_0/rdb2/conv4/{m}/kernel' for m in ('expand', 'depthwise', 'project')} <= paths
-  paths = set(lora.flatten(_abstract_params(registry.build_preset('srresnet', 'micro'))))
+  paths = set(trees.flatten(_abstract_params(registry.build_preset('srresnet', 'micro'))))
   assert {'body_0/conv1/kernel', 'body_0/conv2/bias', 'upconv1/kernel', 'upconv2/kernel'} <= paths
 
 
@@ -323,7 +324,7 @@ def _torch_default_std(k):
 
 
 def test_rrdbnet_init_scales_dense_block_convs_only():
-  flat = lora.flatten(_init(registry.build_preset('rrdbnet', 'micro'), (1, 4, 4, 3)))
+  flat = trees.flatten(_init(registry.build_preset('rrdbnet', 'micro'), (1, 4, 4, 3)))
   rdb = [v for p, v in flat.items() if p.startswith('body_') and p.endswith('kernel')]
   trunk = [v for p, v in flat.items() if not p.startswith('body_') and p.endswith('kernel')]
   # RDB convs: He-normal x 0.1, i.e. 0.1 * sqrt(6) = 0.245 of PyTorch's default std.
@@ -337,7 +338,7 @@ def test_rrdbnet_init_scales_dense_block_convs_only():
 
 
 def test_srresnet_init_scales_every_conv():
-  flat = lora.flatten(_init(registry.build_preset('srresnet', 'micro', num_block=4), (1, 4, 4, 3)))
+  flat = trees.flatten(_init(registry.build_preset('srresnet', 'micro', num_block=4), (1, 4, 4, 3)))
   kernels = [v for p, v in flat.items() if p.endswith('kernel')]
   assert _normalised_std(kernels, _he_std) == pytest.approx(0.1, rel=0.03)
   assert all(not np.any(v) for p, v in flat.items() if p.endswith('bias'))
@@ -347,7 +348,7 @@ def test_mesrgan_init_scales_the_projection():
   # One dense block (the trunk is RRDBNet's, tested above): He-normal everywhere, the 0.1 only
   # on the linear projection, zero biases.
   block = rrdbnet.ResidualDenseBlock(8, mesrgan.MESRGAN(impl='xla').make_dense_conv())
-  flat = lora.flatten(_init(block, (1, 4, 4, 16)))
+  flat = trees.flatten(_init(block, (1, 4, 4, 16)))
   pick = lambda part: [v for p, v in flat.items() if f'/{part}/kernel' in p]
   assert _normalised_std(pick('project'), _he_std) == pytest.approx(0.1, rel=0.03)
   assert _normalised_std(pick('expand') + pick('depthwise'), _he_std) == pytest.approx(1, rel=0.03)
@@ -402,7 +403,7 @@ def test_registry_entries(name, cls):
   assert wide.num_feat == 24 and wide.dtype == jnp.bfloat16
   # The depthwise regex matches exactly MESRGAN's depthwise kernels and nothing in dense nets.
   pattern = registry.entry(name).depthwise_kernels
-  paths = lora.flatten(_abstract_params(model))
+  paths = trees.flatten(_abstract_params(model))
   matched = {p for p in paths if re.fullmatch(pattern, p)}
   assert matched == {p for p in paths if p.endswith('/depthwise/kernel')}
   assert bool(matched) == (name == 'mesrgan')

@@ -8,7 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from sr_jax import config_base, guards, step as step_lib
+from sr_jax.config import config_base
+from sr_jax.objectives import step as step_lib
+from sr_jax.train import guards
 
 
 def adam_state(learning_rate):

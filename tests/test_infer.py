@@ -12,10 +12,14 @@ import pytest
 from jax import lax
 from PIL import Image
 
-from sr_jax import adapters, checkpoint, infer, lora, metrics, tiling
-from sr_jax.config_base import base_config
+from sr_jax import infer
+from sr_jax.adapt import adapters, lora
+from sr_jax.config.config_base import base_config
+from sr_jax.inference import tiling
 from sr_jax.models import registry
 from sr_jax.objectives import pixel
+from sr_jax.quality import metrics
+from sr_jax.util import exports, trees
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADAPTED = ("intro/kernel", "encoders_0_0/conv1/kernel", "ending/kernel")
@@ -38,7 +42,7 @@ def _perturbed_base(model) -> dict:
 
 def _make_adapter(base, seed: int, rank: int = 2):
   """(lora tree, tuned base leaves, plan) built by hand: random nonzero A and B."""
-  flat, rng = lora.flatten(base), np.random.default_rng(seed)
+  flat, rng = trees.flatten(base), np.random.default_rng(seed)
   factors = {}
   for path in ADAPTED:
     fan_in, fan_out = math.prod(flat[path].shape[:-1]), flat[path].shape[-1]
@@ -47,13 +51,13 @@ def _make_adapter(base, seed: int, rank: int = 2):
   tuned = {p: flat[p] + jnp.asarray(rng.normal(size=flat[p].shape), jnp.float32) for p in TUNED}
   plan = lora.LoraPlan(tuple((p, rank) for p in sorted(ADAPTED)),
                        tuple((p, 2.0 * rank) for p in sorted(ADAPTED)))
-  return lora.unflatten(factors), lora.unflatten(tuned), plan
+  return trees.unflatten(factors), trees.unflatten(tuned), plan
 
 
 def _in_memory_merge(base, factors, tuned, plan):
-  flat = lora.flatten(base)
-  flat.update(lora.flatten(tuned))
-  return lora.merge(lora.unflatten(flat), factors, plan)
+  flat = trees.flatten(base)
+  flat.update(trees.flatten(tuned))
+  return lora.merge(trees.unflatten(flat), factors, plan)
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +67,12 @@ def setup(tmp_path_factory):
   model_config = _model_config()
   model, arch = registry.build_model(model_config), registry.architecture(model_config)
   base = _perturbed_base(model)
-  checkpoint.save_params(str(root / "base"), base, {"model": arch})
+  exports.save_params(str(root / "base"), base, {"model": arch})
   made = {}
   for name, seed in (("a", 10), ("b", 20)):
     factors, tuned, plan = _make_adapter(base, seed)
-    checkpoint.save_adapters(str(root / name), factors, tuned,
-                             {"model": arch, "lora_plan": plan.to_json(), "step": 1})
+    exports.save_adapters(str(root / name), factors, tuned,
+                          {"model": arch, "lora_plan": plan.to_json(), "step": 1})
     made[name] = (factors, tuned, plan)
   image = jax.random.uniform(jax.random.PRNGKey(2), (1, 20, 24, 3))
   return dict(root=root, model=model, arch=arch, base=base, made=made, image=image,
@@ -95,10 +99,10 @@ def test_exported_adapter_reproduces_the_in_memory_merge_bit_for_bit(setup):
 def test_merged_equals_unmerged(setup):
   """The merged plain tree gives what training's objective computes from {'base', 'lora'}."""
   factors, tuned, plan = setup["made"]["a"]
-  flat = lora.flatten(setup["base"])
-  flat.update(lora.flatten(tuned))
+  flat = trees.flatten(setup["base"])
+  flat.update(trees.flatten(tuned))
   objective = pixel.PixelObjective(setup["model"], None, plan, "l1")
-  unmerged = jax.jit(objective.apply)({"base": lora.unflatten(flat), "lora": factors},
+  unmerged = jax.jit(objective.apply)({"base": trees.unflatten(flat), "lora": factors},
                                       setup["image"])
   merged = _run(setup, adapters.apply_adapter(setup["base"], adapters.Adapter(
       factors, tuned, plan, {"model": setup["arch"]})))
@@ -108,14 +112,14 @@ def test_merged_equals_unmerged(setup):
 
 def test_switching_adapters_on_one_loaded_base(setup):
   base, _ = adapters.load_base(setup["root"] / "base")
-  before = {p: np.array(v) for p, v in lora.flatten(base).items()}
+  before = {p: np.array(v) for p, v in trees.flatten(base).items()}
   a, b = (adapters.load_adapter(setup["root"] / n) for n in "ab")
   out_a = _run(setup, adapters.apply_adapter(base, a))
   out_b = _run(setup, adapters.apply_adapter(base, b))
   out_a_again = _run(setup, adapters.apply_adapter(base, a))
   np.testing.assert_array_equal(out_a, out_a_again)
   assert np.abs(out_a - out_b).max() > 1e-3
-  after = lora.flatten(base)
+  after = trees.flatten(base)
   assert set(after) == set(before)
   for path, value in before.items():
     np.testing.assert_array_equal(np.asarray(after[path]), value, err_msg=path)
@@ -132,11 +136,11 @@ def test_adapter_of_another_architecture_is_refused_naming_the_field(setup):
 
 def test_adapter_with_a_wrong_kernel_shape_names_path_and_shapes(setup):
   factors, tuned, plan = setup["made"]["a"]
-  flat = lora.flatten(factors)
+  flat = trees.flatten(factors)
   flat["intro/kernel/a"] = jnp.zeros((26, 2))
   bad_plan = lora.LoraPlan(plan.ranks + (("nope/kernel", 2),),
                            plan.alphas + (("nope/kernel", 4.0),))
-  adapter = adapters.Adapter(lora.unflatten(flat), tuned, bad_plan, {"model": setup["arch"]})
+  adapter = adapters.Adapter(trees.unflatten(flat), tuned, bad_plan, {"model": setup["arch"]})
   expected = (r"intro/kernel/a: expected shape \(27, 2\) \(base kernel \(3, 3, 3, 8\), rank 2\), "
               r"adapter has \(26, 2\)(.|\n)*nope/kernel: adapted kernel does not exist")
   for base_params in (setup["base"], None):  # Actual params, or the architecture's shapes.

@@ -8,8 +8,11 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from sr_jax import checkpoint, config_base, config_check, metrics
+from sr_jax.config import config_base
 from sr_jax.data import choose_source, integrity, pipeline, sources
+from sr_jax.models import registry
+from sr_jax.quality import metrics
+from sr_jax.train import config_check
 
 
 def write_image(path, seed=0, size=(40, 48), mode="RGB"):
@@ -162,8 +165,8 @@ def test_a_mismatched_base_names_the_base_not_the_workdir():
   arch = {"name": "nafnet", "img_channel": 3, "width": 8, "middle_blk_num": 1,
           "enc_blk_nums": [1, 1], "dec_blk_nums": [1, 1]}
   with pytest.raises(ValueError) as error:
-    checkpoint.check_architecture(arch, dict(arch, width=16), "config.base.checkpoint=/b")
+    registry.check_architecture(arch, dict(arch, width=16), "config.base.checkpoint=/b")
   assert "--workdir" not in str(error.value)
   assert "Use a checkpoint of the configured architecture" in str(error.value)
   with pytest.raises(ValueError, match="Use a new --workdir"):
-    checkpoint.check_architecture(arch, dict(arch, width=16), "--workdir /w")
+    registry.check_architecture(arch, dict(arch, width=16), "--workdir /w")

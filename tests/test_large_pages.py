@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from sr_jax import large_pages
+from sr_jax.util import large_pages
 
 _OK = dict(argv0="-m", platform="linux", glibc=(2, 36), thp_mode="madvise")
 

@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from sr_jax import lora
+from sr_jax.adapt import lora
+from sr_jax.util import trees
 
 
 class ThreeConvs(nn.Module):
@@ -54,8 +55,8 @@ def test_adapted_model_equals_base_at_init_and_merge_changes_only_targets():
   assert plan.paths == ("conv_a/kernel", "conv_b/kernel")
   # With nonzero B the adapted kernels (only) move.
   adapters = jax.tree.map(lambda t: t + 0.1, adapters)
-  merged = lora.flatten(lora.merge(base, adapters, plan))
-  flat = lora.flatten(base)
+  merged = trees.flatten(lora.merge(base, adapters, plan))
+  flat = trees.flatten(base)
   assert not np.allclose(merged["conv_a/kernel"], flat["conv_a/kernel"])
   np.testing.assert_array_equal(merged["head/kernel"], flat["head/kernel"])
 
@@ -75,7 +76,7 @@ def test_split_combine_labels_and_optimizer_state_only_for_trainable():
   _, base, plan = _params_and_plan()
   params = {"base": base, "lora": lora.init_adapters(jax.random.PRNGKey(1), base, plan)}
   labels = lora.labels(params, (r".*/bias",))
-  flat = lora.flatten(labels)
+  flat = trees.flatten(labels)
   assert flat["base/conv_a/kernel"] == lora.FROZEN
   assert flat["base/conv_a/bias"] == lora.TRAINABLE
   assert flat["lora/conv_a/kernel/a"] == lora.TRAINABLE
@@ -84,7 +85,7 @@ def test_split_combine_labels_and_optimizer_state_only_for_trainable():
   assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), combined, params))
   tx = lora.partitioned_optimizer(optax.adam(1e-3), labels)
   state = tx.init(trainable)
-  n_bias = sum(v.size for k, v in lora.flatten(base).items() if k.endswith("bias"))
+  n_bias = sum(v.size for k, v in trees.flatten(base).items() if k.endswith("bias"))
   n_adapters = lora.count(params["lora"])
   # Adam keeps two moments, only for trainable leaves.
   assert lora.count(state) == 2 * (n_bias + n_adapters) + 1  # +1: the step count.

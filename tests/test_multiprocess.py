@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from configs import lora_nafnet
-from sr_jax import checkpoint, lora, train
+from sr_jax.jobs import train
+from sr_jax.util import exports, trees
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Micro NAFNet, 32-pixel crops, global batch 8: each process feeds 4 images to its 4 devices.
@@ -97,8 +98,8 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
   np.testing.assert_allclose([got[s] for s in range(1, 5)], [want[s] for s in range(1, 5)],
                              rtol=1e-5)
   assert want[1] != want[4]  # Training moved.
-  a = lora.flatten(checkpoint.load_params(str(single / "export" / "params"))[0])
-  b = lora.flatten(checkpoint.load_params(str(multi / "export" / "params"))[0])
+  a = trees.flatten(exports.load_params(str(single / "export" / "params"))[0])
+  b = trees.flatten(exports.load_params(str(multi / "export" / "params"))[0])
   assert a.keys() == b.keys()
   for path in a:
     np.testing.assert_allclose(b[path], a[path], rtol=1e-4, atol=1e-6, err_msg=path)

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from sr_jax.models import nafnet
-from sr_jax.models import registry
+from sr_jax.models import nafnet, registry
 
 PUBLISHED_MILLIONS = {'sidd_w32': 29.16, 'sidd_w64': 115.98, 'gopro_w32': 17.11,
                       'gopro_w64': 67.89}

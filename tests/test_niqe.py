@@ -1,4 +1,4 @@
-"""Tests for sr_jax.niqe against BasicSR 1.4.2's `calculate_niqe` and independent checks.
+"""Tests for sr_jax.quality.niqe against BasicSR 1.4.2's `calculate_niqe` and independent checks.
 
 The reference values below were produced outside this project (BasicSR is not a dependency) in
 a scratch copy of BasicSR 1.4.2 (PyPI sdist: basicsr/metrics/niqe.py, metric_util.py,
@@ -16,16 +16,16 @@ Intel Xeon), as
   MKL_CBWR=COMPATIBLE moved these values by up to 2.3e-4 relative ('camera'; 'astronaut_blur'
   6.495435 -> 6.494342). So only ~5e-4 agreement is meaningful against stock BasicSR.
 * _EXACT_RESIZE: the same code with only `imresize` replaced by BasicSR's own imresize run in
-  float64 (its `.float()` / FloatTensor / linspace made double) and the result cast to float32,
-  i.e. the correctly rounded resize that sr_jax.niqe uses. These are matched to 1e-6 relative
+  float64 (its `.float()` / FloatTensor / linspace made double) and the result cast to float32, i.e.
+  the correctly rounded resize that sr_jax.quality.niqe uses. These are matched to 1e-6 relative
   (observed: ~1e-14).
 """
 
 import numpy as np
 import pytest
 
-from sr_jax import niqe
 from sr_jax.data.sources import load_embedded
+from sr_jax.quality import niqe
 
 # name: (skimage photograph, blurred?, crop_border)
 _CASES = {

@@ -17,7 +17,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 import pytest
 
-from sr_jax import config_base
+from sr_jax.config import config_base
 from sr_jax.data import degradations, kernels, op_ranges, ops, pipeline, resize
 from sr_jax.data.resize import imresize
 

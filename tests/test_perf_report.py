@@ -4,10 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from sr_jax import run_setup
 from sr_jax.models import registry
 from sr_jax.objectives import diffusion, pixel
 from sr_jax.tools import peaks, perf_report, step_timing
+from sr_jax.train import run_setup
 
 BATCH = 2
 # (model, target size, arms, dtypes, initialise here): one model with both arms (the ratios),

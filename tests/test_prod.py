@@ -7,7 +7,7 @@ from PIL import Image
 import pytest
 
 from configs import prod_nafnet
-from sr_jax import config_base
+from sr_jax.config import config_base
 from sr_jax.data import choose_source, degradations, op_ranges, ops, pipeline, preview, sources
 
 OPS5 = ("gaussian_blur", "motion_blur", "gaussian_noise", "jpeg", "rain")

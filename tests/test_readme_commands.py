@@ -13,7 +13,7 @@ import shlex
 import ml_collections
 import pytest
 
-from sr_jax import config_cli, config_files
+from sr_jax.config import config_cli, config_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Arguments that only a user can supply: their checkpoints, images and datasets.
@@ -50,10 +50,10 @@ def module_file(module: str) -> str:
 def defined_flags(path: str) -> set[str]:
   """Flag names a tool defines: absl DEFINE_*("name") and argparse add_argument("--name")."""
   source = open(path, encoding="utf-8").read()
-  if "define_show_config()" in source:  # sr_jax.config_cli's shared --show_config.
+  if "define_show_config()" in source:  # sr_jax.config.config_cli's shared --show_config.
     source += '\nflags.DEFINE_bool("show_config", False, "")\n'
   if "distributed.define_flags()" in source:
-    source += open(os.path.join(REPO, "sr_jax", "distributed.py"), encoding="utf-8").read()
+    source += open(os.path.join(REPO, "sr_jax", "util", "distributed.py"), encoding="utf-8").read()
   names = set()
   for node in ast.walk(ast.parse(source)):
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
@@ -134,7 +134,7 @@ def test_the_checker_catches_mistakes():
     check_command("python -m sr_jax.main --config configs/lora_nafnet.py:demo --workdir W "
                   "--config.lora.rnak=3")
   with pytest.raises(AssertionError, match="defines no --crop-border"):
-    check_command("python -m sr_jax.metrics --pred a --gt b --crop-border 4")
+    check_command("python -m sr_jax.quality.metrics --pred a --gt b --crop-border 4")
   with pytest.raises((TypeError, ValueError)):
     check_command("python -m sr_jax.main --config configs/lora_nafnet.py --workdir W "
                   "--config.num_steps=many")

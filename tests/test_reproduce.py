@@ -247,7 +247,7 @@ def test_a_failing_command_is_named_and_the_page_untouched(tmp_path):
 def test_jobs_write_their_rows_beside_the_table(tmp_path):
   """report.write_table's results.json holds the numbers of results.md (what render reads)."""
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  from sr_jax import report  # pylint: disable=g-import-not-at-top
+  from sr_jax.train import report  # pylint: disable=g-import-not-at-top
   rows = {"degraded input": {"psnr": 13.25, "ssim": 0.5, "per_image": [{"psnr": 13.25}]},
           "lora": {"psnr": 21.5, "ssim": 0.75, "trainable": 10, "trainable_pct": 7.0,
                    "step_ms": 70.4}}

@@ -15,9 +15,9 @@ import numpy as np
 import optax
 import pytest
 
-from sr_jax import sharding
 from sr_jax.diffusion import resshift
 from sr_jax.models import registry
+from sr_jax.util import sharding
 
 PAPER = resshift.ShiftSchedule.create()  # T = 15, kappa = 2, p = 0.3, eta_T = 0.999.
 

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sr_jax import config_base
 from sr_jax.diffusion import resshift, resshift_sr, restorers
 from sr_jax.models import registry
+from sr_jax.objectives import resshift as resshift_objective
 from sr_jax.tools import resshift_curves
 
 
@@ -17,7 +17,7 @@ def _restorer(num_steps=5):
       name="sr3", preset="micro", width=0, dtype="float32", conv_impl="xla", dropout=-1.0)))
   params = jax.jit(model.init)(jax.random.PRNGKey(0),
                                *registry.example_inputs(model, 16))["params"]
-  config = config_base.resshift_config()
+  config = resshift_objective.config_section()
   config.num_steps = num_steps
   record = resshift_sr.sampling_record(config, 4)
   return restorers.ResShiftRestorer(model, params, params, record, seed=3)

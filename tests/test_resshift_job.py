@@ -13,9 +13,13 @@ import numpy as np
 import pytest
 
 from configs import resshift, resshift_finetune
-from sr_jax import adapters, checkpoint, forgetting, infer, lora, metrics, train
+from sr_jax import forgetting, infer
+from sr_jax.adapt import adapters, lora
 from sr_jax.data import pipeline
+from sr_jax.jobs import base_stage, train
+from sr_jax.quality import metrics
 from sr_jax.tools import sr3_sampling
+from sr_jax.util import exports, trees
 
 
 def _micro(config):
@@ -58,16 +62,16 @@ def test_lora_on_part_of_the_chain_end_to_end(tmp_path):
   for row in rows.values():
     assert np.isfinite(row["psnr"]) and row["consistency"] >= 0
   base_dir = str(tmp_path / "base" / "export" / "params")
-  base, base_meta = checkpoint.load_params(base_dir)
+  base, base_meta = exports.load_params(base_dir)
   assert base_meta["resshift"]["num_steps"] == 4 and base_meta["resshift"]["t_max"] == 0
   assert rows[arm]["trainable"] < 0.2 * lora.count(base)
   assert "change" in forgetting.change_table(rows)
 
   adapter = adapters.load_adapter(str(tmp_path / "export" / "adapters"))
   assert adapter.meta["resshift"]["t_max"] == 2 and adapter.meta["resshift"]["scale"] == 4
-  b_factors = [v for k, v in lora.flatten(adapter.lora).items() if k.endswith("/b")]
+  b_factors = [v for k, v in trees.flatten(adapter.lora).items() if k.endswith("/b")]
   assert any(np.abs(b).max() > 0 for b in b_factors)  # The adapters trained ...
-  run_base = train.base_stage(config, str(tmp_path))  # ... and the base did not move.
+  run_base = base_stage.base_stage(config, str(tmp_path))  # ... and the base did not move.
   for a, b in zip(jax.tree.leaves(run_base), jax.tree.leaves(base)):
     np.testing.assert_array_equal(a, b)
 

@@ -15,15 +15,17 @@ import optax
 import pytest
 
 from configs import resshift as resshift_config
-from sr_jax import config_base, config_check, lora, objectives, step as step_lib
+from sr_jax import objectives
+from sr_jax.adapt import lora
 from sr_jax.data import resize
 from sr_jax.diffusion import resshift, resshift_sr
 from sr_jax.models import registry
-from sr_jax.objectives import resshift as objective_lib
+from sr_jax.objectives import resshift as objective_lib, step as step_lib
+from sr_jax.train import config_check
 
 
 def _config(**overrides) -> ml_collections.ConfigDict:
-  r = config_base.resshift_config()
+  r = objective_lib.config_section()
   r.num_steps = 6
   r.update(overrides)
   return r

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from sr_jax import lora
+from sr_jax.adapt import lora
 from sr_jax.models import registry, restormer
+from sr_jax.util import trees
 
 
 def _count(model, channels=3):
@@ -212,7 +213,7 @@ def test_registry_builds_restormer_and_lora_skips_its_depthwise_convs():
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))['params']
   plan = lora.make_plan(params, targets=(r'.*/kernel',), rank=2, alpha=2.0,
                         exclude=(registry.entry('restormer').depthwise_kernels,))
-  kernels = [p for p in lora.flatten(params) if p.endswith('/kernel')]
+  kernels = [p for p in trees.flatten(params) if p.endswith('/kernel')]
   depthwise = [p for p in kernels if p.endswith('dwconv/kernel')]
   assert len(depthwise) == 2 * 8  # qkv_dwconv and ffn.dwconv in each of the 8 blocks.
   assert sorted(plan.paths) == sorted(set(kernels) - set(depthwise))

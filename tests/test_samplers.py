@@ -13,10 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sr_jax import sharding
-from sr_jax.diffusion import samplers
-from sr_jax.diffusion import schedule as schedule_lib
+from sr_jax.diffusion import samplers, schedule as schedule_lib
 from sr_jax.tools import sr3_sampling
+from sr_jax.util import sharding
 
 SMALL = schedule_lib.NoiseSchedule.create("linear", 20, 1e-3, 0.3)
 

@@ -8,8 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from sr_jax import distributed, paths, sharding, step as step_lib
-from sr_jax import config_base
+from sr_jax.config import config_base
+from sr_jax.objectives import step as step_lib
+from sr_jax.util import distributed, paths, sharding
 
 P = sharding.P
 
@@ -108,7 +109,7 @@ def test_urls_stay_urls_and_local_files_are_written_atomically(tmp_path):
 
 def _train_steps(config, batches):
   """Losses and the gathered final state of a few steps of `config`'s objective."""
-  from sr_jax import run_setup  # pylint: disable=g-import-not-at-top
+  from sr_jax.train import run_setup  # pylint: disable=g-import-not-at-top
   run = run_setup.build_run(config, "/tmp/unused", base=None)
   step_fn, state, losses = run.train_step(), run.state, []
   for batch in batches:

@@ -15,9 +15,14 @@ import numpy as np
 from configs import sr3, sr3_finetune
 import pytest
 
-from sr_jax import adapters, checkpoint, forgetting, infer, lora, metrics, run_setup, train
+from sr_jax import forgetting, infer
+from sr_jax.adapt import adapters, lora
 from sr_jax.data import pipeline
+from sr_jax.jobs import base_stage, train
+from sr_jax.quality import metrics
 from sr_jax.tools import sr3_sampling
+from sr_jax.train import run_setup
+from sr_jax.util import exports, trees
 
 
 def _micro(config):
@@ -60,20 +65,20 @@ def test_lora_on_part_of_the_chain_end_to_end(tmp_path):
   for row in rows.values():
     assert np.isfinite(row["psnr"]) and row["consistency"] >= 0
   assert rows[arm]["trainable"] < 0.2 * lora.count(
-      checkpoint.load_params(str(tmp_path / "base" / "export" / "params"))[0])
+      exports.load_params(str(tmp_path / "base" / "export" / "params"))[0])
   assert "change" in forgetting.change_table(rows)
 
   base_dir = str(tmp_path / "base" / "export" / "params")
-  base, _ = checkpoint.load_params(base_dir)
+  base, _ = exports.load_params(base_dir)
   adapter = adapters.load_adapter(str(tmp_path / "export" / "adapters"))
   assert adapter.meta["diffusion"]["t_max"] == 10 and adapter.meta["diffusion"]["scale"] == 4
-  b_factors = [v for k, v in lora.flatten(adapter.lora).items() if k.endswith("/b")]
+  b_factors = [v for k, v in trees.flatten(adapter.lora).items() if k.endswith("/b")]
   assert any(np.abs(b).max() > 0 for b in b_factors)  # The adapters trained ...
-  saved = checkpoint.load_params(str(tmp_path / "export" / "params"))[0]
+  saved = exports.load_params(str(tmp_path / "export" / "params"))[0]
   changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(saved),
                                                       jax.tree.leaves(base))]
   assert any(changed)  # ... the merged export differs from the base ...
-  run_base = train.base_stage(config, str(tmp_path))  # ... which itself did not move.
+  run_base = base_stage.base_stage(config, str(tmp_path))  # ... which itself did not move.
   for a, b in zip(jax.tree.leaves(run_base), jax.tree.leaves(base)):
     np.testing.assert_array_equal(a, b)
 

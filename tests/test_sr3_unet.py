@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sr_jax import adapters
+from sr_jax.adapt import adapters
 from sr_jax.models import registry, sr3_unet
 
 # Parameter counts of the PyTorch UNet with each preset's constructor arguments, counted with

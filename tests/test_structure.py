@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from sr_jax import config_files, objectives
+from sr_jax import objectives
+from sr_jax.config import config_files
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "sr_jax"
@@ -81,6 +82,57 @@ def test_no_import_circle_in_the_package():
   graph = {name: _imports(path, modules) for name, path in modules.items()}
   # Parent packages import nothing of their children here, so the graph is the whole story.
   assert _cycle(graph) is None, f"import circle: {' -> '.join(_cycle(graph))}"
+
+
+# The package's floors, bottom up: a module imports its own package or a lower floor, never
+# one beside or above it (the picture in docs/design.md). A new top-level package or module
+# must be placed here.
+FLOORS = {
+    "util": 0,  # paths, console, errors, sharding, trees, exports: no sr_jax concept
+    "config": 1, "ROOT": 1,  # job configs and their command line; sr_jax/__init__.py
+    "models": 2, "data": 2,
+    "quality": 3, "adapt": 3,  # metrics and evaluation; LoRA, adapters, CoLoRA, FAIG
+    "diffusion": 4, "inference": 4,  # diffusion processes; restoring images (tiles, TLC)
+    "objectives": 5,  # an objective's config section, rules, state, update and restorer
+    "train": 6, "convert": 6,  # one run over a workdir; official checkpoints in
+    "jobs": 7, "infer": 7,  # stages over a workdir; the inference command
+    "study": 8, "main": 8, "forgetting": 8, "reproduce": 8,
+    "tools": 9,
+}
+
+
+def _floor_of(module: str) -> str:
+  parts = module.split(".")
+  return parts[1] if len(parts) > 1 else "ROOT"
+
+
+def test_every_top_level_package_has_a_floor():
+  missing = {_floor_of(name) for name in _modules()} - set(FLOORS)
+  assert not missing, f"place {sorted(missing)} in FLOORS"
+
+
+def _upward_imports(graph: dict[str, set[str]]) -> list[str]:
+  """'a -> b' for each import of a package on the importer's floor or above it."""
+  upward = []
+  for name, imported in sorted(graph.items()):
+    own = _floor_of(name)
+    for other in sorted(imported):
+      if _floor_of(other) != own and FLOORS[_floor_of(other)] >= FLOORS[own]:
+        upward.append(f"{name} -> {other}")
+  return upward
+
+
+def test_the_floor_check_finds_upward_and_sideways_imports():
+  assert _upward_imports({"sr_jax.util.trees": {"sr_jax.adapt.lora"},
+                          "sr_jax.quality.lpips": {"sr_jax.adapt.lora"},
+                          "sr_jax.train.loop": {"sr_jax.train.guards", "sr_jax.util.paths"}}) == [
+      "sr_jax.quality.lpips -> sr_jax.adapt.lora", "sr_jax.util.trees -> sr_jax.adapt.lora"]
+
+
+def test_no_module_imports_a_package_beside_or_above_its_own():
+  modules = _modules()
+  graph = {name: _imports(path, modules) for name, path in modules.items()}
+  assert not _upward_imports(graph), _upward_imports(graph)
 
 
 def test_no_module_is_over_450_lines():

@@ -10,11 +10,10 @@ import pytest
 from PIL import Image
 
 from configs import colora_nafnet
-from sr_jax import train
 from sr_jax.data import choose_source, pipeline
-from sr_jax.study import __main__ as study_main
-from sr_jax.study import arms as arms_lib
-from sr_jax.study import select, splits as splits_lib, table
+from sr_jax.jobs import train
+from sr_jax.study import (__main__ as study_main, arms as arms_lib, select, splits as splits_lib,
+                          table)
 
 
 def _quick(**overrides) -> ml_collections.ConfigDict:
@@ -166,7 +165,7 @@ def test_a_micro_study_runs_writes_its_report_and_resumes_after_an_interruption(
 def test_curve_points_reuse_the_main_budget_rate_when_told_and_choose_their_own_otherwise(
     tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
-  from sr_jax import run_setup  # pylint: disable=g-import-not-at-top
+  from sr_jax.train import run_setup  # pylint: disable=g-import-not-at-top
   from sr_jax.models import registry  # pylint: disable=g-import-not-at-top
   seen = []
 
@@ -192,7 +191,8 @@ def test_curve_points_reuse_the_main_budget_rate_when_told_and_choose_their_own_
 
 def test_a_budget_too_small_for_the_biases_and_norms_trains_adapters_alone(tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
-  from sr_jax import colora, lora, run_setup  # pylint: disable=g-import-not-at-top
+  from sr_jax.adapt import colora, lora  # pylint: disable=g-import-not-at-top
+  from sr_jax.train import run_setup
   from sr_jax.models import registry  # pylint: disable=g-import-not-at-top
   extras = {}
 
@@ -217,7 +217,7 @@ def test_a_budget_too_small_for_the_biases_and_norms_trains_adapters_alone(tmp_p
 
 
 def test_a_diverging_candidate_rate_loses_the_choice_and_is_not_retrained(tmp_path):
-  from sr_jax import guards  # pylint: disable=g-import-not-at-top
+  from sr_jax.train import guards  # pylint: disable=g-import-not-at-top
   trained = []
 
   def trainer(config, workdir):

@@ -10,12 +10,11 @@ import pytest
 from PIL import Image
 
 from configs import esrgan_lora
-from sr_jax import run_setup
+from sr_jax import objectives
 from sr_jax.data import choose_source, pipeline, sources
 from sr_jax.models import registry
-from sr_jax.study import __main__ as study_main
-from sr_jax.study import arms as arms_lib
-from sr_jax.study import splits as splits_lib, table
+from sr_jax.study import __main__ as study_main, arms as arms_lib, splits as splits_lib, table
+from sr_jax.train import run_setup
 
 
 def _folder(path, names):
@@ -119,6 +118,9 @@ def test_unknown_objectives_and_a_gan_arm_without_a_discriminator_are_errors():
   with pytest.raises(ValueError, match=r"Unknown study.objectives \['diffusion'\]"):
     arms_lib.check_study(c)
   c.study.objectives = ("gan",)
+  with pytest.raises(ValueError, match="gan.discriminator is empty"):  # No GAN section at all.
+    arms_lib.check_study(c)
+  c.gan = objectives.sections()["gan"]()
   c.gan.discriminator = ""
   with pytest.raises(ValueError, match="gan.discriminator is empty"):
     arms_lib.check_study(c)

@@ -254,7 +254,7 @@ def test_reading_imports_neither_jax_nor_tensorflow(data_dir):
 
 def test_training_and_eval_pipelines_read_tfds(data_dir):
   """data.source='tfds' end to end: stored LR/HR pairs stay aligned; HR alone is degraded."""
-  from sr_jax import config_base  # pylint: disable=g-import-not-at-top
+  from sr_jax.config import config_base  # pylint: disable=g-import-not-at-top
   from sr_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   config = config_base.base_config().data
   config.source, config.tfds_name, config.tfds_data_dir = "tfds", RGB, str(data_dir)

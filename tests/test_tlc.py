@@ -9,10 +9,13 @@ import optax
 import pytest
 from PIL import Image
 
-from sr_jax import checkpoint, infer, metrics, tiling, tlc_inference
-from sr_jax.config_base import base_config
+from sr_jax import infer
+from sr_jax.config.config_base import base_config
 from sr_jax.data import ops, sources
+from sr_jax.inference import tiling, tlc_inference
 from sr_jax.models import registry, rrdbnet, tlc, tlc_attention
+from sr_jax.quality import metrics
+from sr_jax.util import exports
 
 
 def _direct_local_mean(x: np.ndarray, window: int) -> np.ndarray:
@@ -344,7 +347,7 @@ def test_infer_uses_the_recorded_crop_size_and_tile_context(tmp_path):
   init = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
   params = _perturbed(init["params"])
   for name, meta in (("recorded", {"train_size": 16}), ("unrecorded", {})):
-    checkpoint.save_params(str(tmp_path / name), params, dict(meta, model=_arch()))
+    exports.save_params(str(tmp_path / name), params, dict(meta, model=_arch()))
   image = np.random.default_rng(6).random((40, 52, 3))
   Image.fromarray(np.uint8(image * 255)).save(tmp_path / "in.png")
   image = sources.read_image(tmp_path / "in.png")
@@ -369,7 +372,7 @@ def test_infer_uses_the_recorded_crop_size_and_tile_context(tmp_path):
     cli("unrecorded", tlc="on")
   # Trained on 20-pixel images, the 40x52 input is twice as large: the window doubles (48,
   # context 24); --train_size sets the window by hand and keeps 1.5x the crop.
-  checkpoint.save_params(str(tmp_path / "scaled"), params,
-                         {"train_size": 16, "train_image_side": 20, "model": _arch()})
+  exports.save_params(str(tmp_path / "scaled"), params,
+                      {"train_size": 16, "train_image_side": 20, "model": _arch()})
   np.testing.assert_array_equal(cli("scaled"), expected(48, 24))
   np.testing.assert_array_equal(cli("scaled", train_size=16), tlc_on)

@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 
 from configs import lora_nafnet
-from sr_jax import checkpoint, lora, resume, run_setup, sharding, train
+from sr_jax.adapt import lora
 from sr_jax.data import pipeline
+from sr_jax.jobs import train
+from sr_jax.train import checkpoint, resume, run_setup
+from sr_jax.util import exports, sharding, trees
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +33,7 @@ def micro_config(**overrides):
 
 
 def _flat_export(workdir):
-  return lora.flatten(checkpoint.load_params(os.path.join(workdir, "export", "params"))[0])
+  return trees.flatten(exports.load_params(os.path.join(workdir, "export", "params"))[0])
 
 
 def test_lora_job_end_to_end(tmp_path):
@@ -47,13 +50,13 @@ def test_lora_job_end_to_end(tmp_path):
   assert not any("conv2" in p for p in meta["lora_plan"]["ranks"])  # Depthwise: no adapter.
   # Frozen base kernels in the fine-tuned run are bit-identical to the pre-trained base.
   base = _flat_export(tmp_path / "base")
-  adapters, tuned_base, _ = checkpoint.load_adapters(str(tmp_path / "export" / "adapters"))
-  base_tree = checkpoint.load_params(str(tmp_path / "base" / "export" / "params"))[0]
+  adapters, tuned_base, _ = exports.load_adapters(str(tmp_path / "export" / "adapters"))
+  base_tree = exports.load_params(str(tmp_path / "base" / "export" / "params"))[0]
   plan = lora.LoraPlan.from_json(meta["lora_plan"])
   merged = lora.merge(base_tree, adapters, plan)
-  flat_tuned = lora.flatten(tuned_base)
+  flat_tuned = trees.flatten(tuned_base)
   exported = _flat_export(tmp_path)
-  for path, value in lora.flatten(merged).items():
+  for path, value in trees.flatten(merged).items():
     expected = flat_tuned.get(path, value)  # Tuned leaves replace the base's.
     np.testing.assert_allclose(exported[path], expected, atol=1e-6, err_msg=path)
   assert "intro/kernel" not in flat_tuned

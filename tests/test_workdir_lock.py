@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from sr_jax import workdir_lock
+from sr_jax.train import workdir_lock
+from sr_jax.util import layout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # long acquiring took, and exits 3.
 HOLDER = """
 import sys, time
-from sr_jax import workdir_lock
+from sr_jax.train import workdir_lock
 start = time.perf_counter()
 try:
   with workdir_lock.hold(sys.argv[1]):
@@ -60,9 +61,9 @@ def test_lock_of_a_killed_process_is_taken_over_with_a_warning(tmp_path):
   first.wait()
   with pytest.warns(UserWarning, match=rf"stale lock .*pid {first.pid}"):
     with workdir_lock.hold(str(tmp_path)):
-      body = json.loads((tmp_path / workdir_lock.LOCK_NAME).read_text())
+      body = json.loads((tmp_path / layout.LOCK_NAME).read_text())
       assert body["pid"] == os.getpid()
-  assert (tmp_path / workdir_lock.LOCK_NAME).read_text() == ""  # Released cleanly.
+  assert (tmp_path / layout.LOCK_NAME).read_text() == ""  # Released cleanly.
 
 
 def test_clean_release_lets_the_next_run_in_without_a_warning(tmp_path, recwarn):
@@ -82,7 +83,7 @@ def test_body_naming_a_live_local_process_refuses_even_if_flock_is_free(tmp_path
   try:
     body = {"host": socket.gethostname(), "pid": sleeper.pid, "started": "now",
             "started_unix": time.time() + 5}
-    (tmp_path / workdir_lock.LOCK_NAME).write_text(json.dumps(body))
+    (tmp_path / layout.LOCK_NAME).write_text(json.dumps(body))
     with pytest.raises(workdir_lock.WorkdirLocked, match=rf"pid {sleeper.pid}"):
       with workdir_lock.hold(str(tmp_path)):
         pass
@@ -99,7 +100,7 @@ def test_lease_lock_for_object_stores(tmp_path):
   first = workdir_lock._LeaseLock(str(tmp_path), heartbeat_s=0.1, stale_s=1.0, read_back_s=0)
   first.acquire()
   time.sleep(0.3)
-  renewed = json.loads((tmp_path / workdir_lock.LOCK_NAME).read_text())
+  renewed = json.loads((tmp_path / layout.LOCK_NAME).read_text())
   assert renewed["heartbeat_unix"] > renewed["started_unix"]
   second = workdir_lock._LeaseLock(str(tmp_path), stale_s=1.0, read_back_s=0)
   with pytest.raises(workdir_lock.WorkdirLocked, match=f"pid {os.getpid()}"):
@@ -109,7 +110,7 @@ def test_lease_lock_for_object_stores(tmp_path):
   with pytest.warns(UserWarning, match="has not renewed it"):
     second.acquire()
   second.release()
-  assert (tmp_path / workdir_lock.LOCK_NAME).read_text() == ""
+  assert (tmp_path / layout.LOCK_NAME).read_text() == ""
 
 
 # A holder on a file system that ignores flock (flock is made a no-op), optionally claiming
@@ -119,7 +120,7 @@ import fcntl, socket, sys, time, warnings
 fcntl.flock = lambda *args: None
 if sys.argv[2] != "-":
   socket.gethostname = lambda: sys.argv[2]
-from sr_jax import workdir_lock
+from sr_jax.train import workdir_lock
 workdir_lock.HEARTBEAT_S, workdir_lock.STALE_S = 0.2, 1.5
 mode = sys.argv[3]
 if mode == "hold":
@@ -154,7 +155,7 @@ def test_without_flock_a_renewing_holder_on_another_host_is_never_taken_over(tmp
                              "4"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert second.stdout.startswith("refused"), second.stdout + second.stderr
     assert int(second.stdout.split()[1]) > 10
-    body = json.loads((tmp_path / workdir_lock.LOCK_NAME).read_text())
+    body = json.loads((tmp_path / layout.LOCK_NAME).read_text())
     assert body["host"] == "host-a" and time.time() - body["heartbeat_unix"] < 1.5
   finally:
     first.kill()

@@ -16,7 +16,7 @@ The architecture is read from the checkpoint's keys and shapes (`infer_architect
 architecture's module), then a `--preset` and explicit `--set field=value` options override it.
 The Flax model of that architecture defines the parameter paths; every one must come from a
 key of the expected shape and every key must be used (sr_jax.convert.mapping), so a conversion
-is exact or fails naming each key. The result is a `checkpoint.save_params` directory whose
+is exact or fails naming each key. The result is an `exports.save_params` directory whose
 meta.json records the architecture: configs load it with `--config.base.checkpoint=DIR` (the
 config's model must describe the same architecture, e.g. `--config.model.preset=sidd_w32`),
 and `python -m sr_jax.infer --checkpoint DIR` runs it directly.
@@ -125,7 +125,7 @@ def convert_state_dict(arch: str, state: Mapping[str, np.ndarray], preset: str |
 
   Raises ValueError naming every missing, unknown or mis-shaped key.
   """
-  from sr_jax import adapters  # pylint: disable=g-import-not-at-top
+  from sr_jax.adapt import adapters  # pylint: disable=g-import-not-at-top
   from sr_jax.models import registry  # pylint: disable=g-import-not-at-top
   module = converter(arch)
   state, names = _normalized(module, state)
@@ -152,7 +152,7 @@ def convert_file(arch: str, src: str | os.PathLike, dst: str | os.PathLike, *,
   `dst` must not exist (or be empty) unless `overwrite`; it is written only once the whole
   checkpoint has converted.
   """
-  from sr_jax import checkpoint, lora  # pylint: disable=g-import-not-at-top
+  from sr_jax.util import exports, trees  # pylint: disable=g-import-not-at-top
   dst = os.path.abspath(os.fspath(dst))
   if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)) and not overwrite:
     raise FileExistsError(f"--dst {dst} already exists; choose a new directory or pass "
@@ -162,5 +162,5 @@ def convert_file(arch: str, src: str | os.PathLike, dst: str | os.PathLike, *,
   meta = {"model": result.architecture, "job": "convert", "step": 0,
           "source": os.path.abspath(os.fspath(src)), "source_key": found_key,
           "preset": result.preset, "num_params": result.num_params}
-  checkpoint.save_params(dst, lora.unflatten(result.params), meta)
+  exports.save_params(dst, trees.unflatten(result.params), meta)
   return result

@@ -27,7 +27,8 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from sr_jax import console, convert, errors
+from sr_jax import convert
+from sr_jax.util import console, errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("arch", None, sorted(convert.CONVERTERS) + ["vgg19"],

@@ -23,6 +23,7 @@ from absl import logging
 
 from sr_jax.convert import state_dict
 from sr_jax.models import vgg
+from sr_jax.util import exports
 
 NAME = "VGG19"
 SIGNATURE = "features.34.weight"  # conv5_4: only VGG19 (without BN) has a conv at index 34.
@@ -94,7 +95,6 @@ def convert_vgg19_file(src: str | os.PathLike, dst: str | os.PathLike, overwrite
   `dst` must not exist (or be empty) unless `overwrite`; nothing is written if conversion
   fails. Returns the converted params. Read the result with `sr_jax.models.vgg.load_vgg19`.
   """
-  from sr_jax import checkpoint  # pylint: disable=g-import-not-at-top  (orbax is slow to import)
   dst = os.path.abspath(os.fspath(dst))
   if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)) and not overwrite:
     raise FileExistsError(f"--dst {dst} already exists; choose a new directory or pass "
@@ -105,5 +105,5 @@ def convert_vgg19_file(src: str | os.PathLike, dst: str | os.PathLike, overwrite
   meta = {"model": {"name": "vgg19"}, "source": os.path.abspath(os.fspath(src)),
           "source_key": found_key, "num_params": int(num_params),
           "note": "torchvision vgg19 `features` only; classifier.* dropped"}
-  checkpoint.save_params(dst, params, meta)
+  exports.save_params(dst, params, meta)
   return params

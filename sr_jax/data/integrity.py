@@ -12,7 +12,7 @@ training and export. Before the first step:
                      scoring fewer images would change the reported numbers.
 
 Results are cached per (path, size, mtime), so the sources built after the checks (run by
-sr_jax.config_check.check_images) do not
+sr_jax.train.config_check.check_images) do not
 read the files again. Also here: a warning for image sub-folders a non-recursive listing skips,
 and one for a training set that shrank since its checkpoint. numpy and Pillow only (this module
 runs in grain workers too).

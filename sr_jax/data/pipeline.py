@@ -28,8 +28,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from sr_jax.data import choose_source, degradations, ops
-from sr_jax.data import sources
+from sr_jax.data import choose_source, degradations, ops, sources
 
 # Threads and buffered batches per process (each grain worker has its own). Batches are large
 # (32 x 256^2 pairs is 50 MB), so the buffer stays small.
@@ -227,7 +226,7 @@ def train_record_count(data_config: Any, degradation: Any = None) -> int:
 def train_image_side(data_config: Any, degradation: Any = None) -> int:
   """The median short side, in pixels, of the training images (0 when the source cannot say
   without decoding them: TFDS, stored pairs). Recorded with exports: TLC scales its window by
-  how much larger an image to restore is (sr_jax.tlc_inference)."""
+  how much larger an image to restore is (sr_jax.inference.tlc_inference)."""
   spec = degradations.as_spec(data_config.degradation if degradation is None else degradation)
   source = choose_source.make_source(data_config, "train", spec.effective_scale)
   inner = getattr(source, "source", source)  # A few-shot or validation slice: its source.

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from sr_jax import errors
 from sr_jax.data import choose_source, degradations, pipeline
+from sr_jax.util import errors
 
 _MIN_TILE = 128  # Small training crops are enlarged for display.
 _FONT = ImageFont.load_default()
@@ -125,7 +125,7 @@ def main(argv: Sequence[str]) -> None:
   """Writes the grid of --config to --output (see the module docstring)."""
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from sr_jax import config_cli  # pylint: disable=g-import-not-at-top
+  from sr_jax.config import config_cli  # pylint: disable=g-import-not-at-top
   if config_cli.shown():
     return
   args = flags.FLAGS
@@ -148,7 +148,7 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
-  from sr_jax import config_cli  # pylint: disable=g-import-not-at-top
+  from sr_jax.config import config_cli  # pylint: disable=g-import-not-at-top
   _define_flags()
   config_cli.define_show_config()
   app.run(errors.guarded(main), flags_parser=config_cli.parse_flags)

@@ -204,7 +204,7 @@ def load_images(data_config: Any, split: str) -> Images:
   """The embedded photos of `split` ('train' or 'eval') as (name, float32 HWC RGB) pairs.
 
   Decodes them into memory (make_source's 'embedded'; other sources go through make_source).
-  `data_config` is the `data` sub-config of sr_jax/config_base.py. Training images smaller
+  `data_config` is the `data` sub-config of sr_jax/config/config_base.py. Training images smaller
   than data.crop_size are handled by data.small_images; eval images are whole.
   """
   if split not in ("train", "eval"):

@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sr_jax import lora, lora_branch
+from sr_jax.adapt import lora, lora_branch
 from sr_jax.diffusion import resshift, samplers
 from sr_jax.diffusion.sr3 import bicubic_resize
 
@@ -106,7 +106,7 @@ class ResShiftSR:
                  t: jax.Array | None = None, *, dropout_rng: jax.Array | None = None,
                  unmerged: frozenset[str] = frozenset()) -> jax.Array:
     """x0_hat for {'base', 'lora'} `params` (float32); dropout when given an rng. Adapters are
-    merged into their kernels except those in `unmerged` (training: sr_jax.lora_branch)."""
+    merged into their kernels except those in `unmerged` (training: sr_jax.adapt.lora_branch)."""
     del t  # The UNet is conditioned on the level only.
     rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
     out = lora_branch.apply_model(self.model, params, self.plan, y, x_in, level,

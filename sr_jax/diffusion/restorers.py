@@ -3,7 +3,8 @@
 `diffusion_restorer(checkpoint, adapter)` reads a diffusion export (and an adapter trained on
 it): ResShift when its meta.json holds a 'resshift' record, else SR3 with the sampler asked
 for. Images are sampled whole (tiles sampled apart would not join). sr_jax.infer and
-sr_jax.tools.sr3_sampling use them; the restoration models' restorer is sr_jax.infer.Restorer.
+sr_jax.tools.sr3_sampling use them; the restoration models' restorer is
+sr_jax.inference.restorer.Restorer.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sr_jax import adapters, checkpoint as checkpoint_lib
+from sr_jax.adapt import adapters
 from sr_jax.diffusion import resshift_sr, samplers, sr3
-from sr_jax.errors import UsageError
 from sr_jax.models import registry
+from sr_jax.util import exports
+from sr_jax.util.errors import UsageError
 
 PyTree = Any
 
@@ -86,7 +88,7 @@ def is_diffusion(checkpoint: str) -> bool:
   reports what is wrong with it)."""
   if not os.path.exists(os.path.join(checkpoint, "meta.json")):
     return False
-  name = checkpoint_lib.read_params_meta(checkpoint).get("model", {}).get("name")
+  name = exports.read_params_meta(checkpoint).get("model", {}).get("name")
   try:
     return registry.entry(name).kind == "diffusion"
   except ValueError:

@@ -48,8 +48,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from sr_jax import sharding
 from sr_jax.diffusion.schedule import NoiseSchedule
+from sr_jax.util import sharding
 
 PyTree = Any
 # denoise(params, condition, y_t, noise_level (B,) = sqrt(gamma_t), t (int32 scalar)) -> eps_hat.

@@ -27,10 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sr_jax import lora, lora_branch
+from sr_jax.adapt import lora, lora_branch
 from sr_jax.data import resize
-from sr_jax.diffusion import samplers
-from sr_jax.diffusion import schedule as schedule_lib
+from sr_jax.diffusion import samplers, schedule as schedule_lib
 
 PyTree = Any
 # What an exported SR3 records besides its weights (with the SR 'scale').
@@ -127,7 +126,8 @@ class SR3:
               dropout_rng: jax.Array | None = None,
               unmerged: frozenset[str] = frozenset()) -> jax.Array:
     """The predicted noise for {'base', 'lora'} `params`; dropout when given an rng. Adapters
-    are merged into their kernels except those in `unmerged` (training: sr_jax.lora_branch)."""
+    are merged into their kernels except those in `unmerged` (training:
+    sr_jax.adapt.lora_branch)."""
     del t  # The UNet is conditioned on the continuous noise level only.
     rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
     return lora_branch.apply_model(self.model, params, self.plan, condition, y_t, noise_level,

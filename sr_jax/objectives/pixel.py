@@ -9,8 +9,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sr_jax import lora, step
-from sr_jax.objectives import base
+from sr_jax.adapt import lora
+from sr_jax.inference import restorer as restorer_lib
+from sr_jax.objectives import base, step
 
 LOSSES = ("l1", "charbonnier", "psnr")
 
@@ -81,4 +82,10 @@ def build(context: base.BuildContext) -> base.Built:
   return base.Built(objective, step.init_state(context.trainable, context.tx, context.seed))
 
 
-SPEC = base.ObjectiveSpec("pixel", build, model_kinds=("restoration", "super_resolution"))
+def loss_label(config) -> str:
+  """NAFNet's loss is -PSNR in dB: say so where 'loss' is logged."""
+  return "-PSNR, dB" if config.loss.kind == "psnr" else ""
+
+
+SPEC = base.ObjectiveSpec("pixel", build, model_kinds=("restoration", "super_resolution"),
+                          restorer=restorer_lib.image_restorer, loss_label=loss_label)

@@ -28,9 +28,11 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from sr_jax import lora, step as step_lib
-from sr_jax.diffusion import resshift, resshift_sr
-from sr_jax.objectives import base
+from sr_jax.adapt import lora
+from sr_jax.config.rules import Int, Real
+from sr_jax.diffusion import resshift, resshift_sr, restorers
+from sr_jax.objectives import base, step as step_lib
+from sr_jax.util.errors import UsageError
 
 PyTree = Any
 
@@ -131,4 +133,70 @@ def _base_stage(config: ml_collections.ConfigDict) -> None:
   config.resshift.t_min, config.resshift.t_max = 1, 0
 
 
-SPEC = base.ObjectiveSpec("resshift", build, model_kinds=("diffusion",), base_stage=_base_stage)
+def config_section() -> ml_collections.ConfigDict:
+  """The ResShift objective (config.objective='resshift', sr_jax/objectives/resshift.py):
+  residual-shifting diffusion with an SR3 UNet (config.model) as the x0 network."""
+  return ml_collections.ConfigDict(dict(
+      # The shifting schedule (the paper's Eq. 10): T steps, noise scale kappa, power p, and
+      # eta_T (the paper's text: 0.999; its public configs: 0.99^2 = 0.9801).
+      num_steps=15,  # T: steps of the chain (and of sampling).
+      kappa=2.0,  # Noise scale: x_t has variance kappa^2 eta_t.
+      power=0.3,  # p: the schedule's sqrt(eta_t) is geometric in ((t-1)/(T-1))^p.
+      eta_T=0.999,  # eta at the last step (the chain ends at y plus noise).
+      # eta at the first step, where the last sampling step starts: its noise std is kappa
+      # sqrt(eta_1). 0 = the paper's min((0.04 / kappa)^2, 0.001): a std of 0.04 for kappa >= 1.3.
+      eta_1=0.0,
+      normalize_input=True,  # Scale x_t by 1 / (1 + 3 kappa sqrt(eta_t)) at the network input.
+      level="sqrt_eta",  # The network's noise level: 'sqrt_eta' or 'timestep' (t / T).
+      # The network's output: 'x0' (the paper's) or 'residual' (x0_hat = y + output).
+      output="residual",
+      # Train only timesteps t in [t_min, t_max] (1..num_steps; t_max 0 = the last): partial
+      # fine-tuning of the chain; small t is the data end.
+      t_min=1,  # First trained timestep.
+      t_max=0,  # Last trained timestep (0 = num_steps).
+      base_outside_range=True,  # After a range fine-tune, the base samples the other steps.
+      clip_x0=True,  # Clip the predicted x0 to [-1, 1] at every step.
+      sample_seed=0,  # Sampling noise seed: evaluations are reproducible.
+  ))
+
+
+RULES = {
+    "resshift.num_steps": Int(2), "resshift.kappa": Real(0, lo_open=True),
+    "resshift.power": Real(0, lo_open=True), "resshift.eta_T": Real(0, 1, lo_open=True),
+    "resshift.eta_1": Real(0, 1),
+    "resshift.t_min": Int(1), "resshift.t_max": Int(0), "resshift.sample_seed": Int(0),
+}
+
+
+def config_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """ResShift's names and its training timestep range."""
+  r, problems = config.resshift, []
+  last = r.t_max or r.num_steps
+  if not r.t_min <= last <= r.num_steps:
+    problems.append(f"config.resshift.t_min={r.t_min}, t_max={r.t_max}: need 1 <= t_min <= "
+                    f"t_max <= resshift.num_steps={r.num_steps} (t_max 0 = the last)")
+  if r.level not in resshift.LEVELS:
+    problems.append(f"config.resshift.level={r.level!r}: must be one of {resshift.LEVELS}")
+  if r.output not in resshift_sr.OUTPUTS:
+    problems.append(f"config.resshift.output={r.output!r}: must be one of "
+                    f"{resshift_sr.OUTPUTS}")
+  if r.get("eta_1", 0.0) and not r.eta_1 < r.eta_T:
+    problems.append(f"config.resshift.eta_1={r.eta_1}: must be below resshift.eta_T={r.eta_T} "
+                    "(0 = the paper's rule)")
+  return problems
+
+
+def resshift_restorer(checkpoint: str, adapter: str | None, options: Any) -> Any:
+  """A ResShift export: its recorded T-step chain, each image whole (only the sampling seed
+  of the options applies)."""
+  if options.tile:
+    raise UsageError("--tile does not apply to ResShift: tiles sampled apart would not join; "
+                     "images are sampled whole (--tile 0).")
+  return restorers.diffusion_restorer(checkpoint, adapter, dtype=options.dtype,
+                                      scale=options.scale,
+                                      seed=options.sampling.get("seed", 0))
+
+
+SPEC = base.ObjectiveSpec("resshift", build, model_kinds=("diffusion",), base_stage=_base_stage,
+                          section="resshift", section_defaults=config_section, rules=RULES,
+                          problems=config_problems, restorer=resshift_restorer)

@@ -9,9 +9,9 @@ rewrites the region between the markers with the date, machine and versions bene
 
 from __future__ import annotations
 
-from sr_jax import errors
 from sr_jax.reproduce import catalog_colora, catalog_diffusion, catalog_gan, catalog_speed
 from sr_jax.reproduce.table import Region, Step, Table
+from sr_jax.util import errors
 
 TABLES: tuple[Table, ...] = (catalog_colora.TABLES + catalog_gan.TABLES +
                               catalog_diffusion.TABLES + catalog_speed.TABLES)

@@ -14,7 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before anything imports Te
 
 from absl import app, flags  # noqa: E402
 
-from sr_jax import errors, reproduce  # noqa: E402
+from sr_jax import reproduce  # noqa: E402
+from sr_jax.util import errors
 from sr_jax.reproduce import markers, runner  # noqa: E402
 
 FLAGS = flags.FLAGS

@@ -5,9 +5,9 @@ from __future__ import annotations
 import glob
 import os
 
-from sr_jax import jsonfile
 from sr_jax.reproduce import render
 from sr_jax.reproduce.table import Region, Step, Table, main_job
+from sr_jax.util import jsonfile
 
 DEMO_SEEDS = (0, 1, 2)
 DEMO_IMAGES = "12 held-out 128x128 crops of 3 photos"  # data.eval_crops=4 of the demos.

@@ -1,6 +1,6 @@
 """Markdown from the files jobs and tools leave in a workdir: results rows, seeds, tool reports.
 
-Jobs write their results table as rows to `W/results.json` (sr_jax.report); tools write a
+Jobs write their results table as rows to `W/results.json` (sr_jax.train.report); tools write a
 markdown report with `--output`. These helpers read them back, summarise seeds as mean +- std
 with the range, and lay the rows out as a table.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sr_jax import jsonfile
+from sr_jax.util import jsonfile
 
 Rows = dict[str, dict[str, Any]]
 # Rows every arm of an SR comparison shares: bicubic, and the untouched base on both sets.

@@ -19,9 +19,13 @@ from absl import app, flags, logging
 from clu import metric_writers
 from ml_collections import config_flags
 
-from sr_jax import colora, config_check, config_cli, console, errors, lora, paths, plots, runtime, train, workdir_lock
-from sr_jax.study import arms as arms_lib
-from sr_jax.study import select, splits as splits_lib, table
+from sr_jax import objectives
+from sr_jax.adapt import colora, lora
+from sr_jax.config import config_cli
+from sr_jax.jobs import base_stage, train
+from sr_jax.study import arms as arms_lib, select, splits as splits_lib, table
+from sr_jax.train import config_check, workdir_lock
+from sr_jax.util import console, errors, layout, paths, plots, runtime
 
 FLAGS = flags.FLAGS
 
@@ -83,12 +87,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, argv: list[str] = (),
     paths.makedirs(workdir)
     splits = splits_lib.make_splits(config, workdir)
     bconfig = base_config(config, splits)
-    base = train.base_stage(bconfig, workdir)
+    base = base_stage.base_stage(bconfig, workdir)
     if base is None:
       raise ValueError("The study has no base to adapt: give base.checkpoint (a trained "
                        "model's export/params) or study.base_images > 0 with base.num_steps "
                        "> 0 to pre-train one here.")
-    base_dir = config.base.checkpoint or os.path.join(workdir, "base", "export", "params")
+    base_dir = config.base.checkpoint or layout.Workdir(workdir).base.export_params
     writer = metric_writers.create_default_writer(workdir, just_logging=True)
     results, chosen = {}, {}
     for i, task in enumerate(config.study.tasks, 1):
@@ -129,7 +133,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, argv: list[str] = (),
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if config_cli.shown():
+  if config_cli.shown(sections=objectives.sections()):
     return
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required: the directory of the study's runs and report "

@@ -2,7 +2,7 @@
 
 Arms: 'full' fine-tuning (every parameter), 'uniform' LoRA (one rank for every dense kernel)
 and 'colora' (ranks from FAIG contributions), the two LoRA arms at the same trainable budget
-(adapters plus the fully tuned biases and norms; sr_jax.colora.allocate); for a diffusion
+(adapters plus the fully tuned biases and norms; sr_jax.adapt.colora.allocate); for a diffusion
 objective also 'range', full fine-tuning of the data end of the chain only (timesteps 1 to
 study.range_t_max, the base sampling the others; full fine-tuning's rate candidates). With
 study.objectives (e.g. ('pixel', 'gan')) every arm runs once per training objective ('full+gan':
@@ -18,7 +18,8 @@ import os
 
 import ml_collections
 
-from sr_jax import colora
+from sr_jax import objectives
+from sr_jax.adapt import colora
 from sr_jax.data import ops
 from sr_jax.models import registry
 
@@ -71,7 +72,7 @@ def check_study(config: ml_collections.ConfigDict) -> None:
   if "range" in s.arms and config.objective not in DIFFUSION:
     raise ValueError(f"study.arms has 'range' (part of a diffusion chain) but config.objective "
                      f"is {config.objective!r}; it needs one of {list(DIFFUSION)}.")
-  if "gan" in s.objectives and not config.gan.discriminator:
+  if "gan" in s.objectives and not ("gan" in config and config.gan.discriminator):
     raise ValueError("study.objectives has 'gan' but config.gan.discriminator is empty: start "
                      "from a GAN job's config (e.g. configs/esrgan_lora.py:transfer).")
   seen = set(config.base.degradation.ops) if config.base.degradation.kind in (
@@ -90,12 +91,12 @@ def check_study(config: ml_collections.ConfigDict) -> None:
 def arms(config: ml_collections.ConfigDict, task: str) -> list[Arm]:
   """The task's arms: the main table's, then (on curve tasks) the LoRA arms at other budgets."""
   s = config.study
-  objectives = tuple(s.objectives) or ("",)
+  arm_objectives = tuple(s.objectives) or ("",)
   main = [Arm(a, s.budget if a in LORA_ARMS else 0.0, objective=o)
-          for o in objectives for a in s.arms]
+          for o in arm_objectives for a in s.arms]
   if task not in s.curve_tasks:
     return main
-  return main + [Arm(a, b, objective=o) for o in objectives for b in s.curve_budgets
+  return main + [Arm(a, b, objective=o) for o in arm_objectives for b in s.curve_budgets
                  for a in s.arms if a in LORA_ARMS and b != s.budget]
 
 
@@ -145,7 +146,7 @@ def run_config(task_cfg: ml_collections.ConfigDict, arm: Arm, plan_file: str, le
   c.job = f"{task_cfg.job}/{arm.label}/lr{learning_rate:g}/seed{seed}/{split}"
   c.seed, c.optimizer.learning_rate, c.data.eval_split = seed, learning_rate, split
   if arm.objective:
-    c.objective = arm.objective
+    objectives.configure(c, arm.objective)
   if split == "val":
     c.eval.general_set, c.eval.niqe = "", False
   c.lora.enabled = arm.name in LORA_ARMS

@@ -20,9 +20,12 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from sr_jax import colora, colora_job, guards, jsonfile, paths, train
+from sr_jax.adapt import colora
+from sr_jax.jobs import colora_job, train
 from sr_jax.models import registry
 from sr_jax.study import arms as arms_lib
+from sr_jax.train import guards
+from sr_jax.util import jsonfile, paths
 
 Row = dict[str, Any]
 Trainer = Callable[[ml_collections.ConfigDict, str], dict[str, Row]]
@@ -106,7 +109,7 @@ def faig_scores(task_cfg: ml_collections.ConfigDict, workdir: str, base_dir: str
 
 def candidate_row(trainer: Trainer, config: ml_collections.ConfigDict, run_dir: str
                   ) -> Row | None:
-  """A validation run's tuned row, or None when it diverged (sr_jax.guards refused to save
+  """A validation run's tuned row, or None when it diverged (sr_jax.train.guards refused to save
   its state): a rate too high for the arm is a candidate that loses, not the end of the study.
   The divergence is recorded in the run's directory, so a resumed study does not train it
   again."""

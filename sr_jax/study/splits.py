@@ -28,8 +28,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from sr_jax import jsonfile
 from sr_jax.data import sources
+from sr_jax.util import jsonfile
 
 SHUFFLE_SEED = 0
 

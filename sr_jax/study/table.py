@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from sr_jax import plots
+from sr_jax.util import plots
 
 Row = dict[str, Any]
 _COLOURS = {"uniform": (66, 110, 180), "colora": (200, 90, 40), "full": (60, 60, 60)}

@@ -23,7 +23,9 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from sr_jax import adapter_bank, adapters, bank_infer, errors, paths, runtime
+from sr_jax.adapt import adapter_bank, adapters
+from sr_jax.inference import bank_infer
+from sr_jax.util import errors, paths, runtime
 
 FLAGS = flags.FLAGS
 

@@ -37,7 +37,7 @@ measurements. Each measurement is compiled ahead of time (compile time reported 
 once untimed (one-off transfers), then timed as the median wall time of `--repeats` forward
 passes or `--steps` steps, each blocked on with `jax.block_until_ready`. GFLOPs and
 temp/argument memory come from XLA's analyses of the compiled function. The LoRA arm trains
-each adapted layer unmerged or merged as config.lora.formulation decides (sr_jax.lora_branch;
+each adapted layer unmerged or merged as config.lora.formulation decides (sr_jax.adapt.lora_branch;
 `--layers` lists them).
 
 PyTorch, beside it: with PyTorch installed (and `--torch`, the default) the same network in
@@ -58,8 +58,10 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from sr_jax import config_cli, config_files, errors, runtime
+from sr_jax import objectives
+from sr_jax.config import config_cli, config_files
 from sr_jax.tools import step_timing
+from sr_jax.util import errors, runtime
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", str(config_files.config_path("lora_nafnet")),
@@ -136,7 +138,8 @@ def layer_table(config: ml_collections.ConfigDict, params: Any, batch: int,
                 size: int) -> list[str]:
   """Every adapted layer of the LoRA arm: its formulation in the step and why (multiply-adds,
   bytes and, under config.lora.cost_model='roofline', the predicted time of each layout)."""
-  from sr_jax import lora_branch, run_setup  # pylint: disable=g-import-not-at-top
+  from sr_jax.adapt import lora_branch  # pylint: disable=g-import-not-at-top
+  from sr_jax.train import run_setup
   from sr_jax.models import registry  # pylint: disable=g-import-not-at-top
   c = arm_config(config, "lora", batch, size)
   model = registry.build_model(c.model)
@@ -247,7 +250,7 @@ def report(config: ml_collections.ConfigDict, size: int, forward: dict[str, Any]
 
 def main(argv: list[str]) -> None:
   del argv
-  if config_cli.shown():
+  if config_cli.shown(sections=objectives.sections()):
     return
   runtime.setup()
   config = FLAGS.config

@@ -19,8 +19,10 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from sr_jax import config_cli, config_files, errors, paths, runtime
+from sr_jax import objectives
+from sr_jax.config import config_cli, config_files
 from sr_jax.data import pipeline
+from sr_jax.util import errors, paths, runtime
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", str(config_files.config_path("prod_nafnet")),
@@ -72,7 +74,7 @@ def step_rate() -> tuple[float, str]:
 
 def main(argv: list[str]) -> None:
   del argv
-  if config_cli.shown():
+  if config_cli.shown(sections=objectives.sections()):
     return
   runtime.setup()
   pipeline.allow_absl_flags_outside_app()

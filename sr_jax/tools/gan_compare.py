@@ -55,8 +55,9 @@ from typing import Any
 import flax
 import jax
 
-from sr_jax import errors, evaluate, runtime
 from sr_jax.models import layers, registry
+from sr_jax.quality import evaluate
+from sr_jax.util import errors, runtime
 from sr_jax.tools.gan_study import (BLOCK_PIECES, DISPLAY, GENERATORS, REPORT_BATCHES,
                                     REPORT_FORWARD_MS, REPORT_QUALITY, breakdown_totals,
                                     breakdown_verdict, check_run, evaluate_runs, make_eval_set,

@@ -20,10 +20,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sr_jax import adapters, checkpoint, config_base, evaluate, lora
+from sr_jax.adapt import adapters, lora
+from sr_jax.config import config_base
 from sr_jax.data import pipeline
 from sr_jax.models import layers, mesrgan, registry
+from sr_jax.quality import evaluate
 from sr_jax.tools import step_timing
+from sr_jax.util import exports, layout
 
 PyTree = Any
 
@@ -235,7 +238,7 @@ def breakdown_verdict(rows: Sequence[dict[str, Any]]) -> str:
 
 def params_dir(run_dir: str, name: str) -> str:
   """A run's export/params, or `run_dir` itself when it is a params directory."""
-  for candidate in (os.path.join(run_dir, "export", "params"), run_dir):
+  for candidate in (layout.Workdir(run_dir).export_params, run_dir):
     if os.path.isfile(os.path.join(candidate, "meta.json")):
       return candidate
   if not os.path.isdir(run_dir):
@@ -249,7 +252,7 @@ def check_run(name: str, run_dir: str, scale: int) -> str:
   """The params directory of `--runs name=run_dir`, after checking its recorded architecture
   (meta.json only: no tensors read) is model `name` (srgan, esrgan, mesrgan) upscaling by `scale`."""
   directory = params_dir(run_dir, name)
-  arch = checkpoint.read_params_meta(directory).get("model") or {}
+  arch = exports.read_params_meta(directory).get("model") or {}
   if arch.get("name") not in GENERATORS.values():
     raise ValueError(f"--runs {name}={run_dir}: holds a {arch.get('name')!r} model, not one of "
                      f"the compared generators {sorted(GENERATORS.values())}.")
@@ -286,7 +289,7 @@ def make_eval_set(eval_dir: str, max_size: int, scale: int,
 def score(apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree,
           eval_set: Sequence[dict[str, Any]], scale: int, y_channel: bool,
           lpips_nets: Sequence[str]) -> dict[str, float]:
-  """Mean PSNR/SSIM/LPIPS/RMSE with the SR protocol (crop = scale) via sr_jax.evaluate."""
+  """Mean PSNR/SSIM/LPIPS/RMSE with the SR protocol (crop = scale) via sr_jax.quality.evaluate."""
   result = evaluate.evaluate(apply_fn, params, eval_set, crop_border=scale, y_channel=y_channel,
                              lpips_nets=tuple(lpips_nets), rmse=True)
   return {k: v for k, v in result.items() if k not in ("per_image", "outputs")}

@@ -26,7 +26,9 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sr_jax import config_cli, errors, jsonfile, paths, runtime
+from sr_jax import objectives
+from sr_jax.config import config_cli
+from sr_jax.util import errors, jsonfile, layout, paths, runtime
 
 FLAGS = flags.FLAGS
 Trainer = Callable[[ml_collections.ConfigDict, str], dict[str, dict[str, Any]]]
@@ -81,7 +83,7 @@ def choose(config: ml_collections.ConfigDict, workdir: str, multipliers: Sequenc
     rows[m] = select.tuned_row(trainer(candidate_config(config, m, val_images, base), run_dir))
     logging.info("lora.learning_rate_multiplier %g: validation PSNR %.3f dB (%d of %d).", m,
                  rows[m]["psnr"], i + 1, len(multipliers))
-    pretrained = os.path.join(run_dir, "base", "export", "params")
+    pretrained = layout.Workdir(run_dir).base.export_params
     if not base and not config.base.checkpoint and paths.exists(pretrained):
       base = pretrained
   metric = select.objective_metric(config.objective, next(iter(rows.values())))
@@ -118,11 +120,11 @@ def markdown(record: dict[str, Any]) -> str:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if config_cli.shown():
+  if config_cli.shown(sections=objectives.sections()):
     return
   multipliers = parse_multipliers(FLAGS.multipliers)
   runtime.setup()
-  from sr_jax import colora_job, train  # pylint: disable=g-import-not-at-top
+  from sr_jax.jobs import colora_job, train  # pylint: disable=g-import-not-at-top
   trainer = colora_job.run if FLAGS.config.colora.enabled else train.train_and_evaluate
   record = choose(FLAGS.config, FLAGS.workdir, multipliers, FLAGS.val_images, trainer)
   print(markdown(record), flush=True)

@@ -55,10 +55,11 @@ import jax
 import ml_collections
 from absl import logging
 
-from sr_jax import config_files, errors, runtime
-from sr_jax import step as step_lib
+from sr_jax.config import config_files
 from sr_jax.models import registry
+from sr_jax.objectives import step as step_lib
 from sr_jax.tools import peaks, step_timing
+from sr_jax.util import errors, runtime
 
 PyTree = Any
 Row = dict[str, Any]

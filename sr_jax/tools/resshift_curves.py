@@ -34,7 +34,9 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sr_jax import config_cli, errors, paths, runtime
+from sr_jax import objectives
+from sr_jax.config import config_cli
+from sr_jax.util import errors, paths, runtime
 
 FLAGS = flags.FLAGS
 _METRICS = (("psnr", "PSNR", "{:.2f}"), ("lpips_alex", "LPIPS", "{:.3f}"))
@@ -153,7 +155,7 @@ def curves(checkpoints: Sequence[str], config, samples: int = 4, seed: int = 0,
   from sr_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from sr_jax.diffusion import restorers  # pylint: disable=g-import-not-at-top
   from sr_jax.tools import sr3_sampling  # pylint: disable=g-import-not-at-top
-  from sr_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from sr_jax.quality import evaluate  # pylint: disable=g-import-not-at-top
   eval_set = pipeline.make_eval_set(config.data, seed=config.seed)
   scale = int(config.data.degradation.scale)
   options = evaluate.options(config.eval, scale)
@@ -180,7 +182,7 @@ def curves(checkpoints: Sequence[str], config, samples: int = 4, seed: int = 0,
                    checkpoint, t, row[f"{i}:psnr"], found["psnr"])
     output = along[1]  # The chain's last prediction is its output (the posterior at t = 1).
     if picture_path and not i:
-      from sr_jax import plots  # pylint: disable=g-import-not-at-top
+      from sr_jax.util import plots  # pylint: disable=g-import-not-at-top
       plots.save_png(picture_path, picture(eval_set, output, picture_images))
     chain = rows.setdefault("chain", {"label": f"the sampled chain ({schedule.num_steps} "
                                                "steps, evaluation's draw)"})
@@ -227,7 +229,7 @@ def table(labels: Sequence[str], rows: Sequence[dict[str, Any]], num_images: int
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if config_cli.shown():
+  if config_cli.shown(sections=objectives.sections()):
     return
   if not FLAGS.checkpoint:
     raise app.UsageError("--checkpoint is required: ResShift exports (W/export/params).")

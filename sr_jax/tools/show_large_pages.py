@@ -1,5 +1,5 @@
 """python -m sr_jax.tools.show_large_pages: whether the tools run with large pages for malloc
-(sr_jax.large_pages), the GLIBC_TUNABLES they run with, and the minor page faults this process
+(sr_jax.util.large_pages), the GLIBC_TUNABLES they run with, and the minor page faults this process
 takes to fill a fresh 256 MiB buffer (~65,000 with 4 KiB pages, a few hundred with 2 MiB ones)."""
 
 import os
@@ -7,7 +7,7 @@ import resource
 
 import numpy as np
 
-from sr_jax import large_pages
+from sr_jax.util import large_pages
 
 
 def faults_to_fill(mib: int = 256) -> int:

@@ -27,7 +27,9 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sr_jax import config_cli, errors, runtime
+from sr_jax import objectives
+from sr_jax.config import config_cli
+from sr_jax.util import errors, runtime
 
 FLAGS = flags.FLAGS
 KINDS = ("ddpm", "ddim", "dpmpp_2m")
@@ -89,7 +91,7 @@ def sample_timed(restorer, eval_set) -> tuple[list[np.ndarray], float]:
 
 def score(outputs: Sequence[np.ndarray] | None, eval_set, options) -> dict[str, Any]:
   """Scores outputs (None: the bicubic baseline) as a baseline row is scored."""
-  from sr_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from sr_jax.quality import evaluate  # pylint: disable=g-import-not-at-top
   if outputs is None:
     scored = evaluate.bicubic_set(eval_set, options["consistency_scale"])
   else:  # The outputs stand in for the inputs of an identity model.
@@ -120,7 +122,7 @@ def compare(checkpoints: str | Sequence[str], adapter: str | None, config,
             seed: int = 0) -> list[dict[str, Any]]:
   """The bicubic row, then one row per (checkpoint, sampler): model, sampler, steps, seconds
   per image and mean scores."""
-  from sr_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from sr_jax.quality import evaluate  # pylint: disable=g-import-not-at-top
   from sr_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   if isinstance(checkpoints, str):
     checkpoints = [c for c in checkpoints.split(",") if c]
@@ -194,7 +196,7 @@ def table(rows: Sequence[dict[str, Any]], num_images: int) -> str:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if config_cli.shown():
+  if config_cli.shown(sections=objectives.sections()):
     return
   if not FLAGS.checkpoint:
     raise app.UsageError("--checkpoint is required: the SR3 export to sample (W/export/params).")

@@ -27,8 +27,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from sr_jax import lora, run_setup, sharding
+from sr_jax.adapt import lora
 from sr_jax.models import registry
+from sr_jax.train import run_setup
+from sr_jax.util import sharding
 
 PyTree = Any
 

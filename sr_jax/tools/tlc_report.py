@@ -24,8 +24,9 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from sr_jax import errors, metrics, paths, runtime
 from sr_jax.data import ops, resize, sources
+from sr_jax.quality import metrics
+from sr_jax.util import errors, layout, paths, runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("photo", None, "The photograph to upscale, haze and restore.")
@@ -56,8 +57,8 @@ def prepare(photo: str, folder: str, upscale: int) -> tuple[str, np.ndarray]:
 
 def restore(hazy: str, out: str, extra: list[str]) -> tuple[float, float]:
   """Runs sr_jax.infer in a process of its own; (seconds, peak resident GiB)."""
-  base = os.path.join(FLAGS.run, "base", "export", "params")
-  adapter = os.path.join(FLAGS.run, "colora", "export", "adapters")
+  run = layout.Workdir(FLAGS.run)
+  base, adapter = run.base.export_params, run.sub("colora").export_adapters
   argv = [sys.executable, "-m", "sr_jax.infer", "--checkpoint", base, "--adapter", adapter,
           "--input", hazy, "--output", out, "--overwrite"]
   argv += [a if a != "--tile" else f"--tile={FLAGS.tile}" for a in extra]
