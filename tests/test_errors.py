@@ -50,7 +50,7 @@ def test_mistyped_key_exits_2_naming_the_closest_key():
 
 def test_a_held_workdir_exits_1_naming_the_holder(tmp_path):
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time\nfrom sr_jax import workdir_lock\n"
+      [sys.executable, "-c", "import sys, time\nfrom sr_jax.train import workdir_lock\n"
        "with workdir_lock.hold(sys.argv[1]):\n  print('locked', flush=True)\n  time.sleep(300)",
        str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
   try:
@@ -103,7 +103,7 @@ def test_traceback_flag_shows_the_stack_of_an_expected_error():
 
 
 def test_an_unexpected_exception_keeps_its_traceback_and_says_it_is_a_bug():
-  code = ("import numpy as np\nfrom sr_jax import errors\n"
+  code = ("import numpy as np\nfrom sr_jax.util import errors\n"
           "errors.guarded(lambda: np.zeros(-1))()")  # numpy's own ValueError: not sr_jax's.
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                         timeout=120)

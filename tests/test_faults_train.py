@@ -53,7 +53,7 @@ def test_bad_numbers_and_a_bad_lora_rank_stop_before_any_work(tmp_path):
 
 def test_a_run_on_a_workdir_another_process_holds_is_refused(tmp_path):
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time\nfrom sr_jax import workdir_lock\n"
+      [sys.executable, "-c", "import sys, time\nfrom sr_jax.train import workdir_lock\n"
        "with workdir_lock.hold(sys.argv[1]):\n  print('locked', flush=True)\n  time.sleep(120)",
        str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True,
       env=dict(os.environ, PYTHONPATH=REPO))
