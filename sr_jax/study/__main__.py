@@ -7,13 +7,14 @@ per arm: learning rates on the validation split -> the chosen rate per seed on t
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
-import jax
 import ml_collections
 from absl import app, flags, logging
 from clu import metric_writers
@@ -22,9 +23,9 @@ from ml_collections import config_flags
 from sr_jax import objectives
 from sr_jax.adapt import colora, lora
 from sr_jax.config import config_cli
-from sr_jax.jobs import base_stage, train
+from sr_jax.jobs import base_stage, stages, train
 from sr_jax.study import arms as arms_lib, select, splits as splits_lib, table
-from sr_jax.train import config_check, workdir_lock
+from sr_jax.train import config_check
 from sr_jax.util import console, errors, layout, paths, plots, runtime
 
 FLAGS = flags.FLAGS
@@ -75,57 +76,86 @@ def run_task(config, workdir: str, task: str, splits: splits_lib.Splits, base_di
   return dict(references, **results), chosen
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, argv: list[str] = (),
-        trainer: select.Trainer = train.train_and_evaluate) -> str:
-  """The whole study; returns study.md's text (also written to workdir). `trainer` runs one
-  training run (train.train_and_evaluate; tests wrap it)."""
+def check(config: ml_collections.ConfigDict) -> None:
+  """Everything that can fail before work: the study's settings and the whole config."""
   arms_lib.check_study(config)
   config_check.validate_all(config)
-  workdir = paths.absolute(workdir)
-  start = time.perf_counter()
-  with workdir_lock.hold(workdir, jax.process_index()):
-    paths.makedirs(workdir)
-    splits = splits_lib.make_splits(config, workdir)
-    bconfig = base_config(config, splits)
-    base = base_stage.base_stage(bconfig, workdir)
-    if base is None:
-      raise ValueError("The study has no base to adapt: give base.checkpoint (a trained "
-                       "model's export/params) or study.base_images > 0 with base.num_steps "
-                       "> 0 to pre-train one here.")
-    base_dir = config.base.checkpoint or layout.Workdir(workdir).base.export_params
-    writer = metric_writers.create_default_writer(workdir, just_logging=True)
-    results, chosen = {}, {}
-    for i, task in enumerate(config.study.tasks, 1):
-      logging.info("Study task %d/%d: %s.", i, len(config.study.tasks), task)
-      results[task], chosen[task] = run_task(bconfig, workdir, task, splits, base_dir, base,
-                                             writer, trainer)
-    header = [f"# Adaptation study: {config.job}", "",
-              "Command: `" + " ".join(shlex.quote(a) for a in argv) + "`" if argv else "",
-              f"Wall time: {(time.perf_counter() - start) / 60:.1f} min (resumed stages "
-              "count only their remaining work).",
-              f"Model: {config.model.name} {config.model.preset}; {config.num_steps} steps at "
-              f"batch {config.batch_size}, {config.data.crop_size}px crops; base: "
-              f"{config.base.checkpoint or 'pre-trained here'}.",
-              "Budget-curve points: " + ("each at its own rate chosen on validation."
-                                         if config.study.curve_select_rates else
-                                         "at the rate the same arm chose at "
-                                         f"{100 * config.study.budget:g}% (not re-chosen)."),
-              "Learning-rate candidates: full fine-tuning "
-              f"{tuple(config.study.full_learning_rates)}, LoRA arms "
-              f"{tuple(config.study.lora_learning_rates)}; a rate chosen at either end of its "
-              "list may do better outside it.",
-              "Arms marked '-adapters' are at a budget too small to also tune the biases and "
-              "norms fully: they train their LoRA factors alone."]
-    if config.study.objectives:
-      header.append("Objectives: every arm with each of " + ", ".join(
-          f"'+{o}'" for o in config.study.objectives) + "; a GAN-objective arm's rate is "
-          "chosen by the lowest validation LPIPS-alex where scored, every other by PSNR.")
-    if bconfig.eval.general_set:
-      header.append("'general' columns: the same runs scored on the general set (the base's "
-                    "own domain: what the adaptation forgets).")
-    text = table.markdown(results, chosen, splits.to_json(), header)
-    paths.write_text(os.path.join(workdir, "study.md"), text)
-    plots.save_png(os.path.join(workdir, "study.png"), table.budget_plot(results))
+
+
+def _base(bconfig: ml_collections.ConfigDict, workdir: str) -> Any:
+  base = base_stage.base_stage(bconfig, workdir)
+  if base is None:
+    raise ValueError("The study has no base to adapt: give base.checkpoint (a trained "
+                     "model's export/params) or study.base_images > 0 with base.num_steps "
+                     "> 0 to pre-train one here.")
+  return base
+
+
+def job_stages(config: ml_collections.ConfigDict, workdir: str, argv: Sequence[str],
+               trainer: select.Trainer, start: float) -> list[stages.Stage]:
+  """The splits, the base, one stage per task (every arm: its rate chosen on validation, then
+  its test runs) and the report (study.md, study.png)."""
+  paths.makedirs(workdir)
+  splits = splits_lib.make_splits(config, workdir)
+  bconfig = base_config(config, splits)
+  base_dir = config.base.checkpoint or layout.Workdir(workdir).base.export_params
+  writer = metric_writers.create_default_writer(workdir, just_logging=True)
+  out = [stages.Stage("base", lambda _: _base(bconfig, workdir), counted=False)]
+  for task in config.study.tasks:
+    run_one = functools.partial(run_task, bconfig, workdir, task, splits, base_dir,
+                                writer=writer, trainer=trainer)
+    out.append(stages.Stage(f"task {task}", lambda done, run_one=run_one: run_one(
+        base=done["base"])))
+  out.append(stages.Stage("report", lambda done: _report(
+      config, bconfig, workdir, splits, argv, start,
+      {t: done[f"task {t}"] for t in config.study.tasks}), counted=False))
+  return out
+
+
+def _report(config, bconfig, workdir: str, splits: splits_lib.Splits, argv: Sequence[str],
+            start: float, per_task: dict[str, tuple[dict, dict]]) -> str:
+  """study.md and study.png from every task's results and chosen rates."""
+  results = {task: r for task, (r, _) in per_task.items()}
+  chosen = {task: c for task, (_, c) in per_task.items()}
+  header = [f"# Adaptation study: {config.job}", "",
+            "Command: `" + " ".join(shlex.quote(a) for a in argv) + "`" if argv else "",
+            f"Wall time: {(time.perf_counter() - start) / 60:.1f} min (resumed stages "
+            "count only their remaining work).",
+            f"Model: {config.model.name} {config.model.preset}; {config.num_steps} steps at "
+            f"batch {config.batch_size}, {config.data.crop_size}px crops; base: "
+            f"{config.base.checkpoint or 'pre-trained here'}.",
+            "Budget-curve points: " + ("each at its own rate chosen on validation."
+                                       if config.study.curve_select_rates else
+                                       "at the rate the same arm chose at "
+                                       f"{100 * config.study.budget:g}% (not re-chosen)."),
+            "Learning-rate candidates: full fine-tuning "
+            f"{tuple(config.study.full_learning_rates)}, LoRA arms "
+            f"{tuple(config.study.lora_learning_rates)}; a rate chosen at either end of its "
+            "list may do better outside it.",
+            "Arms marked '-adapters' are at a budget too small to also tune the biases and "
+            "norms fully: they train their LoRA factors alone."]
+  if config.study.objectives:
+    header.append("Objectives: every arm with each of " + ", ".join(
+        f"'+{o}'" for o in config.study.objectives) + "; a GAN-objective arm's rate is "
+        "chosen by the lowest validation LPIPS-alex where scored, every other by PSNR.")
+  if bconfig.eval.general_set:
+    header.append("'general' columns: the same runs scored on the general set (the base's "
+                  "own domain: what the adaptation forgets).")
+  text = table.markdown(results, chosen, splits.to_json(), header)
+  paths.write_text(os.path.join(workdir, "study.md"), text)
+  plots.save_png(os.path.join(workdir, "study.png"), table.budget_plot(results))
+  return text
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, argv: Sequence[str] = (),
+        trainer: select.Trainer = train.train_and_evaluate) -> str:
+  """The whole study, a job of stages (sr_jax.jobs.stages); returns study.md's text (also
+  written to workdir). `trainer` runs one training run (train.train_and_evaluate; tests wrap
+  it)."""
+  workdir, start = paths.absolute(workdir), time.perf_counter()
+  text = stages.run(stages.Job(check=lambda: check(config),
+                               stages=lambda: job_stages(config, workdir, argv, trainer,
+                                                         start)), workdir)
   print(text, flush=True)
   return text
 
