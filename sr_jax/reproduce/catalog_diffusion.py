@@ -47,8 +47,7 @@ SR3_SAMPLERS = Table(
                "--samplers", "ddpm:0,ddim:50,dpmpp_2m:5,dpmpp_2m:10,dpmpp_2m:20,dpmpp_2m:50,"
                "dpmpp_2m:100,dpmpp_2m:200", "--output", "{workdir}/sampling.md"))),
     regions=(Region("docs/diffusion.md", render.tool_report("sampling.md")),),
-    wall_time=("not measured alone yet "
-               "(estimate: about 35 minutes with the base (DDPM: about a minute per image))"),
+    wall_time="17m48s (measured 2026-12-07 alone: the base 14 minutes, DDPM 34 s per image)",
 )
 
 
