@@ -24,11 +24,11 @@ Embedded demo (scikit-image's bundled photos, 2 CPU cores; a micro Restormer):
   python -m sr_jax.main --config configs/colora_restormer.py:demo --workdir /tmp/colora_rest
   python -m sr_jax.main --config configs/colora_restormer.py:demo_ablation --workdir /tmp/rest_abl
 
-Expected demo results (:demo about 10 minutes from scratch on 2 CPU cores: 1000 PROD steps, a
-150-step probe, FAIG with M=100 on 8 crops, 400 CoLoRA steps; PSNR/SSIM on RGB of the three
-held-out photos at 128x128): hazy input 13.50 dB / 0.695, PROD base 13.61 / 0.679, CoLoRA (7.00%
-of the parameters) 16.96 / 0.749; with :demo_ablation also full fine-tuning 17.43 / 0.757 and
-uniform LoRA at the same budget 17.22 / 0.746. The micro Restormer (dim 8, 208k parameters) is
+Expected demo results (:demo_ablation 8.5 minutes from scratch on 2 CPU cores: 1000 PROD steps,
+a 150-step probe, FAIG with M=100 on 8 crops, 400 steps per arm; PSNR/SSIM on RGB of 12
+held-out 128x128 crops of the three photos; docs/colora.md): hazy input 13.99 dB / 0.727, PROD
+base 13.99 / 0.710, CoLoRA (6.99% of the parameters) 18.19 / 0.739, uniform LoRA at the same
+budget 18.01 / 0.662, full fine-tuning 19.63 / 0.806. The micro Restormer (dim 8, 208k parameters) is
 far weaker than the tiny NAFNet of colora_nafnet's demo on this task.
 """
 
