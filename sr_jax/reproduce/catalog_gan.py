@@ -59,7 +59,7 @@ ESRGAN_LORA = Table(
            main_job("configs/esrgan_lora.py:demo", "{workdir}/l1",
                     "base.checkpoint={workdir}/gan/base/export/params", *_L1_ONLY)),
     regions=(Region("docs/gan.md", _esrgan_lora),),
-    wall_time="not measured alone yet (estimate: about 12 minutes (measured beside other jobs))",
+    wall_time="4m06s (measured 2026-12-07 alone)",
 )
 
 GAN_RUNTIME = Table(
