@@ -72,6 +72,16 @@ def Real(lo=None, hi=None, **kw) -> Rule:  # pylint: disable=invalid-name
   return Rule(False, lo, hi, **kw)
 
 
+def chain_range_problems(section: str, t_min: int, t_max: int, steps_key: str,
+                         steps: int) -> list[str]:
+  """A diffusion section's trained timestep range [t_min, t_max] (t_max 0 = the last of
+  `steps`), as the one message a config check reports, or none."""
+  if t_min <= (t_max or steps) <= steps:
+    return []
+  return [f"config.{section}.t_min={t_min}, t_max={t_max}: need 1 <= t_min <= t_max <= "
+          f"{section}.{steps_key}={steps} (t_max 0 = the last)"]
+
+
 def optimizer_rules(prefix: str) -> dict[str, Rule]:
   """The rules of an optimizer section (sr_jax.config.config_base.optimizer_config) at `prefix`."""
   return {f"{prefix}.learning_rate": Real(0, lo_open=True),

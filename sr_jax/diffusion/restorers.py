@@ -95,6 +95,17 @@ def is_diffusion(checkpoint: str) -> bool:
     return False  # An unknown model: load_model names the problem.
 
 
+def sampled_restorer(checkpoint: str, adapter: str | None, options: Any, *,
+                     name: str) -> DiffusionRestorer | ResShiftRestorer:
+  """`diffusion_restorer` from sr_jax.infer's options (RestoreOptions): every image sampled
+  whole, so tiles are refused naming the model family `name`."""
+  if options.tile:
+    raise UsageError(f"--tile does not apply to {name}: tiles sampled apart would not join; "
+                     "images are sampled whole (--tile 0).")
+  return diffusion_restorer(checkpoint, adapter, dtype=options.dtype, scale=options.scale,
+                            **options.sampling)
+
+
 def diffusion_restorer(checkpoint: str, adapter: str | None, *, dtype: str = "float32",
                        scale: int = 0, **sampling) -> DiffusionRestorer | ResShiftRestorer:
   """A diffusion checkpoint (and adapter) ready to sample: ResShift when its meta.json holds a

@@ -23,6 +23,7 @@ fixed seed, so scores are reproducible. A diffusion job's base stage learns the 
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import jax
@@ -31,10 +32,9 @@ import ml_collections
 from absl import logging
 
 from sr_jax.adapt import lora
-from sr_jax.config.rules import Int, Real
+from sr_jax.config.rules import Int, Real, chain_range_problems
 from sr_jax.diffusion import restorers, samplers, schedule as schedule_lib, sr3
 from sr_jax.objectives import base, step as step_lib
-from sr_jax.util.errors import UsageError
 
 PyTree = Any
 LOSSES = ("l1", "l2")
@@ -222,11 +222,9 @@ RULES = {
 
 def config_problems(config: ml_collections.ConfigDict) -> list[str]:
   """The rules tying config.diffusion's keys together."""
-  d, problems = config.diffusion, []
-  last = d.t_max or d.num_timesteps
-  if not d.t_min <= last <= d.num_timesteps:
-    problems.append(f"config.diffusion.t_min={d.t_min}, t_max={d.t_max}: need 1 <= t_min <= "
-                    f"t_max <= diffusion.num_timesteps={d.num_timesteps} (t_max 0 = the last)")
+  d = config.diffusion
+  problems = chain_range_problems("diffusion", d.t_min, d.t_max, "num_timesteps",
+                                  d.num_timesteps)
   if d.sample_steps > d.num_timesteps:
     problems.append(f"config.diffusion.sample_steps={d.sample_steps}: must be at most "
                     f"diffusion.num_timesteps={d.num_timesteps} (0 = every step)")
@@ -236,16 +234,8 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
   return problems
 
 
-def sr3_restorer(checkpoint: str, adapter: str | None, options: Any) -> Any:
-  """An SR3 export sampled whole with the sampler asked for (sr_jax.diffusion.restorers)."""
-  if options.tile:
-    raise UsageError("--tile does not apply to SR3: tiles sampled apart would not join; "
-                     "images are sampled whole (--tile 0).")
-  return restorers.diffusion_restorer(checkpoint, adapter, dtype=options.dtype,
-                                      scale=options.scale, **options.sampling)
-
-
 SPEC = base.ObjectiveSpec("diffusion", build, model_kinds=("diffusion",),
                           base_stage=_base_stage, section="diffusion",
                           section_defaults=config_section, rules=RULES,
-                          problems=config_problems, restorer=sr3_restorer)
+                          problems=config_problems,
+                          restorer=functools.partial(restorers.sampled_restorer, name="SR3"))

@@ -21,6 +21,7 @@ This is the paper's pixel-space variant; its latent-space one needs a pretrained
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import jax
@@ -29,10 +30,9 @@ import ml_collections
 from absl import logging
 
 from sr_jax.adapt import lora
-from sr_jax.config.rules import Int, Real
+from sr_jax.config.rules import Int, Real, chain_range_problems
 from sr_jax.diffusion import resshift, resshift_sr, restorers
 from sr_jax.objectives import base, step as step_lib
-from sr_jax.util.errors import UsageError
 
 PyTree = Any
 
@@ -170,11 +170,8 @@ RULES = {
 
 def config_problems(config: ml_collections.ConfigDict) -> list[str]:
   """ResShift's names and its training timestep range."""
-  r, problems = config.resshift, []
-  last = r.t_max or r.num_steps
-  if not r.t_min <= last <= r.num_steps:
-    problems.append(f"config.resshift.t_min={r.t_min}, t_max={r.t_max}: need 1 <= t_min <= "
-                    f"t_max <= resshift.num_steps={r.num_steps} (t_max 0 = the last)")
+  r = config.resshift
+  problems = chain_range_problems("resshift", r.t_min, r.t_max, "num_steps", r.num_steps)
   if r.level not in resshift.LEVELS:
     problems.append(f"config.resshift.level={r.level!r}: must be one of {resshift.LEVELS}")
   if r.output not in resshift_sr.OUTPUTS:
@@ -186,17 +183,8 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
   return problems
 
 
-def resshift_restorer(checkpoint: str, adapter: str | None, options: Any) -> Any:
-  """A ResShift export: its recorded T-step chain, each image whole (only the sampling seed
-  of the options applies)."""
-  if options.tile:
-    raise UsageError("--tile does not apply to ResShift: tiles sampled apart would not join; "
-                     "images are sampled whole (--tile 0).")
-  return restorers.diffusion_restorer(checkpoint, adapter, dtype=options.dtype,
-                                      scale=options.scale,
-                                      seed=options.sampling.get("seed", 0))
-
-
 SPEC = base.ObjectiveSpec("resshift", build, model_kinds=("diffusion",), base_stage=_base_stage,
                           section="resshift", section_defaults=config_section, rules=RULES,
-                          problems=config_problems, restorer=resshift_restorer)
+                          problems=config_problems,
+                          restorer=functools.partial(restorers.sampled_restorer,
+                                                     name="ResShift"))
