@@ -32,7 +32,10 @@ SLOW = {
     "test_gan.py::test_two_stage_lora_gan_run_keeps_the_base_and_resumes",
     "test_faults_train.py::test_a_truncated_latest_checkpoint_falls_back_to_the_previous_step",
     "test_faults_train.py::test_a_diverged_state_is_never_saved_and_a_sane_rerun_finishes",
-    "test_lora_branch.py::test_unmerged_run_keeps_no_state_for_frozen_leaves_and_exports_merged",
+    ("test_lora_branch.py::test_a_run_not_merged_keeps_no_state_for_frozen_leaves_and_exports_"
+     "merged[unmerged]"),
+    ("test_lora_branch.py::test_a_run_not_merged_keeps_no_state_for_frozen_leaves_and_exports_"
+     "merged[factored]"),
     "test_infer.py::test_grayscale_restormer_gets_luma_and_writes_gray_pngs",
     "test_perf_report.py::test_one_row_per_model_arm_dtype",
     "test_perf_report.py::test_numbers_are_plausible",
@@ -65,10 +68,10 @@ SLOW = {
     "test_scaleout.py::test_fsdp_equals_replicated_for_the_gan_and_diffusion_objectives[diffusion]",
     "test_scaleout.py::test_fsdp_equals_replicated_for_the_gan_and_diffusion_objectives[gan]",
     # Large compiled programs: every layout of the biggest models, the seam checks of tiling.
-    "test_lora_branch.py::test_every_model_unmerged_equals_merged[restormer]",
-    "test_lora_branch.py::test_every_model_unmerged_equals_merged[sr3]",
-    "test_lora_branch.py::test_every_model_unmerged_equals_merged[mesrgan]",
-    "test_lora_branch.py::test_the_compiled_step_drops_the_unmerged_kernels_weight_gradients",
+    "test_lora_branch.py::test_every_model_in_every_layout_equals_merged[restormer]",
+    "test_lora_branch.py::test_every_model_in_every_layout_equals_merged[sr3]",
+    "test_lora_branch.py::test_every_model_in_every_layout_equals_merged[mesrgan]",
+    "test_lora_branch.py::test_the_compiled_step_drops_the_weight_gradients_of_kernels_not_merged",
     "test_tlc.py::test_tiles_join_without_seams_with_tlc_and_not_without",
     "test_restormer.py::test_odd_sizes_are_reflect_padded_to_eight",
     "test_restormer.py::test_bfloat16_compute_keeps_float32_params_and_output",

@@ -227,3 +227,24 @@ def test_unknown_names_are_clear_errors():
   assert [(j.config.model.name, j.config.model.preset, j.batch, j.size) for j in jobs] == [
       ("nafnet", "sidd_w32", 16, 256), ("restormer", "default", 8, 128),
       ("rrdbnet", "x4", 16, 128), ("sr3", "tiny", 16, 128), ("sr3", "paper_16_128", 16, 128)]
+
+
+def test_interleaved_timing_takes_the_arms_in_turn_and_reports_each_median():
+  """Rounds call every arm once in turn (the first round untimed); each arm's median is over
+  its own calls: a slow arm does not leak into a fast one's figure."""
+  order, clock = [], [0.0]
+  cost = {"full": 0.010, "lora": 0.004}
+
+  def arm(name):
+    def call():
+      order.append(name)
+      clock[0] += cost[name]
+      return 0
+    return call
+
+  full_ms, lora_ms = step_timing.interleaved_ms([arm("full"), arm("lora")], repeats=3,
+                                                clock=lambda: clock[0])
+  assert order == ["full", "lora"] * 4
+  assert (full_ms, lora_ms) == pytest.approx((10.0, 4.0))
+  with pytest.raises(ValueError, match="at least one"):
+    step_timing.interleaved_ms([arm("full")], repeats=0)

@@ -1,42 +1,42 @@
-"""LoRA trained unmerged: the frozen kernel stays a constant and the low-rank branch runs beside it.
+"""LoRA in training: three layouts of an adapted layer, all computing the same function.
 
 Merged, a LoRA layer computes y = conv(x, W + s * reshape(A @ B)); differentiating that with
-respect to A and B first needs the gradient of the whole effective kernel, a full weight
-gradient per step, as costly as full fine-tuning's. Unmerged, the same layer computes
+respect to A and B first forms the gradient of the whole effective kernel, a full weight
+gradient per step, as costly as full fine-tuning's, and projects it onto A and B.
+
+Unmerged, the same layer computes
 
     y = conv(x, W) + s * conv_1x1(conv_k(x, A), B)
 
 (A reshaped to a kh x kw conv to r channels with the layer's strides and padding, B a 1x1 conv
 r -> cout), with W a constant of the differentiated function: the step needs only the input
-gradient through W and the rank-r gradients of A and B. The function computed is the same.
+gradient through W and the rank-r gradients of A and B, but the branch adds full-width passes
+of its own (its output accumulated into y, its input gradient into x's).
 
-The branch is not free. Per output pixel it costs r (kh kw cin + cout) multiply-adds forward,
-as many for the input gradient and as many for the factors' gradients, against the
-kh kw cin cout of the weight gradient it removes; the merged form also multiplies A @ B and
-projects the kernel gradient back onto A and B (3 kh kw cin r cout per step, whatever the
-batch). `layer_costs` counts both for every adapted layer from an abstract trace of the model
-(actual input and output sizes and strides), with the bytes each layout moves, and
-`unmerged_paths` runs a layer unmerged where that is predicted faster (config.lora.formulation
-'auto'; config.lora.cost_model 'flops': fewer multiply-adds; 'roofline': multiply-adds and
-bytes at this machine's measured rates, sr_jax.adapt.roofline), or every layer one way ('merged',
-'unmerged'): wide layers (NAFNet's middle blocks, Restormer's projections) go unmerged, narrow
-full-resolution 1x1 convs stay merged.
+Factored, the layer runs merged, on its input and merged kernel held constant (so the forward
+pass is the frozen layer's single pass with W_eff in W's place), and a tap on its output, the
+identity going forward, supplies every gradient coming back from the output gradient g: x's
+through the merged kernel (one full-width pass, as the frozen layer's), and the factors' from x
+alone, z = A(x), dB = s z^T g, dz = s g B^T, dA = A's transpose of (x, dz). No weight gradient,
+no full-width branch output or input gradient; what waits for the backward pass is x (which
+the weight gradient of merged LoRA or full fine-tuning keeps too) and the frozen kernel the
+step holds anyway: the merged kernel is formed again in the backward pass, not kept.
 
-How the model stays unaware of LoRA: `apply_model` merges the layers chosen merged into the
-parameter tree, then runs `model.apply` inside `flax.linen.intercept_methods` with an
-interceptor that, for each layer chosen unmerged (found by its module path), adds the low-rank
-branch to the layer's own output. The branch reuses the layer's own linear operator with
-another kernel (`layers.Conv.apply_kernel`, `layers.Conv1x1.apply_kernel`; flax's Dense and
-grouped Conv by their fields), so strides, padding and the CPU formulation match. Inference
-and export merge once (`lora.merge`): a plain tree with no overhead.
+`apply_model` runs each adapted kernel in the layout `Layouts` names (merged unless named);
+the per-layer choice is sr_jax.adapt.lora_layouts'. How the model stays unaware of LoRA: the
+merged and factored kernels are merged into the parameter tree, then `model.apply` runs inside
+`flax.linen.intercept_methods` with an interceptor that, for each layer run unmerged or
+factored (found by its module path), adds the low-rank branch to the layer's output or taps it.
+The branch reuses the layer's own linear operator with another kernel
+(`layers.Conv.apply_kernel`, `layers.Conv1x1.apply_kernel`; flax's Dense and grouped Conv by
+their fields), so strides, padding and the CPU formulation match. Inference and export merge
+once (`lora.merge`): a plain tree with no overhead.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -44,14 +44,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sr_jax.adapt import lora, roofline
+from sr_jax.adapt import lora
 from sr_jax.models import layers
 from sr_jax.util import trees
 
 PyTree = Any
-FORMULATIONS = ("auto", "merged", "unmerged")
-COST_MODELS = ("flops", "roofline")
-_SUPPORTED = (layers.Conv, layers.Conv1x1, nn.Dense, nn.Conv)
+LAYOUTS = ("merged", "unmerged", "factored")
+FORMULATIONS = ("auto",) + LAYOUTS  # config.lora.formulation
 
 
 def module_path(module: nn.Module) -> str:
@@ -59,164 +58,206 @@ def module_path(module: nn.Module) -> str:
   return "/".join(str(p) for p in module.scope.path)
 
 
-def _kernel_geometry(module: nn.Module, kernel_shape: Sequence[int]) -> tuple[int, int, int]:
-  """(fan_in per group, cout, groups) of an adapted layer's kernel."""
-  groups = int(getattr(module, "feature_group_count", 1)) if isinstance(module, nn.Conv) else 1
-  return math.prod(kernel_shape[:-1]), int(kernel_shape[-1]), groups
+@dataclasses.dataclass(frozen=True)
+class Layouts:
+  """Which adapted kernels (paths in the LoRA plan) train unmerged and which factored; every
+  other adapted kernel trains merged. Static (hashable) metadata of a training step."""
+  unmerged: frozenset[str] = frozenset()
+  factored: frozenset[str] = frozenset()
+
+  def __post_init__(self):
+    both = self.unmerged & self.factored
+    if both:
+      raise ValueError(f"Kernels named both unmerged and factored: {sorted(both)[:3]}.")
+
+  def route(self, path: str) -> str:
+    """How a tapped kernel's factor gradients are formed: 'rank' (factored) or 'kernel'."""
+    return "rank" if path in self.factored else "kernel"
+
+  def of(self, path: str) -> str:
+    """The layout of kernel `path`."""
+    return ("unmerged" if path in self.unmerged else
+            "factored" if path in self.factored else "merged")
+
+  @classmethod
+  def from_choice(cls, choice: dict[str, str]) -> Layouts:
+    """From {kernel path: layout}."""
+    unknown = set(choice.values()) - set(LAYOUTS)
+    if unknown:
+      raise ValueError(f"Unknown LoRA layouts {sorted(unknown)}; use one of {LAYOUTS}.")
+    return cls(frozenset(p for p, k in choice.items() if k == "unmerged"),
+               frozenset(p for p, k in choice.items() if k == "factored"))
+
+
+# Every adapted kernel merged (and tapped, in a training step): the objectives' default.
+ALL_MERGED = Layouts()
+
+
+def _compute_dtype(module: nn.Module, x: jax.Array):
+  return getattr(module, "dtype", None) or x.dtype
+
+
+def down_projection(module: nn.Module, x: jax.Array, a: jax.Array) -> jax.Array:
+  """z = A(x): A as the layer's own operator to r channels (strides, padding, groups)."""
+  dtype = _compute_dtype(module, x)
+  x, a = jnp.asarray(x, dtype), jnp.asarray(a, dtype)
+  if isinstance(module, (nn.Dense, layers.Conv1x1)):
+    return layers.pixel_matmul(x, a)
+  if isinstance(module, layers.Conv):
+    kh, kw = layers.pair(module.kernel_size)
+    return module.apply_kernel(x, a.reshape(kh, kw, x.shape[-1], a.shape[-1]))
+  if isinstance(module, nn.Conv):  # Every group applies A.
+    groups, kernel_size = module.feature_group_count, tuple(module.kernel_size)
+    a_kernel = jnp.tile(a.reshape(*kernel_size, x.shape[-1] // groups, a.shape[-1]),
+                        (1,) * len(kernel_size) + (1, groups))
+    return _flax_conv(module, x, a_kernel, groups)
+  raise TypeError(f"No unmerged or factored LoRA for {type(module).__name__} at "
+                  f"{module_path(module)}; set config.lora.formulation='merged'.")
+
+
+def up_projection(module: nn.Module, z: jax.Array, b: jax.Array) -> jax.Array:
+  """B(z): a 1x1 map r -> cout (grouped for a grouped flax conv)."""
+  b = jnp.asarray(b, z.dtype)
+  if isinstance(module, nn.Conv) and module.feature_group_count > 1:
+    return lax.conv_general_dilated(z, b.reshape(1, 1, b.shape[0], -1), (1, 1), "VALID",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    feature_group_count=module.feature_group_count)
+  return layers.pixel_matmul(z, b)
 
 
 def branch(module: nn.Module, x: jax.Array, a: jax.Array, b: jax.Array,
            scale: float) -> jax.Array:
   """scale * B(A(x)) for `module`'s layer kind, in the module's compute dtype."""
-  dtype = getattr(module, "dtype", None) or x.dtype
-  x, a, b = (jnp.asarray(v, dtype) for v in (x, a, b))
-  if isinstance(module, (nn.Dense, layers.Conv1x1)):
-    out = layers.pixel_matmul(layers.pixel_matmul(x, a), b)
-  elif isinstance(module, layers.Conv):
-    kh, kw = layers.pair(module.kernel_size)
-    z = module.apply_kernel(x, a.reshape(kh, kw, x.shape[-1], a.shape[-1]))
-    out = layers.pixel_matmul(z, b)
-  elif isinstance(module, nn.Conv):
-    out = _flax_conv_branch(module, x, a, b)
-  else:
-    raise TypeError(f"No unmerged LoRA branch for {type(module).__name__} at "
-                    f"{module_path(module)}; set config.lora.formulation='merged'.")
-  return out * jnp.asarray(scale, dtype)
+  z = down_projection(module, x, a)
+  return up_projection(module, z, b) * jnp.asarray(scale, z.dtype)
 
 
-def _flax_conv_branch(module: nn.Conv, x: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
-  """A flax (possibly grouped) conv's branch: every group applies A, then B as a grouped 1x1."""
-  groups = module.feature_group_count
+def _flax_conv(module: nn.Conv, x: jax.Array, kernel: jax.Array, groups: int) -> jax.Array:
+  """flax's Conv with `kernel` (kh, kw, cin / groups, c) in its place: strides, padding."""
   kernel_size = tuple(module.kernel_size)
-  cin_group, rank = x.shape[-1] // groups, a.shape[-1]
-  a_kernel = jnp.tile(a.reshape(*kernel_size, cin_group, rank), (1,) * len(kernel_size) + (1, groups))
   strides = module.strides or (1,) * len(kernel_size)
   strides = (strides,) * len(kernel_size) if isinstance(strides, int) else tuple(strides)
   padding = module.padding if isinstance(module.padding, str) else [
       (p, p) if isinstance(p, int) else tuple(p) for p in module.padding]
-  dims = ("NHWC", "HWIO", "NHWC")
-  z = lax.conv_general_dilated(x, a_kernel, strides, padding, dimension_numbers=dims,
-                               feature_group_count=groups)
-  return lax.conv_general_dilated(z, b.reshape(1, 1, rank, -1), (1, 1), "VALID",
-                                  dimension_numbers=dims, feature_group_count=groups)
+  return lax.conv_general_dilated(x, kernel, strides, padding,
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                  feature_group_count=groups, precision=module.precision)
 
 
-def _interceptor(branches: dict[str, tuple[jax.Array, jax.Array, float]], next_fun, args,
-                 kwargs, context):
-  """Adds the low-rank branch to the output of each layer whose module path has one."""
-  out = next_fun(*args, **kwargs)
+def linear_map(module: nn.Module, x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """The layer's linear map (no bias) with `kernel` in its kernel's place, in its compute
+  dtype: what the factored layout transposes for the input gradient."""
+  dtype = getattr(module, "dtype", None) or x.dtype
+  if isinstance(module, (layers.Conv, layers.Conv1x1)):
+    return module.apply_kernel(x, kernel)
+  x, kernel = jnp.asarray(x, dtype), jnp.asarray(kernel, dtype)
+  if isinstance(module, nn.Dense):
+    return lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
+                           precision=module.precision)
+  if isinstance(module, nn.Conv):
+    return _flax_conv(module, x, kernel, module.feature_group_count)
+  raise TypeError(f"No factored LoRA for {type(module).__name__} at {module_path(module)}; "
+                  "set config.lora.formulation='merged'.")
+
+
+def _zero_after(value: jax.Array, dtype) -> jax.Array:
+  """A scalar zero that XLA computes only once `value` exists (always finite, always 0)."""
+  return jnp.isfinite(value.reshape(-1)[0]).astype(dtype) * jnp.zeros((), dtype)
+
+
+def _factor_gradients(module: nn.Module, x: jax.Array, g: jax.Array, a: jax.Array,
+                      b: jax.Array, scale: float) -> tuple[jax.Array, jax.Array]:
+  """A's and B's gradients of scale * B(A(x)) for output gradient g."""
+  z, down_vjp = jax.vjp(lambda a: down_projection(module, x, a), a)
+  g = g.astype(z.dtype) * jnp.asarray(scale, z.dtype)
+  _, up_vjp = jax.vjp(lambda z, b: up_projection(module, z, b), z, b)
+  grad_z, grad_b = up_vjp(g)
+  (grad_a,) = down_vjp(grad_z)
+  return grad_a, grad_b.astype(b.dtype)
+
+
+def tapped(module: nn.Module, out: jax.Array, x: jax.Array, kernel: jax.Array, a: jax.Array,
+           b: jax.Array, scale: float, route: str) -> jax.Array:
+  """`out` (the layer run on x and its merged kernel, both held constant) unchanged; coming
+  back, the output gradient g passes through and yields x's gradient through the merged kernel
+  and A's and B's by `route`: 'kernel' (merged: the merged kernel's weight gradient, projected
+  onto A and B) or 'rank' (factored: from x and the factors alone, those of scale * B(A(x))).
+
+  What waits for the backward pass is x (every route needs it) and the frozen kernel the step
+  holds anyway: the merged kernel is formed again in the backward pass, never kept."""
+
+  @jax.custom_vjp
+  def tap(out, x, kernel, a, b):
+    del x, kernel, a, b
+    return out
+
+  def forward(out, x, kernel, a, b):
+    return out, (x, kernel, a, b)
+
+  def backward(saved, g):
+    x, kernel, a, b = saved
+    # A as a value XLA can compute only once g exists: the merged kernel (and z = A(x)) depend
+    # on x, W, A and B alone, and XLA would otherwise share the merged kernel with the forward
+    # pass's, keeping a copy of every adapted kernel alive in between, and compute z early in
+    # the forward pass, keeping a rank-r activation per layer alive: both measured.
+    a = a + _zero_after(g, a.dtype)
+    effective = lora.effective_kernel(kernel, a, b, scale)
+    out_of_layer, x_vjp = jax.vjp(lambda v: linear_map(module, v, effective), x)
+    g_layer = g.astype(out_of_layer.dtype)
+    (grad_x,) = x_vjp(g_layer)
+    if route == "rank":
+      grad_a, grad_b = _factor_gradients(module, x, g, a, b, scale)
+    else:  # The weight gradient, then its projection onto the factors.
+      _, kernel_vjp = jax.vjp(lambda k: linear_map(module, x, k), effective)
+      (grad_kernel,) = kernel_vjp(g_layer)
+      _, merge_vjp = jax.vjp(lambda a, b: lora.effective_kernel(kernel, a, b, scale), a, b)
+      grad_a, grad_b = merge_vjp(grad_kernel.astype(effective.dtype))
+    return g, grad_x.astype(x.dtype), None, grad_a, grad_b  # The kernel is frozen.
+
+  tap.defvjp(forward, backward)
+  return tap(out, x, kernel, a, b)
+
+
+def _interceptor(branches: dict[str, tuple[jax.Array, jax.Array, float]],
+                 taps: dict[str, tuple[jax.Array, jax.Array, jax.Array, float, str]], next_fun,
+                 args, kwargs, context):
+  """Adds the low-rank branch to the output of each unmerged layer; runs every other adapted
+  layer on its input held constant and taps its output."""
   if context.method_name != "__call__":
-    return out
-  found = branches.get(module_path(context.module))
-  if found is None:
-    return out
-  a, b, scale = found
-  return out + branch(context.module, args[0], a, b, scale).astype(out.dtype)
+    return next_fun(*args, **kwargs)
+  path = module_path(context.module)
+  if path in taps:
+    out = next_fun(lax.stop_gradient(args[0]), *args[1:], **kwargs)
+    return tapped(context.module, out, args[0], *taps[path])
+  out = next_fun(*args, **kwargs)
+  if path in branches:
+    a, b, scale = branches[path]
+    return out + branch(context.module, args[0], a, b, scale).astype(out.dtype)
+  return out
 
 
 def apply_model(model: nn.Module, params: PyTree, plan: lora.LoraPlan | None, *inputs: Any,
-                unmerged: frozenset[str] = frozenset(), **kwargs: Any) -> Any:
-  """`model` on {'base', 'lora'}: adapters in `unmerged` (kernel paths) as branches, the rest
-  merged into their kernels. Equal to `model.apply` on `lora.merge(...)` up to rounding."""
+                layouts: Layouts | None = None, **kwargs: Any) -> Any:
+  """`model` on {'base', 'lora'}. With no `layouts` (inference), adapters merged into their
+  kernels; with `layouts` (a training step), each adapted kernel in its layout: unmerged as a
+  branch beside the frozen kernel, merged and factored merged as constants and tapped. Equal
+  to `model.apply` on `lora.merge(...)` up to rounding, gradients included."""
   adapters = params.get("lora", {})
   if plan is None or not plan.ranks:
     return model.apply({"params": params["base"]}, *inputs, **kwargs)
-  merged = lora.merge(params["base"], adapters, plan.without(unmerged))
-  if not unmerged:
-    return model.apply({"params": merged}, *inputs, **kwargs)
+  if layouts is None:
+    return model.apply({"params": lora.merge(params["base"], adapters, plan)}, *inputs,
+                       **kwargs)
   flat = trees.flatten(adapters)
+  # Merged as constants: the taps give their factors' gradients.
+  held = trees.unflatten({k: v if k.rpartition("/")[0] in layouts.unmerged
+                          else lax.stop_gradient(v) for k, v in flat.items()})
+  merged = lora.merge(params["base"], held, plan.without(layouts.unmerged))
+  frozen = trees.flatten(params["base"])
+  taps = {path.rpartition("/")[0]: (frozen[path], flat[f"{path}/a"], flat[f"{path}/b"],
+                                    plan.scale(path), layouts.route(path))
+          for path in plan.paths if path not in layouts.unmerged}
   branches = {path.rpartition("/")[0]: (flat[f"{path}/a"], flat[f"{path}/b"], plan.scale(path))
-              for path in unmerged}
-  with nn.intercept_methods(functools.partial(_interceptor, branches)):
+              for path in layouts.unmerged}
+  with nn.intercept_methods(functools.partial(_interceptor, branches, taps)):
     return model.apply({"params": merged}, *inputs, **kwargs)
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerCost:
-  """One adapted layer's cost per step beyond the frozen layer's own, both ways: multiply-adds
-  and bytes moved (float32 elements x 4)."""
-  path: str
-  layer: str  # The module class, e.g. 'Conv1x1'.
-  kernel: tuple[int, ...]
-  rank: int
-  out_pixels: int  # Output positions per step (batch x height x width; batch for a Dense).
-  merged_macs: int  # Kernel gradient + forming A @ B and projecting its gradient onto A, B.
-  unmerged_macs: int  # The branch: forward, input gradient, factor gradients.
-  # The kernel gradient reads the layer's input and output gradient once more (and the kernel
-  # -sized terms); the branch reads the input twice (forward, A's gradient), accumulates into
-  # the output and the input gradient (read and write each) and reads the output gradient
-  # twice (B's gradient, the rank-r gradient), besides its rank-r activations.
-  merged_bytes: int = 0
-  unmerged_bytes: int = 0
-
-  @property
-  def cheaper(self) -> str:
-    """The layout of fewer multiply-adds (the chooser's rule under roofline.FLOPS_ONLY)."""
-    return "unmerged" if self.unmerged_macs < self.merged_macs else "merged"
-
-  def seconds(self, machine: roofline.Machine) -> dict[str, float]:
-    """Each layout's predicted extra time per step on `machine`."""
-    return {"merged": machine.seconds(self.merged_macs, self.merged_bytes),
-            "unmerged": machine.seconds(self.unmerged_macs, self.unmerged_bytes)}
-
-  def faster(self, machine: roofline.Machine) -> str:
-    """The layout `machine`'s roofline predicts faster (merged on a tie)."""
-    t = self.seconds(machine)
-    return "unmerged" if t["unmerged"] < t["merged"] else "merged"
-
-
-def layer_costs(model: nn.Module, base: PyTree, plan: lora.LoraPlan, *inputs: Any,
-                **kwargs: Any) -> list[LayerCost]:
-  """Each adapted layer's cost both ways, from an abstract trace of `model` on `inputs`."""
-  kernels = {path.rpartition("/")[0]: path for path in plan.paths}
-  seen: dict[str, tuple[nn.Module, tuple[int, ...], tuple[int, ...]]] = {}
-
-  def record(next_fun, args, kw, context):
-    out = next_fun(*args, **kw)
-    path = module_path(context.module)
-    if context.method_name == "__call__" and path in kernels:
-      seen[path] = (context.module, tuple(args[0].shape), tuple(out.shape))
-    return out
-
-  with nn.intercept_methods(record):
-    jax.eval_shape(lambda p, *x: model.apply({"params": p}, *x, **kwargs), base, *inputs)
-  shapes = {path: tuple(leaf.shape) for path, leaf in trees.flatten(base).items()}
-  costs = []
-  for layer_path, path in kernels.items():
-    if layer_path not in seen:
-      raise ValueError(f"The adapted kernel {path} belongs to no layer the model calls.")
-    module, in_shape, out_shape = seen[layer_path]
-    if not isinstance(module, _SUPPORTED):
-      raise TypeError(f"No unmerged LoRA branch for {type(module).__name__} at {layer_path}; "
-                      "set config.lora.formulation='merged'.")
-    fan_in, cout, groups = _kernel_geometry(module, shapes[path])
-    r, pixels = plan.rank(path), math.prod(out_shape[:-1])
-    inputs_, outputs = math.prod(in_shape), pixels * cout
-    costs.append(LayerCost(
-        path, type(module).__name__, shapes[path], r, pixels,
-        merged_macs=pixels * fan_in * cout + 3 * fan_in * r * cout,
-        unmerged_macs=3 * pixels * r * (fan_in * groups + cout),
-        merged_bytes=4 * (inputs_ + outputs + 3 * fan_in * cout),
-        unmerged_bytes=4 * (4 * inputs_ + 4 * outputs + 4 * pixels * r)))
-  return costs
-
-
-def cost_machine(cost_model: str) -> roofline.Machine:
-  """The machine 'auto' predicts for: FLOPS_ONLY ('flops'), or this device's measured roofline."""
-  if cost_model not in COST_MODELS:
-    raise ValueError(f"Unknown config.lora.cost_model {cost_model!r}; use one of {COST_MODELS}.")
-  return roofline.current() if cost_model == "roofline" else roofline.FLOPS_ONLY
-
-
-def unmerged_paths(costs: Sequence[LayerCost], formulation: str,
-                   machine: roofline.Machine = roofline.FLOPS_ONLY) -> frozenset[str]:
-  """The kernels trained unmerged under config.lora.formulation ('auto': where `machine`'s
-  roofline predicts the branch faster; under FLOPS_ONLY, where it has fewer multiply-adds)."""
-  if formulation not in FORMULATIONS:
-    raise ValueError(f"Unknown config.lora.formulation {formulation!r}; use one of "
-                     f"{FORMULATIONS}.")
-  if formulation == "merged":
-    return frozenset()
-  if formulation == "unmerged":
-    return frozenset(c.path for c in costs)
-  return frozenset(c.path for c in costs if c.faster(machine) == "unmerged")

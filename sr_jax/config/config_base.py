@@ -182,15 +182,21 @@ def base_config() -> ml_collections.ConfigDict:
       # A JSON LoRA plan ({'ranks': {path: r}, 'alphas': {path: a}}), e.g. a CoLoRA allocation;
       # when set it replaces targets / rank / alpha / rank_overrides.
       plan_file="",
-      # How training computes adapted layers (sr_jax/adapt/lora_branch.py): 'unmerged' (the frozen
-      # kernel a constant plus the low-rank branch: no weight gradient of the frozen kernel),
-      # 'merged' (W + scale * A @ B, differentiated whole), or 'auto' (per layer, whichever
-      # costs fewer multiply-adds). Inference and exports always merge.
+      # How training computes adapted layers (sr_jax/adapt/lora_branch.py): 'merged' (W +
+      # scale * A @ B, differentiated whole: a weight gradient per step), 'unmerged' (the frozen
+      # kernel a constant beside the low-rank branch), 'factored' (merged as a constant, the
+      # factors' gradients from rank-r passes over the layer's input and output gradient), or
+      # 'auto' (per layer, the layout lora.cost_model predicts fastest). Inference and exports
+      # always merge.
       formulation="auto",
-      # What 'auto' compares per layer (sr_jax/adapt/lora_branch.py): 'flops' (multiply-adds) or
-      # 'roofline' (multiply-adds and bytes moved at this machine's measured rates,
-      # sr_jax/adapt/roofline.py; cached per device kind).
-      cost_model="flops",
+      # What 'auto' compares per layer (sr_jax/adapt/lora_layouts.py): 'roofline' (multiply-adds
+      # and bytes moved at this machine's measured rates, sr_jax/adapt/roofline.py, cached per
+      # device kind) or 'flops' (the former rule: merged or unmerged, fewer multiply-adds).
+      cost_model="roofline",
+      # The layouts 'auto' chooses from under the roofline: unmerged is left out by default,
+      # as it keeps more memory than factored for a time the roofline rates within 1% of the
+      # step (sr_jax/adapt/lora_layouts.py).
+      auto_layouts=("merged", "factored"),
       # A LoRA run trains at optimizer.learning_rate x this: adapters start at zero and need a
       # higher rate than full fine-tuning. 3 is what the adaptation study (docs/colora.md)
       # chose on its validation split: LoRA arms' rates 1-3.3x full fine-tuning's.

@@ -104,13 +104,13 @@ class ResShiftSR:
 
   def predict_x0(self, params: PyTree, y: jax.Array, x_in: jax.Array, level: jax.Array,
                  t: jax.Array | None = None, *, dropout_rng: jax.Array | None = None,
-                 unmerged: frozenset[str] = frozenset()) -> jax.Array:
+                 layouts: lora_branch.Layouts | None = None) -> jax.Array:
     """x0_hat for {'base', 'lora'} `params` (float32); dropout when given an rng. Adapters are
-    merged into their kernels except those in `unmerged` (training: sr_jax.adapt.lora_branch)."""
+    merged into their kernels, or in training laid out as `layouts` says (adapt.lora_branch)."""
     del t  # The UNet is conditioned on the level only.
     rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
     out = lora_branch.apply_model(self.model, params, self.plan, y, x_in, level,
-                                  unmerged=unmerged, deterministic=dropout_rng is None,
+                                  layouts=layouts, deterministic=dropout_rng is None,
                                   rngs=rngs).astype(jnp.float32)
     return y.astype(jnp.float32) + out if self.output == "residual" else out
 

@@ -9,7 +9,7 @@ steps outside that range, and the SR scale (`sampling_record`; exports store it 
 - The condition is the LR input upscaled to the HR size with MATLAB's bicubic (the resize that
   made the LR images), written as two matrix products so it jits, mapped to [-1, 1].
 - `denoise` runs the UNet on {'base', 'lora'} parameters (adapters merged into their kernels,
-  or for training some of them as unmerged branches) and returns its noise estimate.
+  or in training laid out per layer, sr_jax.adapt.lora_branch) and returns its noise estimate.
 - With split sampling (a fine-tune restricted to timesteps [t_min, t_max] whose record says
   the base samples outside it), steps inside the range use the tuned parameters and the others
   the untouched base, passed as the parameters' 'reference' entry.
@@ -124,14 +124,14 @@ class SR3:
   def denoise(self, params: PyTree, condition: jax.Array, y_t: jax.Array,
               noise_level: jax.Array, t: jax.Array | None = None, *,
               dropout_rng: jax.Array | None = None,
-              unmerged: frozenset[str] = frozenset()) -> jax.Array:
+              layouts: lora_branch.Layouts | None = None) -> jax.Array:
     """The predicted noise for {'base', 'lora'} `params`; dropout when given an rng. Adapters
-    are merged into their kernels except those in `unmerged` (training:
-    sr_jax.adapt.lora_branch)."""
+    are merged into their kernels, or in a training step laid out as `layouts` says
+    (sr_jax.adapt.lora_branch)."""
     del t  # The UNet is conditioned on the continuous noise level only.
     rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
     return lora_branch.apply_model(self.model, params, self.plan, condition, y_t, noise_level,
-                                   unmerged=unmerged, deterministic=dropout_rng is None,
+                                   layouts=layouts, deterministic=dropout_rng is None,
                                    rngs=rngs)
 
   def sampling_denoiser(self, params: PyTree, condition: jax.Array, y_t: jax.Array,

@@ -45,7 +45,7 @@ MODEL, EXTRA = "model", "extra"
 class Objective(Protocol):
   """The interface the trainer, evaluation and export use (see the module docstring)."""
   plan: lora.LoraPlan | None
-  unmerged: frozenset[str]  # Adapted kernels its step trains unmerged (sr_jax.adapt.lora_branch).
+  layouts: lora_branch.Layouts  # How its step trains each adapted kernel (lora_branch).
 
   def update(self, state: Any, frozen: PyTree, batch: dict[str, jax.Array]
              ) -> tuple[Any, Metrics]: ...
@@ -75,8 +75,8 @@ class BuildContext:
   base: PyTree  # The full base tree the run starts from.
   labels: PyTree  # 'trainable' / 'frozen' for every leaf of {'base', 'lora'}.
   seed: int
-  # Adapted kernels trained unmerged (sr_jax.adapt.lora_branch): the frozen kernel stays a constant.
-  unmerged: frozenset[str] = frozenset()
+  # How the step trains each adapted kernel: merged, unmerged or factored (adapt.lora_branch).
+  layouts: lora_branch.Layouts = lora_branch.ALL_MERGED
 
 
 @dataclasses.dataclass
@@ -141,9 +141,9 @@ class ModelObjective:
 
   def __init__(self, model: nn.Module, tx: optax.GradientTransformation | None,
                plan: lora.LoraPlan | None, schedule: optax.Schedule | None = None,
-               unmerged: frozenset[str] = frozenset()):
+               layouts: lora_branch.Layouts = lora_branch.ALL_MERGED):
     self.model, self.tx, self.plan, self.schedule = model, tx, plan, schedule
-    self.unmerged = unmerged
+    self.layouts = layouts
 
   def forward(self, params: PyTree, *inputs: Any, **kwargs: Any) -> jax.Array:
     """The model on {'base', 'lora'} `params`, adapters merged into their kernels (inference:
@@ -151,10 +151,11 @@ class ModelObjective:
     return lora_branch.apply_model(self.model, params, self.plan, *inputs, **kwargs)
 
   def train_forward(self, params: PyTree, *inputs: Any, **kwargs: Any) -> jax.Array:
-    """The model as the training step differentiates it: the kernels in `self.unmerged` run
-    as frozen constants plus their low-rank branches, the others merged (lora_branch)."""
+    """The model as the training step differentiates it: each adapted kernel in its
+    layout (`self.layouts`: merged or factored, tapped, or unmerged beside its branch;
+    lora_branch)."""
     return lora_branch.apply_model(self.model, params, self.plan, *inputs,
-                                   unmerged=self.unmerged, **kwargs)
+                                   layouts=self.layouts, **kwargs)
 
   def apply(self, params: PyTree, lq: jax.Array) -> jax.Array:
     return self.forward(params, lq)
@@ -170,7 +171,7 @@ class ModelObjective:
   def without_adapters(self) -> "ModelObjective":
     """This objective without its LoRA plan: `apply` then runs {'base': ...} alone."""
     plain = copy.copy(self)
-    plain.plan, plain.unmerged = None, frozenset()
+    plain.plan, plain.layouts = None, lora_branch.ALL_MERGED
     return plain
 
   def arm_label(self, default: str) -> str:

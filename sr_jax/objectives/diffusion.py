@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from sr_jax.adapt import lora
+from sr_jax.adapt import lora, lora_branch
 from sr_jax.config.rules import Int, Real, chain_range_problems
 from sr_jax.diffusion import restorers, samplers, schedule as schedule_lib, sr3
 from sr_jax.objectives import base, step as step_lib
@@ -60,8 +60,8 @@ class DiffusionObjective(base.ModelObjective):
   """SR3: `model` (an SR3UNet) predicts the noise; see the module doc."""
 
   def __init__(self, model, tx, plan, diffusion: ml_collections.ConfigDict, scale: int,
-               schedule=None, unmerged: frozenset[str] = frozenset()):
-    super().__init__(model, tx, plan, schedule, unmerged)
+               schedule=None, layouts: lora_branch.Layouts = lora_branch.ALL_MERGED):
+    super().__init__(model, tx, plan, schedule, layouts)
     epsilon_loss(diffusion.loss, jnp.zeros(()), jnp.zeros(()))  # Validates the name early.
     self.diffusion = diffusion
     self.sr3 = sr3.SR3.from_record(model, sr3.sampling_record(diffusion, scale),
@@ -107,9 +107,9 @@ class DiffusionObjective(base.ModelObjective):
   def denoise(self, params: PyTree, condition: jax.Array, y_t: jax.Array,
               noise_level: jax.Array, t: jax.Array | None = None, *,
               dropout_rng: jax.Array | None = None,
-              unmerged: frozenset[str] = frozenset()) -> jax.Array:
+              layouts: lora_branch.Layouts | None = None) -> jax.Array:
     return self.sr3.denoise(params, condition, y_t, noise_level, t, dropout_rng=dropout_rng,
-                            unmerged=unmerged)
+                            layouts=layouts)
 
   def _sampling_denoiser(self, params: PyTree, condition, y_t, noise_level, t):
     return self.sr3.sampling_denoiser(params, condition, y_t, noise_level, t)
@@ -141,7 +141,7 @@ class DiffusionObjective(base.ModelObjective):
     def loss_fn(trainable):
       params = lora.combine(trainable, frozen[base.MODEL])
       eps_hat = self.denoise(params, condition, draw["y_t"], jnp.sqrt(draw["gamma"]),
-                             dropout_rng=k_dropout, unmerged=self.unmerged)
+                             dropout_rng=k_dropout, layouts=self.layouts)
       return epsilon_loss(self.diffusion.loss, eps_hat, draw["eps"])
 
     loss, grads = jax.value_and_grad(loss_fn)(state.trainable)
@@ -166,7 +166,7 @@ def build(context: base.BuildContext) -> base.Built:
   config, d = context.config, context.config.diffusion
   scale = int(config.data.degradation.scale)
   objective = DiffusionObjective(context.model, context.tx, context.plan, d, scale,
-                                 context.schedule, context.unmerged)
+                                 context.schedule, context.layouts)
   logging.info("SR3: %s schedule, T=%d, %s loss on epsilon, training timesteps [%d, %d]; "
                "evaluation samples with %s.", d.schedule, objective.noise.num_steps, d.loss,
                objective.sr3.t_min, objective.sr3.t_max, objective.sampler_label)

@@ -33,7 +33,7 @@ import ml_collections
 import optax
 from absl import logging
 
-from sr_jax.adapt import lora
+from sr_jax.adapt import lora, lora_branch
 from sr_jax.config import config_base, rules
 from sr_jax.config.rules import Int, Real
 from sr_jax.inference import restorer as restorer_lib
@@ -76,8 +76,8 @@ class GanObjective(base.ModelObjective):
 
   def __init__(self, model, tx, plan, discriminator: nn.Module, d_tx, gan, perceptual=None,
                loss_kind: str = "l1", schedule=None, d_schedule=None,
-               unmerged: frozenset[str] = frozenset()):
-    super().__init__(model, tx, plan, schedule, unmerged)
+               layouts: lora_branch.Layouts = lora_branch.ALL_MERGED):
+    super().__init__(model, tx, plan, schedule, layouts)
     self.discriminator, self.d_tx, self.d_schedule = discriminator, d_tx, d_schedule
     self.gan, self.perceptual, self.loss_kind = gan, perceptual, loss_kind
 
@@ -200,7 +200,7 @@ def build(context: base.BuildContext) -> base.Built:
   d_tx = step_lib.make_optimizer(g.d_optimizer, d_schedule)
   perceptual = perceptual_loss(g)
   objective = GanObjective(context.model, context.tx, context.plan, d_model, d_tx, g, perceptual,
-                           config.loss.kind, context.schedule, d_schedule, context.unmerged)
+                           config.loss.kind, context.schedule, d_schedule, context.layouts)
   state = init_state(context.trainable, context.tx, d_vars, d_tx, context.seed,
                      ema=g.ema_decay > 0)
   logging.info("Discriminator %s: %s parameters, trained fully.", g.discriminator,

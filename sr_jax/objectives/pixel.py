@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sr_jax.adapt import lora
+from sr_jax.adapt import lora, lora_branch
 from sr_jax.inference import restorer as restorer_lib
 from sr_jax.objectives import base, step
 
@@ -54,8 +54,8 @@ class PixelObjective(base.ModelObjective):
   """One model, one optimizer, a pixel loss: the restoration (and PSNR-oriented SR) objective."""
 
   def __init__(self, model, tx, plan, loss_kind: str, charbonnier_eps: float = 1e-3,
-               schedule=None, unmerged: frozenset[str] = frozenset()):
-    super().__init__(model, tx, plan, schedule, unmerged)
+               schedule=None, layouts: lora_branch.Layouts = lora_branch.ALL_MERGED):
+    super().__init__(model, tx, plan, schedule, layouts)
     self.loss_kind, self.charbonnier_eps = loss_kind, charbonnier_eps
 
   def update(self, state, frozen, batch):
@@ -78,7 +78,7 @@ def build(context: base.BuildContext) -> base.Built:
   loss = context.config.loss
   pixel_loss(loss.kind, jnp.zeros(()), jnp.zeros(()))  # An unknown loss fails here, early.
   objective = PixelObjective(context.model, context.tx, context.plan, loss.kind,
-                             loss.charbonnier_eps, context.schedule, context.unmerged)
+                             loss.charbonnier_eps, context.schedule, context.layouts)
   return base.Built(objective, step.init_state(context.trainable, context.tx, context.seed))
 
 

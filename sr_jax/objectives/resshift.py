@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from sr_jax.adapt import lora
+from sr_jax.adapt import lora, lora_branch
 from sr_jax.config.rules import Int, Real, chain_range_problems
 from sr_jax.diffusion import resshift, resshift_sr, restorers
 from sr_jax.objectives import base, step as step_lib
@@ -41,8 +41,8 @@ class ResShiftObjective(base.ModelObjective):
   """ResShift: `model` (an SR3UNet) predicts x0; see the module doc."""
 
   def __init__(self, model, tx, plan, config: ml_collections.ConfigDict, scale: int,
-               schedule=None, unmerged: frozenset[str] = frozenset()):
-    super().__init__(model, tx, plan, schedule, unmerged)
+               schedule=None, layouts: lora_branch.Layouts = lora_branch.ALL_MERGED):
+    super().__init__(model, tx, plan, schedule, layouts)
     self.config = config
     self.sr = resshift_sr.ResShiftSR.from_record(
         model, resshift_sr.sampling_record(config, scale), plan=plan, clip_x0=config.clip_x0,
@@ -88,7 +88,7 @@ class ResShiftObjective(base.ModelObjective):
 
     def predict(condition, x_in, level, t):
       return self.sr.predict_x0(params, condition, x_in, level, t, dropout_rng=k_dropout,
-                                unmerged=self.unmerged)
+                                layouts=self.layouts)
 
     return resshift.training_loss(predict, self.chain, x0, y, k_draw,
                                   (self.sr.t_min, self.sr.t_max))
@@ -117,7 +117,7 @@ def build(context: base.BuildContext) -> base.Built:
   config, r = context.config, context.config.resshift
   scale = int(config.data.degradation.scale)
   objective = ResShiftObjective(context.model, context.tx, context.plan, r, scale,
-                                context.schedule, context.unmerged)
+                                context.schedule, context.layouts)
   logging.info("ResShift: T=%d, kappa=%g, p=%g, eta_T=%g, eta_1=%g, the network outputs %s; "
                "training timesteps [%d, %d]; evaluation samples all %d steps.", r.num_steps,
                r.kappa, r.power, r.eta_T, objective.sr.schedule.etas[0], r.output,

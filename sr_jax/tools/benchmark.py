@@ -35,10 +35,11 @@ restoration models inputs of `--size`. The PyTorch reference tables are keyed th
 The parameters are initialised once, as a training run initialises them, and shared by all
 measurements. Each measurement is compiled ahead of time (compile time reported apart), called
 once untimed (one-off transfers), then timed as the median wall time of `--repeats` forward
-passes or `--steps` steps, each blocked on with `jax.block_until_ready`. GFLOPs and
+passes or `--steps` steps, each blocked on with `jax.block_until_ready`; the arms' steps are
+taken in turn (full, LoRA, full, ...), so that both see the same machine state. GFLOPs and
 temp/argument memory come from XLA's analyses of the compiled function. The LoRA arm trains
-each adapted layer unmerged or merged as config.lora.formulation decides (sr_jax.adapt.lora_branch;
-`--layers` lists them).
+each adapted layer merged, unmerged or factored as config.lora.formulation decides
+(sr_jax.adapt.lora_layouts; `--layers` lists them with each layout's predicted cost).
 
 PyTorch, beside it: with PyTorch installed (and `--torch`, the default) the same network in
 PyTorch (a transcription of the official architecture: NAFNet, Restormer, RRDBNet) is timed in
@@ -72,15 +73,16 @@ flags.DEFINE_integer("batch", 4, "Global batch size of the train step.")
 flags.DEFINE_integer("forward_batch", 1, "Batch size of the forward pass.")
 flags.DEFINE_integer("size", 128, "Target crop height and width: the input of restoration "
                      "models; the HR output of SR models, whose input is size / scale.")
-flags.DEFINE_integer("steps", 5, "Timed steps per arm (after one warm-up step).")
+flags.DEFINE_integer("steps", 5, "Timed steps per arm (after one warm-up step), the arms' "
+                     "steps taken in turn.")
 flags.DEFINE_integer("repeats", 5, "Timed forward passes (after one warm-up pass).")
 flags.DEFINE_list("arms", ["full", "lora"], "Train-step arms to measure: 'full', 'lora'.")
 flags.DEFINE_bool("skip_forward", False, "Do not measure the forward pass.")
 flags.DEFINE_bool("skip_step", False, "Do not measure the train step.")
 flags.DEFINE_bool("torch", True, "Also time the PyTorch model (a transcription of the official "
                   "architecture) in this process, when PyTorch is installed.")
-flags.DEFINE_bool("layers", False, "List every adapted layer with the formulation its LoRA "
-                  "step trains it in (merged or unmerged) and both costs.")
+flags.DEFINE_bool("layers", False, "List every adapted layer with the layout its LoRA step "
+                  "trains it in (merged, unmerged or factored) and each layout's cost.")
 flags.DEFINE_string("output", "", "Also write the markdown report to this file.")
 config_cli.define_show_config()
 
@@ -116,11 +118,15 @@ def measure_forward(config: ml_collections.ConfigDict, params: Any, batch: int, 
 
 def measure_steps(config: ml_collections.ConfigDict, params: Any, arms: list[str], batch: int,
                   size: int, steps: int, pytorch_ms: float | None = None) -> list[dict[str, Any]]:
-  """One train-step timing per arm, each beside PyTorch's full-training step (measured here,
-  `pytorch_ms`, or the reference table's)."""
+  """One train-step timing per arm, the arms' steps interleaved (step_timing.interleaved_ms),
+  each beside PyTorch's full-training step (measured here, `pytorch_ms`, or the reference
+  table's)."""
+  prepared = [step_timing.prepare_step(arm_config(config, arm, batch, size), base=params)
+              for arm in arms]
+  times = step_timing.interleaved_ms([call for call, _ in prepared], steps)
   rows = []
-  for arm in arms:
-    result = step_timing.measure_step(arm_config(config, arm, batch, size), steps, base=params)
+  for (_, facts), ms in zip(prepared, times):
+    result = dict(facts, ms=ms)
     rows.append(step_timing.with_pytorch_ms(result, batch, pytorch_ms) if pytorch_ms is not None
                 else with_reference(result, PYTORCH_STEP_MS, config.model, batch, size))
   return rows
@@ -136,34 +142,33 @@ def measure_pytorch(config: ml_collections.ConfigDict, batch: int, forward_batch
 
 def layer_table(config: ml_collections.ConfigDict, params: Any, batch: int,
                 size: int) -> list[str]:
-  """Every adapted layer of the LoRA arm: its formulation in the step and why (multiply-adds,
-  bytes and, under config.lora.cost_model='roofline', the predicted time of each layout)."""
-  from sr_jax.adapt import lora_branch  # pylint: disable=g-import-not-at-top
-  from sr_jax.train import run_setup
+  """Every adapted layer of the LoRA arm: the layout the step trains it in and why (each
+  layout's multiply-adds, bytes and, under config.lora.cost_model='roofline', predicted time)."""
+  from sr_jax.adapt import lora_layouts  # pylint: disable=g-import-not-at-top
   from sr_jax.models import registry  # pylint: disable=g-import-not-at-top
+  from sr_jax.train import run_setup  # pylint: disable=g-import-not-at-top
   c = arm_config(config, "lora", batch, size)
   model = registry.build_model(c.model)
   plan = run_setup.lora_plan(c, params)
   inputs = registry.example_inputs(model, step_timing.lq_size(c), batch)
-  costs = lora_branch.layer_costs(model, params, plan, *inputs)
-  machine = lora_branch.cost_machine(c.lora.cost_model)
-  chosen = lora_branch.unmerged_paths(costs, c.lora.formulation, machine)
+  costs = lora_layouts.layer_costs(model, params, plan, *inputs)
+  machine = lora_layouts.cost_machine(c.lora.cost_model)
+  chosen = lora_layouts.choose(costs, c.lora.formulation, machine, tuple(c.lora.auto_layouts))
   timed = machine.bytes_per_s != float("inf")
+  kinds = lora_layouts.LAYOUTS
+  head = ["layer", "kind", "kernel", "rank", "trained"] + [f"{k} MMAC" for k in kinds] + [
+      f"{k} MB" for k in kinds] + ([f"{k} us" for k in kinds] if timed else [])
   lines = [f"Cost model: {c.lora.cost_model} ({machine.kind}" + (
       f": {machine.macs_per_s / 1e9:.3g} GMAC/s, {machine.bytes_per_s / 1e9:.3g} GB/s)"
-      if timed else ")"), "",
-           "| layer | kind | kernel | rank | trained | merged MMAC | unmerged MMAC | merged MB "
-           "| unmerged MB |" + (" merged us | unmerged us |" if timed else ""),
-           "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if timed else "")]
+      if timed else ")"), "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
   for x in costs:
-    cells = (f"| {x.path} | {x.layer} | {'x'.join(map(str, x.kernel))} | {x.rank} | "
-             f"{'unmerged' if x.path in chosen else 'merged'} | "
-             f"{x.merged_macs / 1e6:.1f} | {x.unmerged_macs / 1e6:.1f} | "
-             f"{x.merged_bytes / 1e6:.2f} | {x.unmerged_bytes / 1e6:.2f} |")
+    cells = [x.path, x.layer, "x".join(map(str, x.kernel)), str(x.rank), chosen.of(x.path)]
+    cells += [f"{x.macs[k] / 1e6:.1f}" for k in kinds] + [f"{x.bytes[k] / 1e6:.2f}"
+                                                          for k in kinds]
     if timed:
       t = x.seconds(machine)
-      cells += f" {t['merged'] * 1e6:.1f} | {t['unmerged'] * 1e6:.1f} |"
-    lines.append(cells)
+      cells += [f"{t[k] * 1e6:.1f}" for k in kinds]
+    lines.append("| " + " | ".join(cells) + " |")
   return lines
 
 
@@ -199,13 +204,16 @@ def step_section(rows: list[dict[str, Any]], config: ml_collections.ConfigDict,
     a, b = rows
     lines.append(f"\n{b['arm']} / {a['arm']}: time {b['ms'] / a['ms']:.2f}, FLOPs "
                  f"{b['gflops'] / a['gflops']:.2f}, temp memory "
-                 f"{b['temp_mb'] / max(a['temp_mb'], 1e-9):.2f}.")
+                 f"{b['temp_mb'] / max(a['temp_mb'], 1e-9):.2f}, total memory (temp + args) "
+                 f"{(b['temp_mb'] + b['arg_mb']) / max(a['temp_mb'] + a['arg_mb'], 1e-9):.2f}.")
   for r in rows:
     if r.get("adapted"):
-      lines.append(f"{r['arm']}: {r['unmerged']} of {r['adapted']} adapted layers trained "
-                   f"unmerged (config.lora.formulation={config.lora.formulation!r}: no weight "
-                   f"gradient of their frozen kernel), {r['adapted'] - r['unmerged']} merged "
-                   "(cheaper for narrow layers); --layers lists them.")
+      merged = r["adapted"] - r["unmerged"] - r["factored"]
+      lines.append(f"{r['arm']}: of {r['adapted']} adapted layers, {r['factored']} trained "
+                   f"factored, {r['unmerged']} unmerged (neither forms a weight gradient of "
+                   f"its frozen kernel), {merged} merged (config.lora.formulation="
+                   f"{config.lora.formulation!r}, cost model {config.lora.cost_model!r}); "
+                   "--layers lists them with each layout's predicted cost.")
   return lines
 
 

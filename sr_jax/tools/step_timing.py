@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -202,9 +202,9 @@ def arm_label(config: ml_collections.ConfigDict) -> str:
   return f"LoRA r={config.lora.rank}" if config.lora.enabled else "full fine-tuning"
 
 
-def measure_step(config: ml_collections.ConfigDict, steps: int,
-                 base: PyTree | None = None) -> dict[str, Any]:
-  """Times `steps` train steps of `config` (median, after a warm-up) on a random batch.
+def prepare_step(config: ml_collections.ConfigDict,
+                 base: PyTree | None = None) -> tuple[Callable[[], Any], dict[str, Any]]:
+  """One compiled train step of `config` on a random batch, ready to call, and its facts.
 
   The batch is `config.batch_size` target crops of `config.data.crop_size` (inputs divided by
   the data's scale, see `random_batch`). `base`: parameters to start from (e.g.
@@ -228,11 +228,37 @@ def measure_step(config: ml_collections.ConfigDict, steps: int,
     state, metrics = compiled(state, run.frozen, batch)
     return metrics["loss"]
 
-  ms = median_ms(one_step, steps)
-  return dict(arm=arm_label(config), ms=ms, compile_s=compile_s, trainable=trainable,
-              devices=run.mesh.size, pct=100 * trainable / run.num_base_params,
-              adapted=len(run.plan.paths) if run.plan else 0,
-              unmerged=len(run.objective.unmerged), **compiled_costs(compiled))
+  layouts = run.objective.layouts
+  return one_step, dict(arm=arm_label(config), compile_s=compile_s, trainable=trainable,
+                        devices=run.mesh.size, pct=100 * trainable / run.num_base_params,
+                        adapted=len(run.plan.paths) if run.plan else 0,
+                        unmerged=len(layouts.unmerged), factored=len(layouts.factored),
+                        **compiled_costs(compiled))
+
+
+def measure_step(config: ml_collections.ConfigDict, steps: int,
+                 base: PyTree | None = None) -> dict[str, Any]:
+  """Times `steps` train steps of `config` (median, after a warm-up) on a random batch
+  (`prepare_step` says which, and what else the result holds)."""
+  one_step, facts = prepare_step(config, base)
+  return dict(facts, ms=median_ms(one_step, steps))
+
+
+def interleaved_ms(calls: Sequence[Callable[[], Any]], repeats: int,
+                   clock: Callable[[], float] = time.perf_counter) -> list[float]:
+  """Median wall time in ms of each call over `repeats` rounds that call each once in turn
+  (after one untimed round): arms compared side by side see the same machine state, where
+  one arm timed after the other would also measure whatever changed in between."""
+  if repeats < 1:
+    raise ValueError(f"Need at least one timed call, got {repeats}.")
+  times: list[list[float]] = [[] for _ in calls]
+  for i in range(repeats + 1):
+    for call, record in zip(calls, times):
+      t0 = clock()
+      jax.block_until_ready(call())
+      if i:  # The first round includes one-off transfers.
+        record.append(1000 * (clock() - t0))
+  return [statistics.median(t) for t in times]
 
 
 def measure_forward(model_config: ml_collections.ConfigDict, batch: int, size: int,

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from sr_jax import objectives
-from sr_jax.adapt import lora, lora_branch, roofline
+from sr_jax.adapt import lora, lora_branch, lora_layouts, roofline
 from sr_jax.data import pipeline
 from sr_jax.models import registry
 from sr_jax.objectives import base as objective_base, step as step_lib
@@ -111,32 +111,32 @@ def initial_params(config: ml_collections.ConfigDict, model, base: PyTree | None
   return params, plan, labels
 
 
-def unmerged_kernels(config: ml_collections.ConfigDict, model, facts: registry.ModelFacts,
-                     base: PyTree, plan: lora.LoraPlan | None,
-                     devices: int) -> frozenset[str]:
-  """The adapted kernels the step trains unmerged (config.lora.formulation), chosen from each
-  layer's cost on one device's share of a training batch (sr_jax.adapt.lora_branch)."""
+def choose_layouts(config: ml_collections.ConfigDict, model, facts: registry.ModelFacts,
+                   base: PyTree, plan: lora.LoraPlan | None,
+                   devices: int) -> lora_branch.Layouts:
+  """How the step trains each adapted kernel (config.lora.formulation), chosen from each
+  layer's cost on one device's share of a training batch (sr_jax.adapt.lora_layouts)."""
   if plan is None:
-    return frozenset()
+    return lora_branch.Layouts()
   size = config.data.crop_size
   if facts.kind != "diffusion":
     size //= max(int(config.data.degradation.scale), 1)
   inputs = registry.example_inputs(model, size, max(config.batch_size // devices, 1))
-  costs = lora_branch.layer_costs(model, base, plan, *inputs)
-  machine = (lora_branch.cost_machine(config.lora.cost_model)
+  costs = lora_layouts.layer_costs(model, base, plan, *inputs)
+  machine = (lora_layouts.cost_machine(config.lora.cost_model)
              if config.lora.formulation == "auto" else roofline.FLOPS_ONLY)
-  unmerged = lora_branch.unmerged_paths(costs, config.lora.formulation, machine)
-  saved = sum(c.merged_macs - c.unmerged_macs for c in costs if c.path in unmerged)
-  logging.info("LoRA formulation %r: %d of %d adapted kernels trained unmerged (no weight "
-               "gradient of their frozen kernel), %d merged; %.3g fewer GMAC per device-step "
-               "than all merged.", config.lora.formulation, len(unmerged), len(costs),
-               len(costs) - len(unmerged), saved / 1e9)
+  layouts = lora_layouts.choose(costs, config.lora.formulation, machine,
+                                tuple(config.lora.auto_layouts))
+  logging.info("LoRA formulation %r: of %d adapted kernels, %d trained factored, %d unmerged "
+               "(no weight gradient of their frozen kernel), %d merged.",
+               config.lora.formulation, len(costs), len(layouts.factored),
+               len(layouts.unmerged), len(costs) - len(layouts.factored) - len(layouts.unmerged))
   if machine is not roofline.FLOPS_ONLY:
-    predicted = sum(t["merged"] - min(t.values()) for t in (c.seconds(machine) for c in costs))
     logging.info("Cost model: the roofline of %s (%.3g GMAC/s, %.3g GB/s); predicted %.3g ms "
                  "per device-step saved against all merged.", machine.kind,
-                 machine.macs_per_s / 1e9, machine.bytes_per_s / 1e9, predicted * 1e3)
-  return unmerged
+                 machine.macs_per_s / 1e9, machine.bytes_per_s / 1e9,
+                 lora_layouts.saved_seconds(costs, layouts, machine) * 1e3)
+  return layouts
 
 
 def check_model(config: ml_collections.ConfigDict, facts: registry.ModelFacts,
@@ -172,11 +172,11 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, base: PyTree | No
   schedule = step_lib.learning_rate_schedule(config.optimizer, config.num_steps, peak)
   tx = lora.partitioned_optimizer(step_lib.make_optimizer(config.optimizer, schedule), labels)
   trainable, model_frozen = lora.split(params, labels)
-  unmerged = unmerged_kernels(config, model, facts, params["base"], plan, mesh.size)
+  layouts = choose_layouts(config, model, facts, params["base"], plan, mesh.size)
   built = spec.build(objective_base.BuildContext(
       config=config, model=model, facts=facts, tx=tx, schedule=schedule, plan=plan,
       trainable=trainable, model_frozen=model_frozen, base=params["base"], labels=labels,
-      seed=config.seed, unmerged=unmerged))
+      seed=config.seed, layouts=layouts))
   if ema_decay(config):
     if not isinstance(built.state, step_lib.TrainState):
       raise ValueError(f"config.ema.decay={ema_decay(config)} needs an objective whose state is "
