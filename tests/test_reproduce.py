@@ -269,3 +269,25 @@ def test_a_rendered_table_names_no_local_folder_and_its_footer_the_datasets_flag
   needs_data = Table("t", "what", (), (), datasets=("Manga",))
   assert "--workdir W --datasets DIR`" in runner.footer(needs_data, 60.0, 1)
   assert "--workdir W` on" in runner.footer(Table("t", "what", (), ()), 60.0, 1)
+
+
+def test_the_speed_table_reads_each_reports_ratio_and_layout_lines(tmp_path):
+  """The LoRA / full summary comes from the tools' own lines (benchmark and perf_report),
+  not from numbers typed into the catalogue."""
+  from sr_jax.reproduce import catalog_speed  # pylint: disable=g-import-not-at-top
+  bench = ("| layer | kind |\n|---|---|\n| a/kernel | Conv |\n\n"
+           "Layouts: 47 merged, 0 unmerged, 142 factored of 189; predicted 9 ms per step saved "
+           "against all merged.\n\nLoRA r=8 / full fine-tuning: time 0.91, FLOPs 0.80, temp "
+           "memory 1.00, total memory (temp + args) 0.89.\n")
+  for name in ("nafnet.md", "nafnet_tiny.md", "rrdbnet.md", "nafnet_h100.md",
+               "rrdbnet_h100.md"):
+    (tmp_path / name).write_text(bench)
+  (tmp_path / "perf_report.md").write_text(
+      "- Restormer default, float32: LoRA r=8 / full: time 0.83, memory 0.99, FLOPs 0.85; "
+      "trainable 4.14% of 26,126,644.\n")
+  text = catalog_speed._speed(str(tmp_path))  # pylint: disable=protected-access
+  assert ("| NAFNet-w32, r=8 | 0.91 | 0.80 | 0.89 | 47 merged, 0 unmerged, 142 factored of 189 |"
+          in text)
+  assert "| Restormer default, LoRA r=8 | 0.83 | 0.85 | 0.99 | - |" in text
+  assert "| a/kernel |" not in text  # The per-layer table stays in the tool's report.
+  assert "Predicted for an H100 (247 TMAC/s, 3.35 TB/s), RRDBNet x4: 47 merged" in text

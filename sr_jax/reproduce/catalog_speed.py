@@ -4,30 +4,66 @@ pipeline, and mixed precision on the LoRA demo."""
 from __future__ import annotations
 
 import os
+import re
 
 from sr_jax.reproduce import render
 from sr_jax.reproduce.table import Region, Step, Table, main_job
 
 _BENCH = "sr_jax.tools.benchmark"
 _RANDOM_INPUTS = "nothing (random inputs); PyTorch (torch==2.13.0, CPU) for its column"
+_RRDBNET = ("--config", "configs/esrgan_lora.py", "--config.objective=pixel",
+            "--config.optimizer.name=adamw", "--batch", "4", "--size", "128")
+_H100 = ("--skip_forward", "--skip_step", "--layers", "--roofline_rates", "247000,3350")
 _STEPS = (
     Step(_BENCH, ("--skip_forward", "--arms", "full,lora", "--steps", "5", "--layers",
                   "--output", "{workdir}/nafnet.md")),
-    Step(_BENCH, ("--config", "configs/esrgan_lora.py", "--config.objective=pixel",
-                  "--config.optimizer.name=adamw", "--arms", "full,lora", "--batch", "4",
-                  "--skip_forward", "--size", "128", "--steps", "3", "--output",
-                  "{workdir}/rrdbnet.md")),
+    Step(_BENCH, ("--config.model.preset=tiny", "--config.lora.rank=3",
+                  "--config.lora.alpha=3.0", "--skip_forward", "--arms", "full,lora", "--steps",
+                  "10", "--torch=false", "--layers", "--output", "{workdir}/nafnet_tiny.md")),
+    Step(_BENCH, _RRDBNET + ("--arms", "full,lora", "--skip_forward", "--steps", "3",
+                             "--layers", "--output", "{workdir}/rrdbnet.md")),
     Step("sr_jax.tools.perf_report", ("--models", "sr3_tiny,restormer", "--steps", "2",
                                       "--output", "{workdir}/perf_report.md")),
+    Step(_BENCH, _H100 + ("--output", "{workdir}/nafnet_h100.md")),
+    Step(_BENCH, _RRDBNET + _H100 + ("--output", "{workdir}/rrdbnet_h100.md")),
 )
+_REPORTS = (("NAFNet-w32, r=8", "nafnet.md"),
+            ("NAFNet tiny, r=3 (the CoLoRA demo's share)", "nafnet_tiny.md"),
+            ("RRDBNet x4, r=4", "rrdbnet.md"), ("SR3 tiny and Restormer", "perf_report.md"))
+_BENCH_RATIO = re.compile(r"^(?P<arm>.+?) / full fine-tuning: time (?P<time>[\d.]+), FLOPs "
+                          r"(?P<flops>[\d.]+), temp memory [\d.]+, total memory \(temp \+ "
+                          r"args\) (?P<total>[\d.]+)\.", re.MULTILINE)
+_REPORT_RATIO = re.compile(r"^- (?P<model>.+?), float32: (?P<arm>.+?) / full: time "
+                           r"(?P<time>[\d.]+), memory (?P<total>[\d.]+), FLOPs "
+                           r"(?P<flops>[\d.]+)", re.MULTILINE)
+_LAYOUTS = re.compile(r"^Layouts: (?P<counts>[^;.]+)", re.MULTILINE)
+
+
+def _ratios(workdir: str) -> str:
+  """LoRA / full fine-tuning per backbone, read from the reports' own ratio lines."""
+  rows = ["| backbone | time | FLOPs | total memory (temp + args) | layouts |",
+          "|---|---|---|---|---|"]
+  for title, name in _REPORTS:
+    text = render.report_section(os.path.join(workdir, name))
+    layouts = _LAYOUTS.search(text)
+    for m in _BENCH_RATIO.finditer(text):
+      rows.append(f"| {title} | {m['time']} | {m['flops']} | {m['total']} | "
+                  f"{layouts['counts'] if layouts else '-'} |")
+    for m in _REPORT_RATIO.finditer(text):
+      rows.append(f"| {m['model']}, {m['arm']} | {m['time']} | {m['flops']} | {m['total']} | "
+                  "- |")
+  return "\n".join(rows)
 
 
 def _speed(workdir: str) -> str:
-  parts = []
-  for title, name in (("NAFNet-w32", "nafnet.md"), ("RRDBNet x4", "rrdbnet.md"),
-                      ("SR3 tiny and Restormer", "perf_report.md")):
+  parts = ["LoRA / full fine-tuning in the same process:", _ratios(workdir)]
+  for title, name in _REPORTS:
     text = render.report_section(os.path.join(workdir, name))
     parts.append(f"**{title}** (`{name[:-3]}`):\n\n" + _without_layer_list(text))
+  for title, name in (("NAFNet-w32", "nafnet_h100.md"), ("RRDBNet x4", "rrdbnet_h100.md")):
+    layouts = _LAYOUTS.search(render.report_section(os.path.join(workdir, name)))
+    parts.append(f"Predicted for an H100 (247 TMAC/s, 3.35 TB/s), {title}: "
+                 f"{layouts['counts'] if layouts else 'n/a'}.")
   return "\n\n".join(parts)
 
 
@@ -36,7 +72,7 @@ def _without_layer_list(text: str) -> str:
   tables = render.tables_in(text)
   for table in tables:
     if table.startswith("| layer |"):
-      text = text.replace(table, "(per-layer formulations: run the command)")
+      text = text.replace(table, "(per-layer layouts: run the command)")
   return text
 
 

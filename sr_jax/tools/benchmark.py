@@ -60,6 +60,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from sr_jax import objectives
+from sr_jax.adapt import roofline
 from sr_jax.config import config_cli, config_files
 from sr_jax.tools import step_timing
 from sr_jax.util import errors, runtime
@@ -83,6 +84,9 @@ flags.DEFINE_bool("torch", True, "Also time the PyTorch model (a transcription o
                   "architecture) in this process, when PyTorch is installed.")
 flags.DEFINE_bool("layers", False, "List every adapted layer with the layout its LoRA step "
                   "trains it in (merged, unmerged or factored) and each layout's cost.")
+flags.DEFINE_list("roofline_rates", [], "GMAC/s,GB/s: with --layers, predict each layer's "
+                  "layout for a machine of these rates instead of this one's measured "
+                  "roofline, e.g. 247000,3350 (an H100's dense TF32 peak and HBM3 bandwidth).")
 flags.DEFINE_string("output", "", "Also write the markdown report to this file.")
 config_cli.define_show_config()
 
@@ -140,10 +144,11 @@ def measure_pytorch(config: ml_collections.ConfigDict, batch: int, forward_batch
                             seed=config.seed)
 
 
-def layer_table(config: ml_collections.ConfigDict, params: Any, batch: int,
-                size: int) -> list[str]:
+def layer_table(config: ml_collections.ConfigDict, params: Any, batch: int, size: int,
+                rates: tuple[float, float] | None = None) -> list[str]:
   """Every adapted layer of the LoRA arm: the layout the step trains it in and why (each
-  layout's multiply-adds, bytes and, under config.lora.cost_model='roofline', predicted time)."""
+  layout's multiply-adds, bytes and, under config.lora.cost_model='roofline', predicted time);
+  with `rates` (GMAC/s, GB/s), the layouts the roofline would choose on such a machine."""
   from sr_jax.adapt import lora_layouts  # pylint: disable=g-import-not-at-top
   from sr_jax.models import registry  # pylint: disable=g-import-not-at-top
   from sr_jax.train import run_setup  # pylint: disable=g-import-not-at-top
@@ -153,6 +158,9 @@ def layer_table(config: ml_collections.ConfigDict, params: Any, batch: int,
   inputs = registry.example_inputs(model, step_timing.lq_size(c), batch)
   costs = lora_layouts.layer_costs(model, params, plan, *inputs)
   machine = lora_layouts.cost_machine(c.lora.cost_model)
+  if rates:
+    machine = roofline.Machine("given rates, not measured here", rates[0] * 1e9,
+                               rates[1] * 1e9)
   chosen = lora_layouts.choose(costs, c.lora.formulation, machine, tuple(c.lora.auto_layouts))
   timed = machine.bytes_per_s != float("inf")
   kinds = lora_layouts.LAYOUTS
@@ -169,6 +177,10 @@ def layer_table(config: ml_collections.ConfigDict, params: Any, batch: int,
       t = x.seconds(machine)
       cells += [f"{t[k] * 1e6:.1f}" for k in kinds]
     lines.append("| " + " | ".join(cells) + " |")
+  counts = ", ".join(f"{sum(chosen.of(x.path) == k for x in costs)} {k}" for k in kinds)
+  lines += ["", f"Layouts: {counts} of {len(costs)}" + (
+      f"; predicted {lora_layouts.saved_seconds(costs, chosen, machine) * 1e3:.3g} ms per "
+      "step saved against all merged." if timed else ".")]
   return lines
 
 
@@ -256,14 +268,29 @@ def report(config: ml_collections.ConfigDict, size: int, forward: dict[str, Any]
   return "\n".join(lines)
 
 
+def _rates(values: list[str]) -> tuple[float, float] | None:
+  """--roofline_rates as (GMAC/s, GB/s), or None; a clear error for anything else."""
+  if not values:
+    return None
+  try:
+    macs, bandwidth = (float(v) for v in values)
+  except ValueError:
+    raise app.UsageError(f"--roofline_rates={','.join(values)}: give two positive numbers, "
+                         "GMAC/s,GB/s (e.g. 247000,3350).") from None
+  if macs <= 0 or bandwidth <= 0:
+    raise app.UsageError(f"--roofline_rates={','.join(values)}: both rates must be positive.")
+  return macs, bandwidth
+
+
 def main(argv: list[str]) -> None:
   del argv
   if config_cli.shown(sections=objectives.sections()):
     return
   runtime.setup()
   config = FLAGS.config
-  if FLAGS.skip_forward and FLAGS.skip_step:
-    raise app.UsageError("--skip_forward and --skip_step together leave nothing to measure.")
+  if FLAGS.skip_forward and FLAGS.skip_step and not FLAGS.layers:
+    raise app.UsageError("--skip_forward and --skip_step together leave nothing to measure "
+                         "(add --layers for the layer table alone).")
   if not FLAGS.skip_step:
     check_arms(FLAGS.arms)
   params = init_params(config, FLAGS.size)
@@ -278,7 +305,8 @@ def main(argv: list[str]) -> None:
   steps = [] if FLAGS.skip_step else measure_steps(config, params, FLAGS.arms, FLAGS.batch,
                                                    FLAGS.size, FLAGS.steps,
                                                    measured.get("step_ms"))
-  layers = layer_table(config, params, FLAGS.batch, FLAGS.size) if FLAGS.layers else []
+  rates = _rates(FLAGS.roofline_rates)
+  layers = layer_table(config, params, FLAGS.batch, FLAGS.size, rates) if FLAGS.layers else []
   text = report(config, FLAGS.size, forward, steps, FLAGS.repeats, FLAGS.steps, torch_result,
                 layers)
   print(text, flush=True)
