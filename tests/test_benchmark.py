@@ -111,3 +111,12 @@ def test_reference_table_and_arms():
   benchmark.check_arms(["full", "lora"])
   with pytest.raises(ValueError, match="--arms"):
     benchmark.check_arms(["full", "qlora"])
+
+
+def test_roofline_rates_are_two_positive_numbers():
+  rates = benchmark._rates  # pylint: disable=protected-access
+  assert rates([]) is None
+  assert rates(["247000", "3350"]) == (247000.0, 3350.0)
+  for bad in (["1"], ["a", "2"], ["0", "2"]):
+    with pytest.raises(benchmark.app.UsageError, match="--roofline_rates"):
+      rates(bad)

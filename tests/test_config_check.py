@@ -116,6 +116,12 @@ def test_conditional_and_joint_rules():
   c.colora.faig_images, c.colora.faig_batch = 16, 5
   with pytest.raises(config_check.ConfigError, match="faig_batch=5: must divide"):
     config_check.validate(c)
+  c = lora_nafnet.get_config("demo")
+  c.lora.auto_layouts, c.lora.cost_model = ("merged", "fused"), "bytes"
+  with pytest.raises(config_check.ConfigError, match="2 config value") as error:
+    config_check.validate(c)
+  assert "config.lora.auto_layouts=('merged', 'fused'): name one or more of" in str(error.value)
+  assert "config.lora.cost_model='bytes'" in str(error.value)
 
 
 def test_guard_defaults_pass_and_nan_does_not():

@@ -252,6 +252,20 @@ def test_the_roofline_chooser_never_picks_a_layout_its_model_ranks_slower():
     lora_layouts.cost_machine("guess")
 
 
+def test_layouts_name_each_kernel_once_and_only_known_layouts():
+  chosen = lora_branch.Layouts.from_choice({"a/kernel": "factored", "b/kernel": "merged",
+                                            "c/kernel": "unmerged"})
+  assert [chosen.of(p) for p in ("a/kernel", "b/kernel", "c/kernel", "d/kernel")] == [
+      "factored", "merged", "unmerged", "merged"]
+  assert (chosen.route("a/kernel"), chosen.route("b/kernel")) == ("rank", "kernel")
+  with pytest.raises(ValueError, match="both unmerged and factored"):
+    lora_branch.Layouts(unmerged=frozenset({"a/kernel"}), factored=frozenset({"a/kernel"}))
+  with pytest.raises(ValueError, match="Unknown LoRA layouts"):
+    lora_branch.Layouts.from_choice({"a/kernel": "stacked"})
+  with pytest.raises(ValueError, match="auto_layouts"):
+    lora_layouts.choose(_costs((32, 32, 8)), "auto", roofline.FLOPS_ONLY, ("stacked",))
+
+
 def test_the_flops_cost_model_reproduces_the_former_choice_on_nafnet_w32():
   """The multiply-add rule on NAFNet-w32 at r = 8, batch 4, 128 x 128 (the speed table's
   LoRA arm) sends 172 of its 189 adapted kernels unmerged, as measured before the roofline."""

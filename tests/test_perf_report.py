@@ -230,8 +230,8 @@ def test_unknown_names_are_clear_errors():
 
 
 def test_interleaved_timing_takes_the_arms_in_turn_and_reports_each_median():
-  """Rounds call every arm once in turn (the first round untimed); each arm's median is over
-  its own calls: a slow arm does not leak into a fast one's figure."""
+  """Rounds give every arm in turn one untimed call and its share of the timed ones; each
+  arm's median is over its own calls: a slow arm does not leak into a fast one's figure."""
   order, clock = [], [0.0]
   cost = {"full": 0.010, "lora": 0.004}
 
@@ -242,9 +242,10 @@ def test_interleaved_timing_takes_the_arms_in_turn_and_reports_each_median():
       return 0
     return call
 
-  full_ms, lora_ms = step_timing.interleaved_ms([arm("full"), arm("lora")], repeats=3,
+  full_ms, lora_ms = step_timing.interleaved_ms([arm("full"), arm("lora")], repeats=5,
                                                 clock=lambda: clock[0])
-  assert order == ["full", "lora"] * 4
+  # Round 1: 1 untimed + 3 timed each; round 2: 1 untimed + 2 timed each.
+  assert order == ["full"] * 4 + ["lora"] * 4 + ["full"] * 3 + ["lora"] * 3
   assert (full_ms, lora_ms) == pytest.approx((10.0, 4.0))
   with pytest.raises(ValueError, match="at least one"):
     step_timing.interleaved_ms([arm("full")], repeats=0)

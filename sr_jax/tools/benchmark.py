@@ -264,7 +264,7 @@ def report(config: ml_collections.ConfigDict, size: int, forward: dict[str, Any]
     if model.dtype != "float32":
       lines.append(f"Note: sr_jax ran in {model.dtype}, the reference in float32.")
   if layers:
-    lines += ["", "LoRA layers and the formulation the step trains them in:", ""] + list(layers)
+    lines += ["", "LoRA layers and the layout the step trains them in:", ""] + list(layers)
   return "\n".join(lines)
 
 
