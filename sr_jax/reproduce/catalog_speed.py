@@ -82,7 +82,7 @@ SPEED = Table(
     steps=_STEPS,
     regions=(Region("docs/speed.md", _speed),),
     needs=_RANDOM_INPUTS,
-    wall_time="not yet measured alone",
+    wall_time="8m48s (measured 2026-12-08 alone)",
     packages=("torch",),
 )
 
