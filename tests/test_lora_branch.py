@@ -294,3 +294,12 @@ def test_the_roofline_is_measured_once_per_device_kind_and_cached(tmp_path, monk
   assert first.macs_per_s > 1e8 and first.bytes_per_s > 1e8  # Any machine this runs on.
   cached = json.loads((tmp_path / "roofline.json").read_text())
   assert cached[roofline.device_kind()]["macs_per_s"] == first.macs_per_s
+
+
+def test_an_adapted_kernel_in_a_layer_kind_training_cannot_run_is_named_up_front():
+  model = nn.Sequential([nn.ConvTranspose(4, (2, 2))])
+  x = jnp.zeros((1, 8, 8, 3))
+  base = model.init(jax.random.PRNGKey(0), x)["params"]
+  plan = lora.make_plan(base, targets=(r".*/kernel",), rank=2, alpha=2.0)
+  with pytest.raises(TypeError, match="layers_0 is a ConvTranspose: leave it out of config.lora"):
+    lora_layouts.layer_costs(model, base, plan, x)

@@ -58,6 +58,13 @@ def module_path(module: nn.Module) -> str:
   return "/".join(str(p) for p in module.scope.path)
 
 
+def unsupported(module: nn.Module, path: str) -> str:
+  """The error for an adapted kernel in a layer kind LoRA training cannot run."""
+  return (f"LoRA training runs adapted kernels of layers.Conv, layers.Conv1x1, flax Dense and "
+          f"flax Conv layers; {path} is a {type(module).__name__}: leave it out of "
+          "config.lora.targets (or add it to config.lora.rank_overrides with rank 0).")
+
+
 @dataclasses.dataclass(frozen=True)
 class Layouts:
   """Which adapted kernels (paths in the LoRA plan) train unmerged and which factored; every
@@ -111,8 +118,7 @@ def down_projection(module: nn.Module, x: jax.Array, a: jax.Array) -> jax.Array:
     a_kernel = jnp.tile(a.reshape(*kernel_size, x.shape[-1] // groups, a.shape[-1]),
                         (1,) * len(kernel_size) + (1, groups))
     return _flax_conv(module, x, a_kernel, groups)
-  raise TypeError(f"No unmerged or factored LoRA for {type(module).__name__} at "
-                  f"{module_path(module)}; set config.lora.formulation='merged'.")
+  raise TypeError(unsupported(module, module_path(module)))
 
 
 def up_projection(module: nn.Module, z: jax.Array, b: jax.Array) -> jax.Array:
@@ -156,8 +162,7 @@ def linear_map(module: nn.Module, x: jax.Array, kernel: jax.Array) -> jax.Array:
                            precision=module.precision)
   if isinstance(module, nn.Conv):
     return _flax_conv(module, x, kernel, module.feature_group_count)
-  raise TypeError(f"No factored LoRA for {type(module).__name__} at {module_path(module)}; "
-                  "set config.lora.formulation='merged'.")
+  raise TypeError(unsupported(module, module_path(module)))
 
 
 def _zero_after(value: jax.Array, dtype) -> jax.Array:

@@ -122,8 +122,7 @@ def layer_costs(model: nn.Module, base: Any, plan: lora.LoraPlan, *inputs: Any,
       raise ValueError(f"The adapted kernel {path} belongs to no layer the model calls.")
     module, in_shape, out_shape = seen[layer_path]
     if not isinstance(module, _SUPPORTED):
-      raise TypeError(f"No unmerged or factored LoRA for {type(module).__name__} at "
-                      f"{layer_path}; set config.lora.formulation='merged'.")
+      raise TypeError(lora_branch.unsupported(module, layer_path))
     groups = int(getattr(module, "feature_group_count", 1)) if isinstance(module, nn.Conv) else 1
     costs.append(costs_of(path, type(module).__name__, shapes[path], plan.rank(path),
                           math.prod(out_shape[:-1]), math.prod(in_shape),
