@@ -48,7 +48,7 @@ DEMO = Table(
     what="The README's demo: PROD base + CoLoRA on haze, tiny NAFNet, three seeds.",
     steps=_seed_steps("configs/colora_nafnet.py:demo", DEMO_SEEDS),
     regions=(Region("README.md", _seed_table(DEMO_SEEDS, DEMO_IMAGES)),),
-    wall_time="10m28s (measured 2026-12-07; 3 runs of 3.5 minutes)",
+    wall_time="10m36s (measured 2026-12-08 alone; 3 runs of 3.5 minutes)",
 )
 
 COLORA_ABLATION = Table(
