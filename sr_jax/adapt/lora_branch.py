@@ -58,6 +58,10 @@ def module_path(module: nn.Module) -> str:
   return "/".join(str(p) for p in module.scope.path)
 
 
+# The layer kinds whose adapted kernels training can run unmerged, merged or factored.
+SUPPORTED = (layers.Conv, layers.Conv1x1, nn.Dense, nn.Conv)
+
+
 def unsupported(module: nn.Module, path: str) -> str:
   """The error for an adapted kernel in a layer kind LoRA training cannot run."""
   return (f"LoRA training runs adapted kernels of layers.Conv, layers.Conv1x1, flax Dense and "
@@ -153,7 +157,7 @@ def _flax_conv(module: nn.Conv, x: jax.Array, kernel: jax.Array, groups: int) ->
 def linear_map(module: nn.Module, x: jax.Array, kernel: jax.Array) -> jax.Array:
   """The layer's linear map (no bias) with `kernel` in its kernel's place, in its compute
   dtype: what the factored layout transposes for the input gradient."""
-  dtype = getattr(module, "dtype", None) or x.dtype
+  dtype = _compute_dtype(module, x)
   if isinstance(module, (layers.Conv, layers.Conv1x1)):
     return module.apply_kernel(x, kernel)
   x, kernel = jnp.asarray(x, dtype), jnp.asarray(kernel, dtype)
@@ -260,10 +264,10 @@ def apply_model(model: nn.Module, params: PyTree, plan: lora.LoraPlan | None, *i
                           else lax.stop_gradient(v) for k, v in flat.items()})
   merged = lora.merge(params["base"], held, plan.without(layouts.unmerged))
   frozen = trees.flatten(params["base"])
-  taps = {path.rpartition("/")[0]: (frozen[path], flat[f"{path}/a"], flat[f"{path}/b"],
-                                    plan.scale(path), layouts.route(path))
+  factors = {path: (flat[f"{path}/a"], flat[f"{path}/b"], plan.scale(path))
+             for path in plan.paths}
+  taps = {path.rpartition("/")[0]: (frozen[path], *factors[path], layouts.route(path))
           for path in plan.paths if path not in layouts.unmerged}
-  branches = {path.rpartition("/")[0]: (flat[f"{path}/a"], flat[f"{path}/b"], plan.scale(path))
-              for path in layouts.unmerged}
+  branches = {path.rpartition("/")[0]: factors[path] for path in layouts.unmerged}
   with nn.intercept_methods(functools.partial(_interceptor, branches, taps)):
     return model.apply({"params": merged}, *inputs, **kwargs)

@@ -45,11 +45,9 @@ import jax
 
 from sr_jax.adapt import lora, lora_branch, roofline
 from sr_jax.adapt.lora_branch import LAYOUTS, Layouts
-from sr_jax.models import layers
 from sr_jax.util import trees
 
 COST_MODELS = ("roofline", "flops")
-_SUPPORTED = (layers.Conv, layers.Conv1x1, nn.Dense, nn.Conv)
 _FLOPS_RULE = ("merged", "unmerged")  # The layouts the former rule chose between.
 # What 'auto' chooses from by default (config.lora.auto_layouts): unmerged is left out because
 # it keeps more memory than merged and factored (its rank-r activation and branch output wait
@@ -121,7 +119,7 @@ def layer_costs(model: nn.Module, base: Any, plan: lora.LoraPlan, *inputs: Any,
     if layer_path not in seen:
       raise ValueError(f"The adapted kernel {path} belongs to no layer the model calls.")
     module, in_shape, out_shape = seen[layer_path]
-    if not isinstance(module, _SUPPORTED):
+    if not isinstance(module, lora_branch.SUPPORTED):
       raise TypeError(lora_branch.unsupported(module, layer_path))
     groups = int(getattr(module, "feature_group_count", 1)) if isinstance(module, nn.Conv) else 1
     costs.append(costs_of(path, type(module).__name__, shapes[path], plan.rank(path),
@@ -130,11 +128,33 @@ def layer_costs(model: nn.Module, base: Any, plan: lora.LoraPlan, *inputs: Any,
   return costs
 
 
+def setting_problems(formulation: str = "auto", cost_model: str = "roofline",
+                     auto_layouts: Sequence[str] = AUTO_LAYOUTS) -> list[str]:
+  """What is wrong with config.lora's formulation, cost_model and auto_layouts, one message
+  each: the config check reports them before any work, `choose` and `cost_machine` refuse
+  them when called directly."""
+  problems = []
+  if cost_model not in COST_MODELS:
+    problems.append(f"config.lora.cost_model={cost_model!r}: must be one of "
+                    f"{list(COST_MODELS)}.")
+  if set(auto_layouts) - set(LAYOUTS) or not auto_layouts:
+    problems.append(f"config.lora.auto_layouts={tuple(auto_layouts)}: name one or more of "
+                    f"{LAYOUTS}")
+  if formulation not in lora_branch.FORMULATIONS:
+    problems.append(f"config.lora.formulation={formulation!r}: must be one of "
+                    f"{lora_branch.FORMULATIONS}")
+  return problems
+
+
+def _refuse(problems: list[str]) -> None:
+  if problems:
+    raise ValueError("; ".join(problems))
+
+
 def cost_machine(cost_model: str) -> roofline.Machine:
   """The machine 'auto' predicts for: this device's measured roofline ('roofline') or
   multiply-adds alone ('flops')."""
-  if cost_model not in COST_MODELS:
-    raise ValueError(f"Unknown config.lora.cost_model {cost_model!r}; use one of {COST_MODELS}.")
+  _refuse(setting_problems(cost_model=cost_model))
   return roofline.current() if cost_model == "roofline" else roofline.FLOPS_ONLY
 
 
@@ -144,15 +164,9 @@ def choose(costs: Sequence[LayerCost], formulation: str,
   """Each adapted kernel's layout under config.lora.formulation: one layout for all, or
   ('auto') the fastest of `candidates` (config.lora.auto_layouts) on `machine`'s roofline;
   under FLOPS_ONLY the former rule (merged or unmerged, fewer multiply-adds)."""
-  if formulation not in lora_branch.FORMULATIONS:
-    raise ValueError(f"Unknown config.lora.formulation {formulation!r}; use one of "
-                     f"{lora_branch.FORMULATIONS}.")
+  _refuse(setting_problems(formulation, auto_layouts=candidates))
   if formulation != "auto":
     return Layouts.from_choice({c.path: formulation for c in costs})
-  unknown = set(candidates) - set(LAYOUTS)
-  if unknown or not candidates:
-    raise ValueError(f"config.lora.auto_layouts={tuple(candidates)}: name one or more of "
-                     f"{LAYOUTS}.")
   if machine is roofline.FLOPS_ONLY:
     candidates = _FLOPS_RULE
   return Layouts.from_choice({c.path: c.fastest(machine, candidates) for c in costs})

@@ -39,12 +39,11 @@ _REPORT_RATIO = re.compile(r"^- (?P<model>.+?), float32: (?P<arm>.+?) / full: ti
 _LAYOUTS = re.compile(r"^Layouts: (?P<counts>[^;.]+)", re.MULTILINE)
 
 
-def _ratios(workdir: str) -> str:
+def _ratios(reports: dict[str, str]) -> str:
   """LoRA / full fine-tuning per backbone, read from the reports' own ratio lines."""
   rows = ["| backbone | time | FLOPs | total memory (temp + args) | layouts |",
           "|---|---|---|---|---|"]
-  for title, name in _REPORTS:
-    text = render.report_section(os.path.join(workdir, name))
+  for title, text in reports.items():
     layouts = _LAYOUTS.search(text)
     for m in _BENCH_RATIO.finditer(text):
       rows.append(f"| {title} | {m['time']} | {m['flops']} | {m['total']} | "
@@ -56,10 +55,11 @@ def _ratios(workdir: str) -> str:
 
 
 def _speed(workdir: str) -> str:
-  parts = ["LoRA / full fine-tuning in the same process:", _ratios(workdir)]
+  reports = {title: render.report_section(os.path.join(workdir, name))
+             for title, name in _REPORTS}
+  parts = ["LoRA / full fine-tuning in the same process:", _ratios(reports)]
   for title, name in _REPORTS:
-    text = render.report_section(os.path.join(workdir, name))
-    parts.append(f"**{title}** (`{name[:-3]}`):\n\n" + _without_layer_list(text))
+    parts.append(f"**{title}** (`{name[:-3]}`):\n\n" + _without_layer_list(reports[title]))
   for title, name in (("NAFNet-w32", "nafnet_h100.md"), ("RRDBNet x4", "rrdbnet_h100.md")):
     layouts = _LAYOUTS.search(render.report_section(os.path.join(workdir, name)))
     parts.append(f"Predicted for an H100 (247 TMAC/s, 3.35 TB/s), {title}: "

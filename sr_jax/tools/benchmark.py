@@ -36,10 +36,11 @@ The parameters are initialised once, as a training run initialises them, and sha
 measurements. Each measurement is compiled ahead of time (compile time reported apart), called
 once untimed (one-off transfers), then timed as the median wall time of `--repeats` forward
 passes or `--steps` steps, each blocked on with `jax.block_until_ready`; the arms' steps are
-taken in turn (full, LoRA, full, ...), so that both see the same machine state. GFLOPs and
-temp/argument memory come from XLA's analyses of the compiled function. The LoRA arm trains
-each adapted layer merged, unmerged or factored as config.lora.formulation decides
-(sr_jax.adapt.lora_layouts; `--layers` lists them with each layout's predicted cost).
+taken in rounds, each arm's back to back after an untimed one (step_timing.interleaved_ms), so
+that both see the same machine state. GFLOPs and temp/argument memory come from XLA's analyses
+of the compiled function. The LoRA arm trains each adapted layer merged, unmerged or factored
+as config.lora.formulation decides (sr_jax.adapt.lora_layouts; `--layers` lists them with each
+layout's predicted cost).
 
 PyTorch, beside it: with PyTorch installed (and `--torch`, the default) the same network in
 PyTorch (a transcription of the official architecture: NAFNet, Restormer, RRDBNet) is timed in
@@ -74,8 +75,8 @@ flags.DEFINE_integer("batch", 4, "Global batch size of the train step.")
 flags.DEFINE_integer("forward_batch", 1, "Batch size of the forward pass.")
 flags.DEFINE_integer("size", 128, "Target crop height and width: the input of restoration "
                      "models; the HR output of SR models, whose input is size / scale.")
-flags.DEFINE_integer("steps", 5, "Timed steps per arm (after one warm-up step), the arms' "
-                     "steps taken in turn.")
+flags.DEFINE_integer("steps", 5, "Timed steps per arm, taken in rounds that give each arm "
+                     "an untimed step and then its share of the timed ones.")
 flags.DEFINE_integer("repeats", 5, "Timed forward passes (after one warm-up pass).")
 flags.DEFINE_list("arms", ["full", "lora"], "Train-step arms to measure: 'full', 'lora'.")
 flags.DEFINE_bool("skip_forward", False, "Do not measure the forward pass.")
@@ -122,7 +123,7 @@ def measure_forward(config: ml_collections.ConfigDict, params: Any, batch: int, 
 
 def measure_steps(config: ml_collections.ConfigDict, params: Any, arms: list[str], batch: int,
                   size: int, steps: int, pytorch_ms: float | None = None) -> list[dict[str, Any]]:
-  """One train-step timing per arm, the arms' steps interleaved (step_timing.interleaved_ms),
+  """One train-step timing per arm, the arms' steps in rounds (step_timing.interleaved_ms),
   each beside PyTorch's full-training step (measured here, `pytorch_ms`, or the reference
   table's)."""
   prepared = [step_timing.prepare_step(arm_config(config, arm, batch, size), base=params)

@@ -125,22 +125,14 @@ def degradation_problems(config: ConfigDict) -> list[str]:
 
 def joint_problems(config: ConfigDict) -> list[str]:
   """Rules tying keys together (each message names every key involved)."""
-  from sr_jax.adapt import lora, lora_branch, lora_layouts  # pylint: disable=g-import-not-at-top
+  from sr_jax.adapt import lora, lora_layouts  # pylint: disable=g-import-not-at-top
   from sr_jax.data import degradations  # pylint: disable=g-import-not-at-top
   problems = []
   if config.lora.scaling not in lora.SCALINGS:
     problems.append(f"config.lora.scaling={config.lora.scaling!r}: must be one of "
                     f"{lora.SCALINGS}")
-  if config.lora.cost_model not in lora_layouts.COST_MODELS:
-    problems.append(f"config.lora.cost_model={config.lora.cost_model!r}: must be one of "
-                    f"{list(lora_layouts.COST_MODELS)}.")
-  unknown = set(config.lora.auto_layouts) - set(lora_branch.LAYOUTS)
-  if unknown or not config.lora.auto_layouts:
-    problems.append(f"config.lora.auto_layouts={tuple(config.lora.auto_layouts)}: name one or "
-                    f"more of {lora_branch.LAYOUTS}")
-  if config.lora.formulation not in lora_branch.FORMULATIONS:
-    problems.append(f"config.lora.formulation={config.lora.formulation!r}: must be one of "
-                    f"{lora_branch.FORMULATIONS}")
+  problems += lora_layouts.setting_problems(config.lora.formulation, config.lora.cost_model,
+                                            tuple(config.lora.auto_layouts))
   spec = _objective(config)
   if spec is not None:
     problems += spec.problems(config)  # The objective's own (ObjectiveSpec.problems).
